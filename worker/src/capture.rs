@@ -1,0 +1,141 @@
+//! The per-job capture thread: the single writer of a job's output log.
+//!
+//! One thread per running job waits with `poll(2)` on the job's stdout and stderr pipes
+//! and its pidfd. Each readable pipe yields one record (one `read()`), written to the log
+//! with its header in a single `write()`, after which the committed length is published
+//! to readers. A thread rather than an async task because every step here is a blocking
+//! file or pipe operation, and the thread keeps them off the server's runtime.
+//!
+//! When the pidfd reports the exit, the job is reaped and whatever is still in the pipes
+//! is drained; the log ends when both pipes reach EOF, or are empty once the job's
+//! processes are dead (a process that escaped the job may keep a pipe open forever).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use crate::job::Job;
+use crate::logfile::{self, Stream, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
+use crate::spawn::{self, Child};
+
+/// What the capture thread owns for one job.
+pub(crate) struct Capture {
+    pub child: Child,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub log: File,
+}
+
+/// Marks the output finished even if the loop below panics, so no follower waits forever.
+struct FinishGuard<'a>(&'a Job);
+
+impl Drop for FinishGuard<'_> {
+    fn drop(&mut self) {
+        self.0.finish_output();
+    }
+}
+
+pub(crate) fn run(job: &Job, capture: Capture) {
+    let _finish = FinishGuard(job);
+    let Capture {
+        child,
+        stdout,
+        stderr,
+        mut log,
+    } = capture;
+    let pipes = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)];
+    let mut open = [true, true];
+    let mut exited = false;
+    let mut committed = FILE_HEADER_LEN;
+    let mut storing = true;
+    let mut buf = vec![0u8; RECORD_HEADER_LEN + MAX_RECORD_DATA];
+
+    loop {
+        let mut fds: [libc::pollfd; 3] = [libc::pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        }; 3];
+        for (i, (fd, _)) in pipes.iter().enumerate() {
+            if open[i] {
+                fds[i].fd = fd.as_raw_fd();
+            }
+        }
+        if !exited {
+            fds[2].fd = child.pidfd.as_raw_fd();
+        }
+        if fds.iter().all(|p| p.fd < 0) {
+            break;
+        }
+        // Once the job has exited, only drain what is already there: never wait.
+        let timeout = if exited { 0 } else { -1 };
+        // SAFETY: `fds` is a valid array; negative fds are ignored by poll.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(job = %job.id(), error = %e, "poll failed; output capture ends");
+            break;
+        }
+        if ready == 0 && exited {
+            break;
+        }
+
+        let before = committed;
+        for (i, (fd, stream)) in pipes.iter().enumerate() {
+            if fds[i].revents == 0 {
+                continue;
+            }
+            match read_chunk(fd, &mut buf[RECORD_HEADER_LEN..]) {
+                Ok(0) => open[i] = false,
+                Ok(n) => {
+                    if storing {
+                        let record = &mut buf[..RECORD_HEADER_LEN + n];
+                        logfile::encode_header(record, *stream, logfile::now_unix_nanos());
+                        match log.write_all(record) {
+                            Ok(()) => committed += record.len() as u64,
+                            Err(e) => {
+                                // Keep draining the pipe so the job never blocks on a
+                                // full disk; the loss is reported in the job's status.
+                                storing = false;
+                                job.set_output_error(format!("output could not be stored: {e}"));
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::warn!(job = %job.id(), error = %e, "reading job output failed");
+                    open[i] = false;
+                }
+            }
+        }
+        if committed != before {
+            job.publish_committed(committed);
+        }
+        if fds[2].revents != 0 {
+            job.reap(|| spawn::wait(child.pidfd.as_fd()));
+            exited = true;
+        }
+    }
+
+    if let Err(e) = log.sync_data() {
+        job.set_output_error(format!("output could not be synced to disk: {e}"));
+    }
+}
+
+fn read_chunk(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: reading into a valid, exclusively borrowed buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The worker's typed errors. Each variant says whose fault it is, so the server can map
+//! it to the right status code without parsing messages.
+
+use std::io;
+
+use crate::spec::JobId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (empty argv, NUL bytes, malformed id, bad limits).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The program could not be started: no such file, not executable, and so on.
+    #[error("cannot start {program}: {reason}")]
+    Exec { program: String, reason: String },
+
+    #[error("job {0} not found")]
+    NotFound(JobId),
+
+    /// The request is valid but this server cannot honour it (e.g. limits without cgroups).
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// A job that has not ended cannot be removed, and similar state conflicts.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    /// Something on the server failed; not the caller's doing.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The engine under `jobd`: runs jobs, captures their output durably, and streams it.
+//!
+//! Request flow: [`Worker::start`] validates a [`JobSpec`], spawns the process with one
+//! `clone3` ([`spawn`]), and hands its pipes and pidfd to a capture thread ([`capture`])
+//! that appends framed records to the job's log file ([`logfile`]) and publishes progress.
+//! Readers ([`LogReader`]) replay that file and follow the progress notifications, so
+//! any number of them cost the writer nothing. No gRPC or TLS here.
+
+mod capture;
+mod error;
+mod job;
+pub mod logfile;
+mod processes;
+pub mod render;
+mod spawn;
+mod spec;
+mod status;
+mod subscribe;
+mod worker;
+
+pub use error::Error;
+pub use job::Job;
+pub use logfile::{Record, Stream};
+pub use spec::{DeviceRate, JobId, JobSpec, Limits};
+pub use status::{JobInfo, JobState};
+pub use subscribe::LogReader;
+pub use worker::{Config, Worker};

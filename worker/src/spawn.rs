@@ -1,0 +1,340 @@
+//! Starting a job's process with one `clone3` call.
+//!
+//! `clone3` gives us, in the same system call, a pidfd (exit notification without
+//! polling and signals without PID-reuse races) and, once cgroups are on, placement in the
+//! job's cgroup before the child runs a single instruction of its own. Namespaces become
+//! more flags on the same call.
+//!
+//! Between `clone3` and `execve` the child is a copy of a multi-threaded process, so it
+//! may only make async-signal-safe system calls: everything it needs (paths, argv, envp,
+//! file descriptors) is prepared by the parent beforehand, and the child neither allocates
+//! nor takes a lock. A failure in the child is reported through a close-on-exec pipe as
+//! `(stage, errno)`; end of file on that pipe means `execve` succeeded.
+
+use std::ffi::{c_char, CStr, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Where in the child a failure happened, so the error names the step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Setsid,
+    Stdio,
+    Chdir,
+    Exec,
+}
+
+impl Stage {
+    fn from_code(code: u32) -> Stage {
+        match code {
+            0 => Stage::Setsid,
+            1 => Stage::Stdio,
+            2 => Stage::Chdir,
+            _ => Stage::Exec,
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Setsid => "setsid",
+            Stage::Stdio => "redirect stdio",
+            Stage::Chdir => "chdir",
+            Stage::Exec => "exec",
+        })
+    }
+}
+
+/// Why a spawn failed: in the parent (`clone3` itself) or in the child at a given stage.
+#[derive(Debug)]
+pub enum SpawnError {
+    Clone(io::Error),
+    Child { stage: Stage, error: io::Error },
+}
+
+/// Everything the child needs, prepared by the parent so the child allocates nothing.
+pub struct Command {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
+}
+
+impl Command {
+    /// `program` is the path to execute; `argv[0]` is passed as given.
+    pub fn new(program: CString, argv: Vec<CString>, envp: Vec<CString>, cwd: CString) -> Self {
+        Command {
+            program,
+            argv,
+            envp,
+            cwd,
+        }
+    }
+}
+
+/// The standard streams and the optional cgroup of the new process.
+pub struct Stdio<'a> {
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+    pub cgroup: Option<BorrowedFd<'a>>,
+}
+
+/// A started process, not yet reaped.
+pub struct Child {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts `cmd` in a new session with the given stdio, and returns once it has exec'd.
+pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
+    let argv = pointers(&cmd.argv);
+    let envp = pointers(&cmd.envp);
+    let (report_r, report_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
+
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(cgroup) = stdio.cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cgroup.as_raw_fd() as u64;
+    }
+
+    // SAFETY: `args` is a valid clone_args of the size we pass; without CLONE_VM the child
+    // gets a copy of our address space and continues on its own copy of this stack.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret < 0 {
+        return Err(SpawnError::Clone(io::Error::last_os_error()));
+    }
+    if ret == 0 {
+        // SAFETY: we are the child; `child_after_clone` makes only async-signal-safe calls
+        // on data prepared above and never returns.
+        unsafe {
+            child_after_clone(
+                cmd.program.as_c_str(),
+                &argv,
+                &envp,
+                cmd.cwd.as_c_str(),
+                stdio,
+                report_w.as_raw_fd(),
+            )
+        }
+    }
+
+    // Parent. Close our copy of the report pipe's write end so EOF means "exec'd".
+    drop(report_w);
+    // SAFETY: CLONE_PIDFD stored a new descriptor that we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let child = Child {
+        pid: ret as i32,
+        pidfd,
+    };
+    match read_report(report_r.as_fd()) {
+        Ok(None) => Ok(child),
+        Ok(Some((stage, errno))) => {
+            // The child has reported and is exiting with 127: reap it so no zombie is left.
+            let _ = wait(child.pidfd.as_fd());
+            Err(SpawnError::Child {
+                stage,
+                error: io::Error::from_raw_os_error(errno),
+            })
+        }
+        Err(e) => {
+            let _ = wait(child.pidfd.as_fd());
+            Err(SpawnError::Clone(e))
+        }
+    }
+}
+
+fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<(Stage, i32)>> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled tail of a local buffer.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match n {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(io::Error::other("truncated report from child")),
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Ok(Some((Stage::from_code(stage), errno)))
+}
+
+/// The child's side, from `clone3` to `execve`. Only async-signal-safe system calls.
+unsafe fn child_after_clone(
+    program: &CStr,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+    cwd: &CStr,
+    stdio: &Stdio<'_>,
+    report: RawFd,
+) -> ! {
+    unsafe fn fail(report: RawFd, stage: u32) -> ! {
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&stage.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+
+    if libc::setsid() < 0 {
+        fail(report, 0);
+    }
+    for (fd, target) in [
+        (stdio.stdin.as_raw_fd(), 0),
+        (stdio.stdout.as_raw_fd(), 1),
+        (stdio.stderr.as_raw_fd(), 2),
+    ] {
+        // dup2 onto itself would keep FD_CLOEXEC; clear it explicitly in that case.
+        let ok = if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, 0) == 0
+        } else {
+            libc::dup2(fd, target) == target
+        };
+        if !ok {
+            fail(report, 1);
+        }
+    }
+    // The Rust runtime ignores SIGPIPE and exec keeps ignored signals ignored; jobs expect
+    // default dispositions and an empty signal mask, as from a login shell.
+    // The raw system call, because glibc's wrapper refuses its own reserved signals
+    // (32, 33), which a parent may have left ignored.
+    let default_action = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64usize {
+        if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default_action as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    if libc::chdir(cwd.as_ptr()) < 0 {
+        fail(report, 2);
+    }
+    libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    fail(report, 3)
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (not glibc's, which differs).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// How a reaped process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Reaps the process behind `pidfd`, blocking until it has exited.
+pub fn wait(pidfd: BorrowedFd<'_>) -> io::Result<ExitStatus> {
+    const P_PIDFD: libc::idtype_t = 3;
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pidfd and out-pointer.
+        let r = unsafe {
+            libc::waitid(
+                P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: waitid with WEXITED succeeded, so si_status is valid.
+        let status = unsafe { info.si_status() };
+        return Ok(match info.si_code {
+            libc::CLD_EXITED => ExitStatus::Exited(status),
+            _ => ExitStatus::Signaled(status),
+        });
+    }
+}

@@ -1,0 +1,132 @@
+//! What a caller asks for: a job's identity, its command and its resource limits.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// A job's id: a random UUID, so ids are unguessable and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct JobId(uuid::Uuid);
+
+impl JobId {
+    pub(crate) fn new() -> Self {
+        JobId(uuid::Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        uuid::Uuid::try_parse(s)
+            .map(JobId)
+            .map_err(|_| Error::InvalidArgument(format!("malformed job id {s:?}: expected a UUID")))
+    }
+}
+
+/// A bandwidth limit for one block device, named by its path on the server.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceRate {
+    pub device: String,
+    pub bytes_per_second: u64,
+}
+
+/// Resource limits; `None` (or empty) means no limit of that kind was asked for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Limits {
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub device_read_bps: Vec<DeviceRate>,
+    pub device_write_bps: Vec<DeviceRate>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.cpus.is_none()
+            && self.memory_bytes.is_none()
+            && self.pids.is_none()
+            && self.device_read_bps.is_empty()
+            && self.device_write_bps.is_empty()
+    }
+}
+
+/// A request to run `argv` on behalf of `owner`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub owner: String,
+    pub argv: Vec<String>,
+    pub limits: Limits,
+}
+
+impl JobSpec {
+    pub fn new(owner: impl Into<String>, argv: Vec<String>) -> Self {
+        JobSpec {
+            owner: owner.into(),
+            argv,
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Rejects what can never be exec'd, before any resource is taken.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Err(Error::InvalidArgument(
+                "the command is empty: give a program to run".into(),
+            ));
+        }
+        if let Some(i) = self.argv.iter().position(|a| a.contains('\0')) {
+            return Err(Error::InvalidArgument(format!(
+                "argument {i} contains a NUL byte, which cannot be passed to a program"
+            )));
+        }
+        if self.owner.is_empty() {
+            return Err(Error::InvalidArgument("a job needs an owner".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_parse_and_print_as_uuids() {
+        let id = JobId::new();
+        assert_eq!(id.to_string().parse::<JobId>().unwrap(), id);
+        let err = "1234".parse::<JobId>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "malformed job id \"1234\": expected a UUID"
+        );
+    }
+
+    #[test]
+    fn validation_refuses_empty_and_nul() {
+        let ok = JobSpec::new("alice", vec!["true".into()]);
+        assert!(ok.validate().is_ok());
+        assert!(JobSpec::new("alice", vec![]).validate().is_err());
+        assert!(JobSpec::new("alice", vec!["".into()]).validate().is_err());
+        let nul = JobSpec::new("alice", vec!["echo".into(), "a\0b".into()]);
+        assert!(nul
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("argument 1 contains a NUL byte"));
+    }
+}

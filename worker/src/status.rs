@@ -1,0 +1,73 @@
+//! A job's state as people and programs read it.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::spec::{JobId, Limits};
+
+/// Where a job is in its life. The `Display` forms are part of the product's interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    /// The process exited on its own with this code.
+    Finished {
+        exit_code: i32,
+    },
+    /// The process was killed by this signal (by a stop, the kernel or anyone else).
+    Stopped {
+        signal: i32,
+    },
+}
+
+impl JobState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, JobState::Running)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobState::Running => f.write_str("running"),
+            JobState::Finished { exit_code } => write!(f, "finished (exit code: {exit_code})"),
+            JobState::Stopped { signal } => write!(f, "stopped (signal: {signal})"),
+        }
+    }
+}
+
+/// A snapshot of everything known about a job.
+#[derive(Debug, Clone)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub owner: String,
+    pub argv: Vec<String>,
+    pub limits: Limits,
+    pub state: JobState,
+    pub pid: i32,
+    pub started_at: SystemTime,
+    pub ended_at: Option<SystemTime>,
+    pub stop_requested: bool,
+    pub oom_killed: bool,
+    pub cpu_usage_usec: u64,
+    pub memory_peak_bytes: u64,
+    /// Set when output could not be stored (e.g. the disk is full); the job keeps running.
+    pub output_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_forms_are_exact() {
+        assert_eq!(JobState::Running.to_string(), "running");
+        assert_eq!(
+            JobState::Finished { exit_code: 0 }.to_string(),
+            "finished (exit code: 0)"
+        );
+        assert_eq!(
+            JobState::Stopped { signal: 9 }.to_string(),
+            "stopped (signal: 9)"
+        );
+    }
+}

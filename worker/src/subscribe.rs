@@ -1,0 +1,86 @@
+//! Reading a job's output: replay from the file, then follow the writer's progress.
+//!
+//! A reader holds an open file, a position and a `watch` receiver of the committed length:
+//! O(1) memory however long the log, no buffer in the writer, and a reader that stops
+//! reading costs nobody anything. Each batch is read with one `pread` (off the async
+//! runtime) and split into records that share that buffer.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::job::Progress;
+use crate::logfile::{self, Record, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
+
+/// Upper bound on the bytes one batch reads; at least one whole record.
+const BATCH_BYTES: u64 = 1024 * 1024;
+const _: () = assert!(BATCH_BYTES as usize >= RECORD_HEADER_LEN + MAX_RECORD_DATA);
+
+/// An independent cursor over one job's output.
+pub struct LogReader {
+    file: Arc<File>,
+    pos: u64,
+    progress: watch::Receiver<Progress>,
+    /// For a non-following read, the committed length when the read began.
+    snapshot: Option<u64>,
+}
+
+impl LogReader {
+    pub(crate) fn new(file: File, progress: watch::Receiver<Progress>, follow: bool) -> Self {
+        let snapshot = (!follow).then(|| progress.borrow().committed);
+        LogReader {
+            file: Arc::new(file),
+            pos: FILE_HEADER_LEN,
+            progress,
+            snapshot,
+        }
+    }
+
+    /// The next batch of records, or `None` once the output has been read to its end
+    /// (for a follower: the job has ended and every byte was delivered).
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Record>>, Error> {
+        loop {
+            let Progress { committed, done } = *self.progress.borrow_and_update();
+            let end = self.snapshot.unwrap_or(committed);
+            if self.pos < end {
+                return self.read_batch(end).await.map(Some);
+            }
+            if self.snapshot.is_some() || done {
+                return Ok(None);
+            }
+            if self.progress.changed().await.is_err() {
+                // The job (and with it the writer) is gone; what was committed was read.
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn read_batch(&mut self, end: u64) -> Result<Vec<Record>, Error> {
+        let len = (end - self.pos).min(BATCH_BYTES) as usize;
+        let (file, pos) = (Arc::clone(&self.file), self.pos);
+        let buf = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, pos).map(|()| buf)
+        })
+        .await
+        .map_err(|e| Error::io("output reader task failed", std::io::Error::other(e)))?
+        .map_err(|e| Error::io("cannot read job output", e))?;
+        let (records, used) = logfile::split_records(Bytes::from(buf))
+            .map_err(|e| Error::io("cannot read job output", e))?;
+        if used == 0 {
+            return Err(Error::io(
+                "cannot read job output",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "record larger than a batch",
+                ),
+            ));
+        }
+        self.pos += used as u64;
+        Ok(records)
+    }
+}

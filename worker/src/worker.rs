@@ -1,0 +1,320 @@
+//! The job table and the start path: from a validated spec to a running, captured job.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::capture::{self, Capture};
+use crate::error::Error;
+use crate::job::Job;
+use crate::logfile;
+use crate::processes::Processes;
+use crate::spawn::{self, SpawnError, Stage};
+use crate::spec::{JobId, JobSpec};
+use crate::status::JobInfo;
+
+/// The search path and the whole environment a job gets: like systemd services, jobs do
+/// not inherit the server's environment.
+pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Pipe capacity asked for per stream: fewer wake-ups for chatty jobs. Best effort.
+const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
+
+/// How the worker is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where job records and output logs live.
+    pub state_dir: PathBuf,
+    /// Time between SIGTERM and SIGKILL when a stop does not say otherwise.
+    pub default_grace: Duration,
+}
+
+impl Config {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            state_dir: state_dir.into(),
+            default_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+type JobTable = RwLock<HashMap<JobId, Arc<Job>>>;
+
+/// The worker: owns every job. Cheap to clone; clones share the same jobs.
+#[derive(Clone)]
+pub struct Worker {
+    config: Arc<Config>,
+    jobs: Arc<JobTable>,
+}
+
+impl Worker {
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let jobs_dir = config.state_dir.join("jobs");
+        fs::create_dir_all(&jobs_dir)
+            .map_err(|e| Error::io(format!("cannot create {}", jobs_dir.display()), e))?;
+        Ok(Worker {
+            config: Arc::new(config),
+            jobs: Arc::new(RwLock::new(HashMap::new())),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts a job and returns once its program has been exec'd. On failure nothing of
+    /// the job is left: no process, no files, no table entry.
+    pub async fn start(&self, spec: JobSpec) -> Result<Arc<Job>, Error> {
+        spec.validate()?;
+        if !spec.limits.is_empty() {
+            return Err(Error::Unsupported(
+                "resource limits need cgroup v2 with the cpu, memory, io and pids controllers, \
+                 which this server does not have"
+                    .into(),
+            ));
+        }
+        let program = resolve_program(&spec.argv[0])?;
+        let command = spawn::Command::new(
+            cstring(program.as_os_str().as_encoded_bytes())?,
+            spec.argv
+                .iter()
+                .map(|a| cstring(a.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            vec![cstring(format!("PATH={JOB_PATH}").as_bytes())?],
+            cstring(b"/")?,
+        );
+
+        let id = JobId::new();
+        let dir = self.config.state_dir.join("jobs").join(id.to_string());
+        let prepared = prepare_files(&dir).and_then(|log| Ok((log, Pipes::new()?)));
+        let (log, pipes) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(Error::io(format!("cannot prepare job {id}"), e));
+            }
+        };
+
+        let (tx, rx) = oneshot::channel();
+        let jobs = Arc::clone(&self.jobs);
+        let log_path = dir.join("output.log");
+        let program_name = spec.argv[0].clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("job-{}", &id.to_string()[..8]))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let stdio = spawn::Stdio {
+                    stdin: pipes.devnull.as_fd(),
+                    stdout: pipes.stdout.1.as_fd(),
+                    stderr: pipes.stderr.1.as_fd(),
+                    cgroup: None,
+                };
+                let child = match spawn::spawn(&command, &stdio) {
+                    Ok(child) => child,
+                    Err(e) => {
+                        let _ = fs::remove_dir_all(&dir);
+                        let _ = tx.send(Err(spawn_error(&program_name, e)));
+                        return;
+                    }
+                };
+                let Pipes {
+                    stdout: (stdout, _),
+                    stderr: (stderr, _),
+                    ..
+                } = pipes; // the write ends close here: EOF comes when the job's side closes
+                let processes = Processes::Group { pgid: child.pid };
+                let job = Arc::new(Job::new(
+                    id,
+                    spec,
+                    child.pid,
+                    log_path,
+                    processes,
+                    logfile::FILE_HEADER_LEN,
+                ));
+                // Registered before the caller hears of it, so a cancelled Start call
+                // cannot leave a running job that nobody can see or stop.
+                jobs.write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, Arc::clone(&job));
+                let _ = tx.send(Ok(Arc::clone(&job)));
+                capture::run(
+                    &job,
+                    Capture {
+                        child,
+                        stdout,
+                        stderr,
+                        log,
+                    },
+                );
+            });
+        if let Err(e) = thread {
+            return Err(Error::io("cannot start a capture thread", e));
+        }
+        rx.await
+            .map_err(|_| Error::io("job start failed", io::Error::other("capture thread died")))?
+    }
+
+    /// The job with this id.
+    pub fn job(&self, id: &JobId) -> Result<Arc<Job>, Error> {
+        self.jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or(Error::NotFound(*id))
+    }
+
+    /// Snapshots of all jobs, or of one owner's, oldest first.
+    pub fn list(&self, owner: Option<&str>) -> Vec<JobInfo> {
+        let jobs: Vec<Arc<Job>> = self
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|j| owner.is_none_or(|o| j.owner() == o))
+            .cloned()
+            .collect();
+        let mut infos: Vec<JobInfo> = jobs.iter().map(|j| j.info()).collect();
+        infos.sort_by_key(|i| (i.started_at, i.id));
+        infos
+    }
+
+    /// Stops every running job, each with the default grace period, concurrently.
+    pub async fn shutdown(&self) {
+        let jobs: Vec<Arc<Job>> = self
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let grace = self.config.default_grace;
+        let mut stops = tokio::task::JoinSet::new();
+        for job in jobs {
+            stops.spawn(async move {
+                if let Err(e) = job.stop(grace).await {
+                    tracing::error!(job = %job.id(), error = %e, "cannot stop job at shutdown");
+                }
+            });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, Error> {
+    CString::new(bytes)
+        .map_err(|_| Error::InvalidArgument("arguments cannot contain NUL bytes".into()))
+}
+
+/// Creates the job's folder and its output log with the format header.
+fn prepare_files(dir: &Path) -> io::Result<File> {
+    fs::create_dir(dir)?;
+    let mut log = File::options()
+        .write(true)
+        .create_new(true)
+        .open(dir.join("output.log"))?;
+    log.write_all(&logfile::file_header())?;
+    Ok(log)
+}
+
+/// The job's three standard streams: /dev/null and two pipes (read end, write end).
+struct Pipes {
+    devnull: File,
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+}
+
+impl Pipes {
+    fn new() -> io::Result<Self> {
+        Ok(Pipes {
+            devnull: File::open("/dev/null")?,
+            stdout: output_pipe()?,
+            stderr: output_pipe()?,
+        })
+    }
+}
+
+/// A pipe whose read end is ours (non-blocking, so draining never waits) and whose write
+/// end becomes the job's stdout or stderr.
+fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded and we are the only owner of both descriptors.
+    let (r, w) = unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    // The job's end must block like any ordinary stdout.
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(w.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(w.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY);
+    }
+    Ok((r, w))
+}
+
+/// Finds the program as `execvp` would (in [`JOB_PATH`] when the name has no `/`), so a
+/// missing or non-executable program is a clear error before anything is created.
+fn resolve_program(name: &str) -> Result<PathBuf, Error> {
+    let exec_error = |reason: &str| Error::Exec {
+        program: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let is_executable = |m: &fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
+    if name.contains('/') {
+        return match fs::metadata(name) {
+            Ok(m) if is_executable(&m) => Ok(PathBuf::from(name)),
+            Ok(m) if m.is_dir() => Err(exec_error("is a directory")),
+            Ok(_) => Err(exec_error("permission denied (not executable)")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(exec_error("no such file or directory"))
+            }
+            Err(e) => Err(exec_error(&e.to_string())),
+        };
+    }
+    let mut found_unexecutable = false;
+    for dir in JOB_PATH.split(':') {
+        let candidate = Path::new(dir).join(name);
+        if let Ok(m) = fs::metadata(&candidate) {
+            if is_executable(&m) {
+                return Ok(candidate);
+            }
+            found_unexecutable |= m.is_file();
+        }
+    }
+    if found_unexecutable {
+        Err(exec_error("permission denied (not executable)"))
+    } else {
+        Err(exec_error("command not found"))
+    }
+}
+
+fn spawn_error(program: &str, e: SpawnError) -> Error {
+    match e {
+        SpawnError::Child {
+            stage: Stage::Exec,
+            error,
+        } => Error::Exec {
+            program: program.to_string(),
+            reason: error.to_string(),
+        },
+        SpawnError::Child { stage, error } => {
+            Error::io(format!("cannot start {program}: {stage} failed"), error)
+        }
+        SpawnError::Clone(error) => {
+            Error::io(format!("cannot start {program}: clone3 failed"), error)
+        }
+    }
+}

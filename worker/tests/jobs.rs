@@ -1,0 +1,412 @@
+//! The worker with real processes: lifecycle, signals, process trees and output capture.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use worker::{Config, Error, Job, JobSpec, JobState, LogReader, Stream, Worker};
+
+fn worker(dir: &Path) -> Worker {
+    Worker::new(Config::new(dir)).unwrap()
+}
+
+fn spec(argv: &[&str]) -> JobSpec {
+    JobSpec::new("alice", argv.iter().map(|s| s.to_string()).collect())
+}
+
+fn sh(script: &str) -> JobSpec {
+    spec(&["sh", "-c", script])
+}
+
+/// Everything a reader delivers, split by stream.
+async fn collect(mut reader: LogReader) -> (Vec<u8>, Vec<u8>) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(batch) = reader.next_batch().await.unwrap() {
+        for r in batch {
+            match r.stream {
+                Stream::Stdout => out.extend_from_slice(&r.data),
+                Stream::Stderr => err.extend_from_slice(&r.data),
+            }
+        }
+    }
+    (out, err)
+}
+
+async fn run_to_end(w: &Worker, spec: JobSpec) -> (Arc<Job>, JobState) {
+    let job = w.start(spec).await.unwrap();
+    let state = tokio::time::timeout(Duration::from_secs(30), job.wait())
+        .await
+        .expect("job did not end")
+        .state;
+    (job, state)
+}
+
+/// Whether a process is gone (or a zombie waiting for its new parent to reap it).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn exit_codes_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    for code in [0, 1, 42, 255] {
+        let (_, state) = run_to_end(&w, sh(&format!("exit {code}"))).await;
+        assert_eq!(state, JobState::Finished { exit_code: code });
+    }
+    let (job, _) = run_to_end(&w, spec(&["true"])).await;
+    assert_eq!(job.info().state.to_string(), "finished (exit code: 0)");
+    assert!(job.info().ended_at.is_some());
+}
+
+#[tokio::test]
+async fn death_by_signal_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let (job, state) = run_to_end(&w, sh("kill -SEGV $$")).await;
+    assert_eq!(state, JobState::Stopped { signal: 11 });
+    assert_eq!(job.info().state.to_string(), "stopped (signal: 11)");
+    assert!(!job.info().stop_requested);
+}
+
+#[tokio::test]
+async fn a_job_killed_from_outside_is_seen_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let job = w.start(spec(&["sleep", "60"])).await.unwrap();
+    assert_eq!(job.info().state, JobState::Running);
+    // SAFETY: signalling the process this test started, by pid.
+    assert_eq!(unsafe { libc::kill(job.info().pid, libc::SIGKILL) }, 0);
+    let info = tokio::time::timeout(Duration::from_secs(5), job.wait())
+        .await
+        .unwrap();
+    assert_eq!(info.state.to_string(), "stopped (signal: 9)");
+    assert!(!info.stop_requested);
+}
+
+#[tokio::test]
+async fn stop_terminates_and_stopping_again_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let job = w.start(spec(&["sleep", "60"])).await.unwrap();
+    let info = job.stop(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(info.state, JobState::Stopped { signal: 15 });
+    assert!(info.stop_requested);
+    let again = job.stop(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.state, JobState::Stopped { signal: 15 });
+}
+
+#[tokio::test]
+async fn a_job_that_traps_sigterm_is_killed_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let job = w
+        .start(sh("trap '' TERM; echo ready; while :; do sleep 0.05; done"))
+        .await
+        .unwrap();
+    wait_for_output(&job, b"ready").await;
+    let t0 = Instant::now();
+    let info = job.stop(Duration::from_millis(500)).await.unwrap();
+    assert_eq!(info.state, JobState::Stopped { signal: 9 });
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+async fn wait_for_output(job: &Job, needle: &[u8]) {
+    let mut reader = job.logs(true).unwrap();
+    let mut seen = Vec::new();
+    while let Some(batch) = tokio::time::timeout(Duration::from_secs(10), reader.next_batch())
+        .await
+        .expect("no output in time")
+        .unwrap()
+    {
+        for r in batch {
+            seen.extend_from_slice(&r.data);
+        }
+        if seen.windows(needle.len()).any(|w| w == needle) {
+            return;
+        }
+    }
+    panic!("output ended without {:?}", String::from_utf8_lossy(needle));
+}
+
+#[tokio::test]
+async fn stop_kills_background_children_of_the_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let job = w
+        .start(sh("sleep 1000 & echo $!; sleep 1000 & echo $!; wait"))
+        .await
+        .unwrap();
+    // Wait until both children have printed their pids.
+    let mut reader = job.logs(true).unwrap();
+    let mut text = String::new();
+    while text.lines().count() < 2 {
+        let batch = reader.next_batch().await.unwrap().unwrap();
+        for r in batch {
+            text.push_str(std::str::from_utf8(&r.data).unwrap());
+        }
+    }
+    let pids: Vec<i32> = text.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(pids.iter().all(|&p| !gone(p)));
+    job.stop(Duration::from_secs(5)).await.unwrap();
+    // The children die with SIGTERM at once; allow a moment for the kernel to finish.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pids.iter().all(|&p| gone(p)) {
+        assert!(Instant::now() < deadline, "children survived: {pids:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn children_left_behind_die_when_the_main_process_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let (job, state) = run_to_end(&w, sh("sleep 1000 & echo $!")).await;
+    assert_eq!(state, JobState::Finished { exit_code: 0 });
+    let (out, _) = collect(job.logs(false).unwrap()).await;
+    let pid: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(pid) {
+        assert!(Instant::now() < deadline, "orphan {pid} survived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_are_captured_and_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let (job, _) = run_to_end(&w, sh("echo to-out; echo to-err >&2; echo more-out")).await;
+    let (out, err) = collect(job.logs(true).unwrap()).await;
+    assert_eq!(out, b"to-out\nmore-out\n");
+    assert_eq!(err, b"to-err\n");
+}
+
+#[tokio::test]
+async fn binary_output_and_a_partial_last_line_are_stored_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let input = dir.path().join("bytes");
+    let mut content = all_bytes.repeat(100);
+    content.extend_from_slice(b"no newline at the end");
+    std::fs::write(&input, &content).unwrap();
+    let (job, _) = run_to_end(&w, spec(&["cat", input.to_str().unwrap()])).await;
+    let (out, err) = collect(job.logs(false).unwrap()).await;
+    assert_eq!(out, content);
+    assert!(err.is_empty());
+}
+
+#[tokio::test]
+async fn a_50_mb_line_is_stored_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let (job, state) = run_to_end(&w, sh("head -c 52428800 /dev/zero | tr '\\0' x; echo")).await;
+    assert_eq!(state, JobState::Finished { exit_code: 0 });
+    let (out, _) = collect(job.logs(false).unwrap()).await;
+    assert_eq!(out.len(), 50 * 1024 * 1024 + 1);
+    assert!(out[..out.len() - 1].iter().all(|&b| b == b'x'));
+    assert_eq!(out.last(), Some(&b'\n'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_readers_one_slow_replay_200_mb_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    // Pseudo-random content, so misplaced or repeated chunks cannot compare equal.
+    let mut content = vec![0u8; 200 * 1024 * 1024];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for chunk in content.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let input = dir.path().join("input");
+    std::fs::write(&input, &content).unwrap();
+    let content = Arc::new(content);
+
+    let job = w
+        .start(spec(&["cat", input.to_str().unwrap()]))
+        .await
+        .unwrap();
+    let mut readers = Vec::new();
+    for slow in [false, false, true] {
+        let reader = job.logs(true).unwrap();
+        let expected = Arc::clone(&content);
+        readers.push(tokio::spawn(async move {
+            let mut reader = reader;
+            let mut offset = 0usize;
+            let mut batches = 0;
+            while let Some(batch) = reader.next_batch().await.unwrap() {
+                for r in batch {
+                    assert_eq!(r.stream, Stream::Stdout);
+                    assert_eq!(&expected[offset..offset + r.data.len()], &r.data[..]);
+                    offset += r.data.len();
+                }
+                batches += 1;
+                if slow && batches % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            offset
+        }));
+    }
+    // The slow reader must not hold the job back: it ends on its own time.
+    let info = tokio::time::timeout(Duration::from_secs(60), job.wait())
+        .await
+        .unwrap();
+    assert_eq!(info.state, JobState::Finished { exit_code: 0 });
+    for r in readers {
+        assert_eq!(r.await.unwrap(), content.len());
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_joins_after_the_end_gets_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let (job, _) = run_to_end(&w, sh("for i in 1 2 3; do echo line $i; done")).await;
+    let (out, _) = collect(job.logs(true).unwrap()).await;
+    assert_eq!(out, b"line 1\nline 2\nline 3\n");
+}
+
+#[tokio::test]
+async fn a_follower_sees_live_output_and_ends_with_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let job = w
+        .start(sh("echo first; sleep 0.3; echo second"))
+        .await
+        .unwrap();
+    let follower = job.logs(true).unwrap();
+    let snapshot = job.logs(false).unwrap();
+    let (snap_out, _) = collect(snapshot).await;
+    assert!(b"first\n".starts_with(&snap_out), "{snap_out:?}");
+    let (out, _) = tokio::time::timeout(Duration::from_secs(10), collect(follower))
+        .await
+        .unwrap();
+    assert_eq!(out, b"first\nsecond\n");
+}
+
+#[tokio::test]
+async fn failed_starts_are_clear_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let not_exec = dir.path().join("script");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let cases: Vec<(JobSpec, &str)> = vec![
+        (
+            spec(&["no-such-program-xyz"]),
+            "cannot start no-such-program-xyz: command not found",
+        ),
+        (
+            spec(&["/no/such/file"]),
+            "cannot start /no/such/file: no such file or directory",
+        ),
+        (spec(&[not_exec.to_str().unwrap()]), "permission denied"),
+        (spec(&["/tmp"]), "is a directory"),
+        (spec(&[]), "the command is empty"),
+        (spec(&["echo", "a\0b"]), "NUL byte"),
+    ];
+    for (spec, message) in cases {
+        let err = w.start(spec).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Exec { .. } | Error::InvalidArgument(_)),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(message),
+            "{err} does not say {message}"
+        );
+    }
+    assert!(w.list(None).is_empty());
+    let left = std::fs::read_dir(dir.path().join("jobs")).unwrap().count();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn exec_failure_in_the_child_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    // Executable bits but no valid format or interpreter: only execve can tell.
+    let bad = dir.path().join("bad-interpreter");
+    std::fs::write(&bad, "#!/no/such/interpreter\n").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let err = w.start(spec(&[bad.to_str().unwrap()])).await.unwrap_err();
+    assert!(matches!(err, Error::Exec { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("No such file or directory"),
+        "{err}"
+    );
+    assert!(w.list(None).is_empty());
+}
+
+#[tokio::test]
+async fn jobs_list_by_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let a = w
+        .start(JobSpec::new("alice", vec!["true".into()]))
+        .await
+        .unwrap();
+    let b = w
+        .start(JobSpec::new("bob", vec!["true".into()]))
+        .await
+        .unwrap();
+    assert_eq!(w.list(None).len(), 2);
+    let alice: Vec<_> = w.list(Some("alice")).into_iter().map(|i| i.id).collect();
+    assert_eq!(alice, vec![a.id()]);
+    assert_eq!(w.list(Some("bob"))[0].id, b.id());
+    assert!(w.list(Some("carol")).is_empty());
+    assert!(matches!(
+        w.job(&"00000000-0000-4000-8000-000000000000".parse().unwrap()),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_job_runs_with_a_clean_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let (job, _) = run_to_end(
+        &w,
+        sh("env; pwd; cat; grep -E 'SigBlk|SigIgn' /proc/self/status; echo done"),
+    )
+    .await;
+    let (out, _) = collect(job.logs(false).unwrap()).await;
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains(&format!("PATH={}", worker_path())), "{text}");
+    assert!(!text.contains("CARGO"), "server environment leaked: {text}");
+    assert!(text.contains("\n/\n"), "cwd is not /: {text}");
+    assert!(text.ends_with("done\n"), "stdin is not /dev/null: {text}");
+    // No signal blocked or ignored: the server's own dispositions do not leak into jobs.
+    assert!(text.contains("SigBlk:\t0000000000000000"), "{text}");
+    assert!(text.contains("SigIgn:\t0000000000000000"), "{text}");
+}
+
+fn worker_path() -> &'static str {
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+}
+
+#[tokio::test]
+async fn limits_are_refused_without_cgroups() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    let limited = spec(&["true"]).with_limits(worker::Limits {
+        pids: Some(8),
+        ..Default::default()
+    });
+    let err = w.start(limited).await.unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+}
