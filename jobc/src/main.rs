@@ -1,1 +1,157 @@
-fn main() {}
+//! The `jobc` binary: parse, connect, call, print. Errors are one line on stderr.
+
+use std::io::{self, Write};
+
+use clap::{CommandFactory, Parser};
+use jobc::args::{Cli, Command, Format, StartArgs};
+use jobc::client;
+use jobc::errors::{self, Failure, EXIT_INTERRUPTED, EXIT_REQUEST};
+use jobc::output::{self, LogSink};
+use proto::v1 as pb;
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => exit(Failure::new(EXIT_REQUEST, format!("cannot start: {e}"))),
+    };
+    if let Err(failure) = runtime.block_on(run(cli)) {
+        exit(failure);
+    }
+}
+
+fn exit(failure: Failure) -> ! {
+    if !failure.message.is_empty() {
+        eprintln!("jobc: {}", failure.message);
+    }
+    std::process::exit(failure.exit_code)
+}
+
+/// Prints to stdout; a closed pipe (`jobc ... | head`) ends jobc quietly.
+fn print(text: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(write_failure)
+}
+
+fn write_failure(e: io::Error) -> Failure {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Failure::new(0, "")
+    } else {
+        Failure::new(EXIT_REQUEST, format!("cannot write output: {e}"))
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Completions { shell } = cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(shell, &mut cmd, "jobc", &mut io::stdout());
+        return Ok(());
+    }
+    let target = cli.conn.target();
+    let server = target.server.clone();
+    let status = |s: tonic::Status| errors::from_status(&s, &server);
+    let mut client = client::connect(&target).await?;
+
+    match cli.command {
+        Command::Start(args) => {
+            let reply = client.start(start_request(args)).await.map_err(status)?;
+            print(&format!("{}\n", reply.into_inner().job_id))
+        }
+        Command::Stop { id, grace } => {
+            client
+                .stop(pb::StopRequest {
+                    job_id: id,
+                    grace_period_seconds: grace,
+                })
+                .await
+                .map_err(status)?;
+            Ok(())
+        }
+        Command::Status { id, output } => {
+            let reply = client
+                .status(pb::StatusRequest { job_id: id })
+                .await
+                .map_err(status)?;
+            let s = reply.into_inner().status.unwrap_or_default();
+            match output {
+                Format::Text => print(&format!("{}\n", output::status_line(&s))),
+                Format::Json => print(&format!("{}\n", output::status_to_json(&s))),
+            }
+        }
+        Command::List { output } => {
+            let jobs = client
+                .list(pb::ListRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .jobs;
+            match output {
+                Format::Text => print(&output::list_table(&jobs)),
+                Format::Json => print(&format!("{}\n", output::list_to_json(&jobs))),
+            }
+        }
+        Command::Logs { id, raw, no_follow } => {
+            let request = pb::LogsRequest {
+                job_id: id,
+                follow: !no_follow,
+            };
+            tokio::select! {
+                result = logs(&mut client, request, raw, &server) => result,
+                _ = tokio::signal::ctrl_c() => Err(Failure::new(EXIT_INTERRUPTED, "")),
+            }
+        }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+}
+
+async fn logs(
+    client: &mut pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    request: pb::LogsRequest,
+    raw: bool,
+    server: &str,
+) -> Result<(), Failure> {
+    let mut stream = client
+        .logs(request)
+        .await
+        .map_err(|s| errors::from_status(&s, server))?
+        .into_inner();
+    let mut sink = LogSink::new(raw);
+    loop {
+        match stream.message().await {
+            Ok(Some(batch)) => sink.write_batch(batch.records).map_err(write_failure)?,
+            Ok(None) => break,
+            Err(s) => {
+                // Print what we have, then say why the stream ended early.
+                sink.finish().map_err(write_failure)?;
+                return Err(errors::from_status(&s, server));
+            }
+        }
+    }
+    sink.finish().map_err(write_failure)
+}
+
+fn start_request(args: StartArgs) -> pb::StartRequest {
+    let rates = |v: Vec<(String, u64)>| {
+        v.into_iter()
+            .map(|(device, bytes_per_second)| pb::DeviceRate {
+                device,
+                bytes_per_second,
+            })
+            .collect()
+    };
+    pb::StartRequest {
+        argv: args.command,
+        limits: Some(pb::Limits {
+            cpus: args.cpus,
+            memory_bytes: args.memory,
+            pids: args.pids,
+            device_read_bps: rates(args.device_read_bps),
+            device_write_bps: rates(args.device_write_bps),
+        }),
+    }
+}

@@ -24,4 +24,4 @@ pub use logfile::{Record, Stream};
 pub use spec::{DeviceRate, JobId, JobSpec, Limits};
 pub use status::{JobInfo, JobState};
 pub use subscribe::LogReader;
-pub use worker::{Config, Worker};
+pub use worker::{default_state_dir, Config, Worker};

@@ -28,6 +28,21 @@ pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Pipe capacity asked for per stream: fewer wake-ups for chatty jobs. Best effort.
 const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
 
+/// The state dir when none is configured: the system location as root, else the user's
+/// (`$XDG_STATE_HOME/jobworker` or `~/.local/state/jobworker`). jobc uses it to find the
+/// development PKI that jobd creates there.
+pub fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/jobworker");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("jobworker")
+}
+
 /// How the worker is set up.
 #[derive(Debug, Clone)]
 pub struct Config {

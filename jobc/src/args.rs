@@ -1,0 +1,231 @@
+//! The command line: global connection flags (also read from `JOBC_*` variables) and one
+//! subcommand per RPC. With no flags at all, jobc talks to a development jobd on this
+//! machine, using the PKI that jobd created in its default state dir.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::Target;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobc",
+    version,
+    about = "Run and watch jobs on a jobworker server"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Server address [default: localhost:50051].
+    #[arg(long, global = true, env = "JOBC_SERVER", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// CA certificate that the server's certificate must chain to.
+    #[arg(long, global = true, env = "JOBC_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Your client certificate; its CN is your username, its O values your roles.
+    #[arg(long, global = true, env = "JOBC_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key of your client certificate.
+    #[arg(long, global = true, env = "JOBC_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    /// Fills what was not given from the development PKI of a local jobd (as admin).
+    pub fn target(&self) -> Target {
+        let pki = worker::default_state_dir().join("pki");
+        Target {
+            server: self
+                .server
+                .clone()
+                .unwrap_or_else(|| "localhost:50051".into()),
+            ca: self.ca.clone().unwrap_or_else(|| pki.join("ca.pem")),
+            cert: self.cert.clone().unwrap_or_else(|| pki.join("admin.pem")),
+            key: self
+                .key
+                .clone()
+                .unwrap_or_else(|| pki.join("admin-key.pem")),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a job and print its id.
+    Start(StartArgs),
+    /// Stop a job: SIGTERM, a grace period, then SIGKILL. Returns when it has ended.
+    Stop {
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL [default: the server's, 5].
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<u32>,
+    },
+    /// Print a job's status: running, finished (exit code: N) or stopped (signal: N).
+    Status {
+        id: String,
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Print a job's output as JSON lines, then follow it until the job ends.
+    Logs {
+        id: String,
+        /// Write the job's bytes to stdout and stderr exactly as it wrote them.
+        #[arg(long)]
+        raw: bool,
+        /// Stop after the output so far instead of following the job.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// List your jobs (an admin sees everyone's).
+    List {
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// CPU bandwidth in CPUs, e.g. 0.5.
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+    /// Memory limit, e.g. 64M or 2G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids: Option<u64>,
+    /// Read bandwidth limit for a block device, e.g. /dev/sda:10M.
+    #[arg(long, value_name = "DEV:RATE", value_parser = parse_device_rate)]
+    pub device_read_bps: Vec<(String, u64)>,
+    /// Write bandwidth limit for a block device, e.g. /dev/sda:10M.
+    #[arg(long, value_name = "DEV:RATE", value_parser = parse_device_rate)]
+    pub device_write_bps: Vec<(String, u64)>,
+    /// The program and its arguments (everything after CMD belongs to the job).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+/// Parses `64M`, `2G`, `512K` or a plain byte count (binary units: K = 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 512K, 64M, 2G)"))?;
+    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    let value = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if value == 0 {
+        return Err(format!("{s:?}: the size must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of CPUs (example: 0.5)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!(
+            "{s:?}: the number of CPUs must be greater than zero"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_device_rate(s: &str) -> Result<(String, u64), String> {
+    let (dev, rate) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?}: expected DEVICE:RATE, e.g. /dev/sda:10M"))?;
+    if dev.is_empty() {
+        return Err(format!("{s:?}: the device is missing"));
+    }
+    Ok((dev.to_string(), parse_size(rate)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        for bad in ["0", "-1", "1.5M", "M", "12X", "99999999999T", ""] {
+            assert!(parse_size(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn cpus_must_be_positive_and_finite() {
+        assert_eq!(parse_cpus("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "NaN", "inf", "x"] {
+            assert!(parse_cpus(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn arguments_after_the_command_belong_to_the_job() {
+        let cli = Cli::try_parse_from(["jobc", "start", "ls", "-la", "--cpus", "1"]).unwrap();
+        let Command::Start(start) = cli.command else {
+            panic!()
+        };
+        assert_eq!(start.command, ["ls", "-la", "--cpus", "1"]);
+        assert_eq!(start.cpus, None);
+
+        let cli =
+            Cli::try_parse_from(["jobc", "start", "--cpus", "0.5", "--", "sh", "-c", "x"]).unwrap();
+        let Command::Start(start) = cli.command else {
+            panic!()
+        };
+        assert_eq!(start.command, ["sh", "-c", "x"]);
+        assert_eq!(start.cpus, Some(0.5));
+
+        let cli = Cli::try_parse_from(["jobc", "start", "--device-write-bps", "/dev/sda:1M", "dd"])
+            .unwrap();
+        let Command::Start(start) = cli.command else {
+            panic!()
+        };
+        assert_eq!(start.device_write_bps, [("/dev/sda".to_string(), 1 << 20)]);
+    }
+}

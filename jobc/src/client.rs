@@ -1,0 +1,130 @@
+//! Connecting to jobd: TCP, then mutual TLS 1.3 with our certificate, then gRPC.
+//!
+//! The rustls client config is built here (TLS 1.3 only, the server verified against the
+//! given CA and by name) and handed to tonic through a custom connector, so the client
+//! needs none of tonic's TLS features.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use proto::v1::job_service_client::JobServiceClient;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where to connect and with which credentials.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `HOST:PORT`.
+    pub server: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|e| {
+        ConnectError::Config(format!("cannot read the {what} {}: {e}", path.display()))
+    })
+}
+
+fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
+    let pem = read(path, what)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ConnectError::Config(format!("{} is not a PEM file: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConnectError::Config(format!(
+            "{} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, ConnectError> {
+    let pem = read(path, "key")?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| ConnectError::Config(format!("{} holds no private key", path.display())))
+}
+
+/// TLS 1.3 only; the server must chain to `ca`; we present `cert` with `key`.
+pub fn tls_config(target: &Target) -> Result<Arc<ClientConfig>, ConnectError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(&target.ca, "CA certificate")? {
+        roots
+            .add(c)
+            .map_err(|e| ConnectError::Config(format!("bad CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConnectError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(&target.cert, "certificate")?, key(&target.key)?)
+        .map_err(|e| ConnectError::Config(format!("bad client certificate or key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Splits `HOST:PORT` (or `[V6]:PORT`) into the host name to verify and the address.
+fn server_name(server: &str) -> Result<ServerName<'static>, ConnectError> {
+    let host = server
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .ok_or_else(|| ConnectError::Config(format!("{server:?}: expected HOST:PORT")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .map_err(|_| ConnectError::Config(format!("{host:?} is not a valid host name")))
+}
+
+/// Connects to jobd; fails if the server cannot be reached or the TLS handshake fails.
+pub async fn connect(target: &Target) -> Result<JobServiceClient<Channel>, ConnectError> {
+    let config = tls_config(target)?;
+    connect_with(target, config).await
+}
+
+/// Like [`connect`], with a caller-built TLS config (tests use it to offer other versions).
+pub async fn connect_with(
+    target: &Target,
+    config: Arc<ClientConfig>,
+) -> Result<JobServiceClient<Channel>, ConnectError> {
+    let name = server_name(&target.server)?;
+    let server = target.server.clone();
+    let endpoint = Endpoint::from_shared(format!("http://{server}"))
+        .map_err(|_| ConnectError::Config(format!("{server:?}: expected HOST:PORT")))?
+        .tcp_nodelay(true);
+    let connector = TlsConnector::from(config);
+    let addr = server.clone();
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let (connector, name, addr) = (connector.clone(), name.clone(), addr.clone());
+            async move {
+                let tcp = TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|source| ConnectError::Connect { server, source })?;
+    // Output batches can be up to a few MiB once encoded.
+    Ok(JobServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}

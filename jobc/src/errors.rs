@@ -1,0 +1,120 @@
+//! Turning failures into one line a person understands, and into jobc's exit codes.
+//!
+//! Exit codes: 0 success; 1 the server refused or failed the request (not found, invalid
+//! input, permission denied, ...); 2 usage error; 3 the server could not be reached or the
+//! TLS handshake failed; 130 interrupted by Ctrl-C.
+
+use std::error::Error as StdError;
+
+use crate::client::ConnectError;
+
+pub const EXIT_REQUEST: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_CONNECT: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// A failure of a jobc command, ready to print.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl Failure {
+    pub fn new(exit_code: i32, message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            exit_code,
+        }
+    }
+}
+
+/// What went wrong underneath a transport failure, found by walking the error chain.
+fn transport_reason(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls_reason(tls));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(tls_reason(tls));
+            }
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset by the server".into(),
+                _ => io.to_string(),
+            });
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn tls_reason(e: &rustls::Error) -> String {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::AlertReceived(
+            A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateExpired
+            | A::CertificateRequired
+            | A::CertificateRevoked
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::DecryptError,
+        ) => "server refused this certificate".into(),
+        rustls::Error::AlertReceived(A::ProtocolVersion) => {
+            "the server does not speak TLS 1.3".into()
+        }
+        rustls::Error::InvalidCertificate(why) => {
+            format!("cannot verify the server's certificate: {why:?}")
+        }
+        other => format!("TLS failed: {other}"),
+    }
+}
+
+impl From<ConnectError> for Failure {
+    fn from(e: ConnectError) -> Self {
+        match &e {
+            ConnectError::Config(msg) => Failure::new(EXIT_USAGE, msg.clone()),
+            ConnectError::Connect { server, source } => {
+                let reason = transport_reason(source).unwrap_or_else(|| source.to_string());
+                let message = if reason.contains("certificate") {
+                    reason
+                } else {
+                    format!("cannot connect to {server}: {reason}")
+                };
+                Failure::new(EXIT_CONNECT, message)
+            }
+        }
+    }
+}
+
+/// A failed RPC: the server's own sentence for refusals, a transport reason otherwise.
+pub fn from_status(status: &tonic::Status, server: &str) -> Failure {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => {
+            if let Some(reason) = transport_reason(status) {
+                return if reason.contains("certificate") {
+                    Failure::new(EXIT_CONNECT, reason)
+                } else {
+                    Failure::new(
+                        EXIT_CONNECT,
+                        format!("lost the connection to {server}: {reason}"),
+                    )
+                };
+            }
+            let exit = if status.code() == Code::Unavailable {
+                EXIT_CONNECT
+            } else {
+                EXIT_REQUEST
+            };
+            Failure::new(exit, status.message().to_string())
+        }
+        _ => Failure::new(EXIT_REQUEST, status.message().to_string()),
+    }
+}

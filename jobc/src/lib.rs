@@ -1,0 +1,7 @@
+//! `jobc`: the jobworker command-line client. The binary is thin: argument parsing lives in
+//! [`args`], the connection in [`client`], and turning replies into text in [`output`].
+
+pub mod args;
+pub mod client;
+pub mod errors;
+pub mod output;

@@ -1,0 +1,231 @@
+//! Rendering replies: the status line, `-o json`, the job table and the log stream.
+
+use std::io::{self, Write};
+use std::time::{Duration, UNIX_EPOCH};
+
+use proto::v1 as pb;
+use serde::Serialize;
+
+/// `running`, `finished (exit code: N)` or `stopped (signal: N)`.
+pub fn status_line(s: &pb::JobStatus) -> String {
+    match pb::JobState::try_from(s.state) {
+        Ok(pb::JobState::Running) => "running".into(),
+        Ok(pb::JobState::Finished) => format!("finished (exit code: {})", s.exit_code.unwrap_or(0)),
+        Ok(pb::JobState::Stopped) => format!("stopped (signal: {})", s.signal.unwrap_or(0)),
+        _ => "unknown".into(),
+    }
+}
+
+fn time(t: &Option<pb::Timestamp>) -> Option<String> {
+    t.as_ref().map(|t| {
+        let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos);
+        humantime::format_rfc3339_nanos(at).to_string()
+    })
+}
+
+#[derive(Serialize)]
+struct DeviceRate<'a> {
+    device: &'a str,
+    bytes_per_second: u64,
+}
+
+#[derive(Serialize)]
+struct Limits<'a> {
+    cpus: Option<f64>,
+    memory_bytes: Option<u64>,
+    pids: Option<u64>,
+    device_read_bps: Vec<DeviceRate<'a>>,
+    device_write_bps: Vec<DeviceRate<'a>>,
+}
+
+/// The structured status as `-o json` prints it.
+#[derive(Serialize)]
+struct Status<'a> {
+    id: &'a str,
+    owner: &'a str,
+    argv: &'a [String],
+    status: String,
+    state: &'static str,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    pid: u32,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    stop_requested: bool,
+    oom_killed: bool,
+    cpu_usage_usec: u64,
+    memory_peak_bytes: u64,
+    limits: Option<Limits<'a>>,
+    output_error: Option<&'a str>,
+}
+
+fn rates(v: &[pb::DeviceRate]) -> Vec<DeviceRate<'_>> {
+    v.iter()
+        .map(|r| DeviceRate {
+            device: &r.device,
+            bytes_per_second: r.bytes_per_second,
+        })
+        .collect()
+}
+
+fn status_json(s: &pb::JobStatus) -> Status<'_> {
+    Status {
+        id: &s.job_id,
+        owner: &s.owner,
+        argv: &s.argv,
+        status: status_line(s),
+        state: match pb::JobState::try_from(s.state) {
+            Ok(pb::JobState::Running) => "running",
+            Ok(pb::JobState::Finished) => "finished",
+            Ok(pb::JobState::Stopped) => "stopped",
+            _ => "unknown",
+        },
+        exit_code: s.exit_code,
+        signal: s.signal,
+        pid: s.pid,
+        started_at: time(&s.started_at),
+        ended_at: time(&s.ended_at),
+        stop_requested: s.stop_requested,
+        oom_killed: s.oom_killed,
+        cpu_usage_usec: s.cpu_usage_usec,
+        memory_peak_bytes: s.memory_peak_bytes,
+        limits: s.limits.as_ref().map(|l| Limits {
+            cpus: l.cpus,
+            memory_bytes: l.memory_bytes,
+            pids: l.pids,
+            device_read_bps: rates(&l.device_read_bps),
+            device_write_bps: rates(&l.device_write_bps),
+        }),
+        output_error: Some(s.output_error.as_str()).filter(|e| !e.is_empty()),
+    }
+}
+
+pub fn status_to_json(s: &pb::JobStatus) -> String {
+    serde_json::to_string_pretty(&status_json(s)).expect("a status always serializes")
+}
+
+pub fn list_to_json(jobs: &[pb::JobStatus]) -> String {
+    let all: Vec<Status<'_>> = jobs.iter().map(status_json).collect();
+    serde_json::to_string_pretty(&all).expect("a status always serializes")
+}
+
+/// The `jobc list` table: id, owner, status, start time, command.
+pub fn list_table(jobs: &[pb::JobStatus]) -> String {
+    let rows: Vec<[String; 5]> = jobs
+        .iter()
+        .map(|j| {
+            let started = time(&j.started_at)
+                .map(|t| t.get(..19).unwrap_or(&t).replace('T', " "))
+                .unwrap_or_default();
+            let mut command = j.argv.join(" ");
+            if command.chars().count() > 60 {
+                command = command.chars().take(59).collect::<String>() + "…";
+            }
+            [
+                j.job_id.clone(),
+                j.owner.clone(),
+                status_line(j),
+                started,
+                command,
+            ]
+        })
+        .collect();
+    let header = ["ID", "OWNER", "STATUS", "STARTED (UTC)", "COMMAND"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i == 4 {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Where the records of `jobc logs` go: JSON lines on stdout, or raw bytes to stdout and
+/// stderr as the job wrote them.
+pub enum LogSink {
+    Json {
+        lines: worker::render::JsonLines,
+        buf: Vec<u8>,
+    },
+    Raw,
+}
+
+impl LogSink {
+    pub fn new(raw: bool) -> Self {
+        if raw {
+            LogSink::Raw
+        } else {
+            LogSink::Json {
+                lines: worker::render::JsonLines::default(),
+                buf: Vec::with_capacity(64 * 1024),
+            }
+        }
+    }
+
+    /// Writes one batch and flushes it, so a follower sees output as it comes.
+    pub fn write_batch(&mut self, records: Vec<pb::OutputRecord>) -> io::Result<()> {
+        let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+        match self {
+            LogSink::Json { lines, buf } => {
+                buf.clear();
+                for r in records {
+                    lines.push(&record(r), buf);
+                }
+                out.write_all(buf)?;
+                out.flush()
+            }
+            LogSink::Raw => {
+                for r in records {
+                    if r.stream == pb::Stream::Stderr as i32 {
+                        err.write_all(&r.data)?;
+                    } else {
+                        out.write_all(&r.data)?;
+                    }
+                }
+                out.flush()?;
+                err.flush()
+            }
+        }
+    }
+
+    /// Emits a last line that had no newline.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if let LogSink::Json { lines, buf } = self {
+            buf.clear();
+            lines.finish(buf);
+            let mut out = io::stdout().lock();
+            out.write_all(buf)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn record(r: pb::OutputRecord) -> worker::Record {
+    worker::Record {
+        stream: if r.stream == pb::Stream::Stderr as i32 {
+            worker::Stream::Stderr
+        } else {
+            worker::Stream::Stdout
+        },
+        time_unix_nanos: r.time_unix_nanos,
+        data: r.data,
+    }
+}

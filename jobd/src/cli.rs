@@ -1,0 +1,205 @@
+//! `jobd`'s command line and configuration file, merged into a [`ServerConfig`].
+//!
+//! Precedence: command-line flags, then the config file, then built-in defaults. The
+//! defaults make `jobd serve` alone a working development server: loopback only, state in
+//! the default state dir, and a development PKI created there if no TLS files are given.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::pki::{self, PkiOptions, User};
+use crate::server::{self, ServerConfig, TlsFiles};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobd",
+    version,
+    about = "jobworker server: runs jobs for remote users over mutual TLS"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the job API (the default command).
+    Serve(ServeArgs),
+    /// Manage a small certificate authority for jobd and its clients.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Where job records and output live [default: /var/lib/jobworker as root].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// CA certificate that client certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Server certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Seconds between SIGTERM and SIGKILL when a stop does not say [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    pub grace: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a CA, a server certificate and client certificates.
+    Init {
+        /// Folder to write the certificates and keys to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A client to issue a certificate for, as NAME:ROLE[,ROLE] (roles: admin, user).
+        /// Default: admin:admin, alice:user, bob:user.
+        #[arg(long = "user", value_name = "NAME:ROLES")]
+        users: Vec<User>,
+        /// An extra DNS name or IP address for the server certificate.
+        #[arg(long = "san", value_name = "HOST")]
+        sans: Vec<String>,
+        /// Validity of every certificate, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace an existing PKI in the folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate from an existing CA (ca.pem and ca-key.pem in DIR).
+    AddUser {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "NAME:ROLES")]
+        user: User,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// The config file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    state_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    grace_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    max_streams_per_connection: Option<u32>,
+    max_log_streams: Option<usize>,
+    max_running_jobs: Option<usize>,
+    max_argv_bytes: Option<usize>,
+}
+
+/// Merges flags, file and defaults; creates the development PKI when no TLS files are set.
+pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| {
+        DEFAULT_LISTEN
+            .parse()
+            .expect("the default address is valid")
+    });
+    let state_dir = args
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(worker::default_state_dir);
+    let tls = match (
+        args.ca.or(file.ca),
+        args.cert.or(file.cert),
+        args.key.or(file.key),
+    ) {
+        (Some(ca), Some(cert), Some(key)) => TlsFiles { ca, cert, key },
+        (None, None, None) => TlsFiles::in_dir(&server::ensure_dev_pki(&state_dir)?),
+        _ => anyhow::bail!(
+            "give --ca, --cert and --key together, or none of them for a development PKI"
+        ),
+    };
+    let mut config = ServerConfig::new(listen, state_dir, tls);
+    if let Some(s) = args.grace.or(file.grace_seconds) {
+        config.default_grace = Duration::from_secs(s);
+    }
+    if let Some(n) = file.max_connections {
+        config.transport.max_connections = n;
+    }
+    if let Some(n) = file.max_streams_per_connection {
+        config.max_streams_per_connection = n;
+    }
+    if let Some(n) = file.max_log_streams {
+        config.service.max_log_streams = n;
+    }
+    if let Some(n) = file.max_running_jobs {
+        config.service.max_running_jobs = n;
+    }
+    if let Some(n) = file.max_argv_bytes {
+        config.service.request.max_argv_bytes = n;
+    }
+    Ok(config)
+}
+
+pub fn pki(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init {
+            out,
+            users,
+            sans,
+            days,
+            force,
+        } => {
+            let mut opts = PkiOptions::new(&out);
+            if !users.is_empty() {
+                opts.users = users;
+            }
+            opts.extra_sans = sans;
+            opts.days = days;
+            opts.force = force;
+            pki::init(&opts)?;
+            println!(
+                "wrote CA, server and client certificates to {}",
+                out.display()
+            );
+        }
+        PkiCommand::AddUser { dir, user, days } => {
+            let now = time::OffsetDateTime::now_utc();
+            pki::add_user(
+                &dir,
+                &user,
+                now - time::Duration::minutes(5),
+                now + time::Duration::days(days.into()),
+            )?;
+            println!(
+                "wrote {0}.pem and {0}-key.pem to {1}",
+                user.name,
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}

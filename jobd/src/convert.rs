@@ -1,0 +1,140 @@
+//! Translation between the wire types and the worker's types, with request validation.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::v1 as pb;
+use tonic::Status;
+use worker::{DeviceRate, JobInfo, JobState, Limits, Record, Stream};
+
+/// Bounds on what one Start request may ask for.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_argv_bytes: usize,
+    pub max_args: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_argv_bytes: 128 * 1024,
+            max_args: 4096,
+        }
+    }
+}
+
+pub fn argv(argv: Vec<String>, limits: &RequestLimits) -> Result<Vec<String>, Status> {
+    if argv.len() > limits.max_args {
+        return Err(Status::resource_exhausted(format!(
+            "the command has {} arguments; the server allows at most {}",
+            argv.len(),
+            limits.max_args
+        )));
+    }
+    let bytes: usize = argv.iter().map(|a| a.len() + 1).sum();
+    if bytes > limits.max_argv_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "the command is {bytes} bytes long; the server allows at most {}",
+            limits.max_argv_bytes
+        )));
+    }
+    Ok(argv)
+}
+
+pub fn limits(l: Option<pb::Limits>) -> Result<Limits, Status> {
+    let Some(l) = l else {
+        return Ok(Limits::default());
+    };
+    let rates = |v: Vec<pb::DeviceRate>| {
+        v.into_iter()
+            .map(|r| DeviceRate {
+                device: r.device,
+                bytes_per_second: r.bytes_per_second,
+            })
+            .collect()
+    };
+    Ok(Limits {
+        cpus: l.cpus,
+        memory_bytes: l.memory_bytes,
+        pids: l.pids,
+        device_read_bps: rates(l.device_read_bps),
+        device_write_bps: rates(l.device_write_bps),
+    })
+}
+
+fn limits_to_pb(l: &Limits) -> pb::Limits {
+    let rates = |v: &[DeviceRate]| {
+        v.iter()
+            .map(|r| pb::DeviceRate {
+                device: r.device.clone(),
+                bytes_per_second: r.bytes_per_second,
+            })
+            .collect()
+    };
+    pb::Limits {
+        cpus: l.cpus,
+        memory_bytes: l.memory_bytes,
+        pids: l.pids,
+        device_read_bps: rates(&l.device_read_bps),
+        device_write_bps: rates(&l.device_write_bps),
+    }
+}
+
+fn timestamp(t: SystemTime) -> pb::Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    pb::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
+}
+
+pub fn status(info: &JobInfo) -> pb::JobStatus {
+    let (state, exit_code, signal) = match info.state {
+        JobState::Running => (pb::JobState::Running, None, None),
+        JobState::Finished { exit_code } => (pb::JobState::Finished, Some(exit_code), None),
+        JobState::Stopped { signal } => (pb::JobState::Stopped, None, Some(signal)),
+    };
+    pb::JobStatus {
+        job_id: info.id.to_string(),
+        owner: info.owner.clone(),
+        argv: info.argv.clone(),
+        limits: Some(limits_to_pb(&info.limits)),
+        state: state as i32,
+        exit_code,
+        signal,
+        started_at: Some(timestamp(info.started_at)),
+        ended_at: info.ended_at.map(timestamp),
+        stop_requested: info.stop_requested,
+        oom_killed: info.oom_killed,
+        cpu_usage_usec: info.cpu_usage_usec,
+        memory_peak_bytes: info.memory_peak_bytes,
+        pid: info.pid.max(0) as u32,
+        output_error: info.output_error.clone().unwrap_or_default(),
+    }
+}
+
+pub fn records(batch: Vec<Record>) -> pb::LogsResponse {
+    pb::LogsResponse {
+        records: batch
+            .into_iter()
+            .map(|r| pb::OutputRecord {
+                stream: match r.stream {
+                    Stream::Stdout => pb::Stream::Stdout,
+                    Stream::Stderr => pb::Stream::Stderr,
+                } as i32,
+                time_unix_nanos: r.time_unix_nanos,
+                data: r.data,
+            })
+            .collect(),
+    }
+}
+
+/// Maps a worker error to the status a caller should see.
+pub fn error(e: worker::Error) -> Status {
+    use worker::Error as E;
+    match e {
+        E::InvalidArgument(_) | E::Exec { .. } => Status::invalid_argument(e.to_string()),
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::Unsupported(_) | E::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+        E::Io { .. } => Status::internal(e.to_string()),
+    }
+}

@@ -1,0 +1,91 @@
+//! Who is calling: taken from the client certificate that the TLS layer verified.
+//!
+//! Username = subject CN; roles = every subject O value that names a known role. Unknown O
+//! values are ignored, so a certificate with none of ours may do nothing.
+
+use std::fmt;
+
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+impl Identity {
+    pub fn new(name: impl Into<String>, roles: Vec<Role>) -> Self {
+        Identity {
+            name: name.into(),
+            roles,
+        }
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Reads the identity from a verified leaf certificate (DER).
+    pub fn from_certificate(der: &[u8]) -> Result<Identity, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparsable)?;
+        let subject = cert.subject();
+        let mut names = subject.iter_common_name();
+        let name = names
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .filter(|cn| !cn.is_empty())
+            .ok_or(IdentityError::NoCommonName)?;
+        if names.next().is_some() {
+            return Err(IdentityError::SeveralCommonNames);
+        }
+        let mut roles = Vec::new();
+        for o in subject.iter_organization() {
+            if let Some(role) = o.as_str().ok().and_then(Role::parse) {
+                if !roles.contains(&role) {
+                    roles.push(role);
+                }
+            }
+        }
+        Ok(Identity::new(name, roles))
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("the client certificate cannot be parsed")]
+    Unparsable,
+    #[error("the client certificate has no subject common name (username)")]
+    NoCommonName,
+    #[error("the client certificate has more than one subject common name")]
+    SeveralCommonNames,
+}

@@ -1,0 +1,12 @@
+//! `jobd`: the jobworker server. A thin layer over the `worker` library: transport (mutual
+//! TLS 1.3), identity (from the client certificate), policy (who may touch which job), and
+//! the gRPC handlers that tie them to the worker.
+
+pub mod authz;
+pub mod cli;
+mod convert;
+pub mod identity;
+pub mod pki;
+pub mod server;
+pub mod service;
+pub mod tls;

@@ -1,0 +1,229 @@
+//! `jobd pki init`: a small certificate authority for development and small deployments.
+//!
+//! It writes a CA, a server certificate (SANs: localhost, 127.0.0.1, ::1 and any extra
+//! names) and one client certificate per user, whose subject CN is the username and whose
+//! O values are the roles. Every certificate expires; private keys are written mode 0600.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::identity::Role;
+
+/// The OID of the subject O attribute. rcgen keeps one value per attribute type, so a
+/// second O value is added under this spelled-out type; both encode as O.
+const ORGANIZATION_OID: &[u64] = &[2, 5, 4, 10];
+
+/// A user to issue a client certificate for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+impl std::str::FromStr for User {
+    type Err = String;
+
+    /// Parses `NAME:ROLE[,ROLE]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, roles) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected NAME:ROLE[,ROLE]"))?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(format!(
+                "{name:?}: a username uses letters, digits, '.', '_' and '-'"
+            ));
+        }
+        let roles = roles
+            .split(',')
+            .map(|r| Role::parse(r).ok_or_else(|| format!("{r:?}: roles are admin and user")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(User {
+            name: name.to_string(),
+            roles,
+        })
+    }
+}
+
+/// What to issue.
+#[derive(Debug, Clone)]
+pub struct PkiOptions {
+    pub out: PathBuf,
+    pub users: Vec<User>,
+    pub extra_sans: Vec<String>,
+    pub days: u32,
+    /// Replace existing files instead of refusing to.
+    pub force: bool,
+}
+
+impl PkiOptions {
+    /// The development defaults: admin (admin), alice and bob (user), one year.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        PkiOptions {
+            out: out.into(),
+            users: default_users(),
+            extra_sans: Vec::new(),
+            days: 365,
+            force: false,
+        }
+    }
+}
+
+pub fn default_users() -> Vec<User> {
+    [
+        ("admin", Role::Admin),
+        ("alice", Role::User),
+        ("bob", Role::User),
+    ]
+    .into_iter()
+    .map(|(name, role)| User {
+        name: name.into(),
+        roles: vec![role],
+    })
+    .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{0} already exists (use --force to replace it)")]
+    Exists(PathBuf),
+    #[error("{path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot issue a certificate: {0}")]
+    Issue(#[from] rcgen::Error),
+    #[error("the validity must be between 1 and 36500 days")]
+    Days,
+}
+
+/// Issues the CA, the server certificate and the users' certificates into `opts.out`.
+pub fn init(opts: &PkiOptions) -> Result<(), PkiError> {
+    if opts.days == 0 || opts.days > 36500 {
+        return Err(PkiError::Days);
+    }
+    fs::create_dir_all(&opts.out).map_err(|source| PkiError::Write {
+        path: opts.out.clone(),
+        source,
+    })?;
+    if !opts.force {
+        let ca = opts.out.join("ca.pem");
+        if ca.exists() {
+            return Err(PkiError::Exists(ca));
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let validity = |params: &mut CertificateParams| {
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(i64::from(opts.days));
+    };
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "jobworker CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut ca_params);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    write(&opts.out, "ca.pem", &ca_cert.pem(), false)?;
+    write(&opts.out, "ca-key.pem", &ca_key.serialize_pem(), true)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    sans.extend(opts.extra_sans.iter().cloned());
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(sans)?;
+    params.distinguished_name.push(DnType::CommonName, "jobd");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params);
+    let cert = params.signed_by(&key, &issuer)?;
+    write(&opts.out, "server.pem", &cert.pem(), false)?;
+    write(&opts.out, "server-key.pem", &key.serialize_pem(), true)?;
+
+    for user in &opts.users {
+        let (cert, key) = client_certificate(&issuer, user, &validity)?;
+        write(&opts.out, &format!("{}.pem", user.name), &cert, false)?;
+        write(&opts.out, &format!("{}-key.pem", user.name), &key, true)?;
+    }
+    Ok(())
+}
+
+/// Issues a client certificate for `user` from the CA in `dir` (`ca.pem`, `ca-key.pem`),
+/// valid from `not_before` to `not_after`, and writes `NAME.pem` and `NAME-key.pem`
+/// there. Used to add users to an existing PKI (and by tests, for expired certificates).
+pub fn add_user(
+    dir: &Path,
+    user: &User,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<(), PkiError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(|source| PkiError::Write { path, source })
+    };
+    let ca_key = KeyPair::from_pem(&read("ca-key.pem")?)?;
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, ca_key)?;
+    let validity = |params: &mut CertificateParams| {
+        params.not_before = not_before;
+        params.not_after = not_after;
+    };
+    let (cert, key) = client_certificate(&issuer, user, &validity)?;
+    write(dir, &format!("{}.pem", user.name), &cert, false)?;
+    write(dir, &format!("{}-key.pem", user.name), &key, true)
+}
+
+/// Issues one client certificate; returns (certificate PEM, key PEM).
+fn client_certificate(
+    issuer: &Issuer<'_, KeyPair>,
+    user: &User,
+    validity: &dyn Fn(&mut CertificateParams),
+) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, user.name.as_str());
+    for (i, role) in user.roles.iter().enumerate() {
+        let ty = match i {
+            0 => DnType::OrganizationName,
+            1 => DnType::CustomDnType(ORGANIZATION_OID.to_vec()),
+            _ => break, // only two roles exist
+        };
+        params.distinguished_name.push(ty, role.as_str());
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params);
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn write(dir: &Path, name: &str, contents: &str, private: bool) -> Result<(), PkiError> {
+    let path = dir.join(name);
+    let result = (|| {
+        let _ = fs::remove_file(&path);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&path)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()
+    })();
+    result.map_err(|source| PkiError::Write { path, source })
+}

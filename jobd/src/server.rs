@@ -1,0 +1,141 @@
+//! Wiring: TLS listener → tonic (JobService, health, reflection) → worker, and the
+//! graceful shutdown that ties them together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::v1 as pb;
+use proto::v1::job_service_server::JobServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use worker::Worker;
+
+use crate::pki;
+use crate::service::{Service, ServiceLimits};
+use crate::tls::{self, TransportLimits};
+
+/// Largest request message; a Start request is far smaller.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Everything `jobd serve` needs, after flags and the config file are merged.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub default_grace: Duration,
+    pub transport: TransportLimits,
+    pub service: ServiceLimits,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
+}
+
+/// Where the CA, the server certificate and its key are.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr, state_dir: PathBuf, tls: TlsFiles) -> Self {
+        ServerConfig {
+            listen,
+            state_dir,
+            tls,
+            default_grace: Duration::from_secs(5),
+            transport: TransportLimits {
+                max_connections: 1024,
+                handshake_timeout: Duration::from_secs(10),
+            },
+            service: ServiceLimits::default(),
+            max_streams_per_connection: 256,
+        }
+    }
+}
+
+/// Creates the development PKI in `<state dir>/pki` unless it exists, and returns where
+/// it is. Used when `jobd serve` is given no TLS files.
+pub fn ensure_dev_pki(state_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let dir = state_dir.join("pki");
+    if !dir.join("ca.pem").exists() {
+        pki::init(&pki::PkiOptions::new(&dir))
+            .with_context(|| format!("cannot create a development PKI in {}", dir.display()))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "created a development PKI (CA, server and client certificates for admin, alice, bob); \
+             do not use it in production"
+        );
+    }
+    Ok(dir)
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting, ends log
+/// streams, lets in-flight calls finish, and stops every job still running.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let tls_config = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
+        .context("cannot set up TLS")?;
+    let mut worker_config = worker::Config::new(&config.state_dir);
+    worker_config.default_grace = config.default_grace;
+    let worker = Worker::new(worker_config).context("cannot start the worker")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let service = Service::new(worker.clone(), config.service.clone(), shutdown_rx);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<JobServiceServer<Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+
+    let (conn_tx, conn_rx) = mpsc::channel(64);
+    let accept = tokio::spawn(tls::accept_loop(
+        listener,
+        TlsAcceptor::from(tls_config),
+        config.transport.clone(),
+        conn_tx,
+    ));
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; ending log streams");
+        accept.abort();
+        shutdown_tx.send_replace(true);
+    };
+
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(JobServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
+        .await
+        .context("server failed")?;
+
+    tracing::info!("stopping running jobs");
+    worker.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The `jobworker.v1.JobService` handlers: identity → policy → worker, and one log line
+//! per request with the caller, method, job and outcome.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use proto::v1 as pb;
+use proto::v1::job_service_server::JobService;
+use tokio::sync::{watch, Semaphore};
+use tonic::{Request, Response, Status};
+use worker::{Job, JobId, JobSpec, Worker};
+
+use crate::authz::{self, Action, Denied};
+use crate::convert::{self, RequestLimits};
+use crate::identity::Identity;
+use crate::tls::ConnInfo;
+
+/// Server-side limits applied by the handlers.
+#[derive(Debug, Clone)]
+pub struct ServiceLimits {
+    pub request: RequestLimits,
+    pub max_log_streams: usize,
+    pub max_running_jobs: usize,
+    pub max_grace: Duration,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            request: RequestLimits::default(),
+            max_log_streams: 4096,
+            max_running_jobs: 4096,
+            max_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+pub struct Service {
+    worker: Worker,
+    limits: ServiceLimits,
+    log_streams: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Service {
+    pub fn new(worker: Worker, limits: ServiceLimits, shutdown: watch::Receiver<bool>) -> Self {
+        Service {
+            log_streams: Arc::new(Semaphore::new(limits.max_log_streams)),
+            worker,
+            limits,
+            shutdown,
+        }
+    }
+
+    /// Finds a job the caller may act on; a job they may not see is "not found".
+    fn job_for(&self, caller: &Identity, action: Action, id: &str) -> Result<Arc<Job>, Status> {
+        // A caller without a role learns nothing, not even whether the id is well formed.
+        authz::authorize(caller, action, Some(&caller.name)).map_err(denied(id))?;
+        let id: JobId = id.parse().map_err(convert::error)?;
+        let job = self.worker.job(&id).map_err(convert::error)?;
+        authz::authorize(caller, action, Some(job.owner())).map_err(denied(&id.to_string()))?;
+        Ok(job)
+    }
+}
+
+fn denied(id: &str) -> impl Fn(Denied) -> Status + '_ {
+    move |d| match d {
+        Denied::NoRole => Status::permission_denied(
+            "this certificate carries no known role (admin or user) and may do nothing",
+        ),
+        Denied::Hidden => Status::not_found(format!("job {id} not found")),
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> Result<Arc<Identity>, Status> {
+    req.extensions()
+        .get::<ConnInfo>()
+        .map(|c| Arc::clone(&c.identity))
+        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+}
+
+/// Logs one request's outcome.
+fn log<T>(caller: &Identity, method: &str, job: &str, result: &Result<T, Status>) {
+    match result {
+        Ok(_) => tracing::info!(caller = %caller, method, job, "ok"),
+        Err(s) if s.code() == tonic::Code::Internal => {
+            tracing::error!(caller = %caller, method, job, code = ?s.code(), error = s.message(), "failed")
+        }
+        Err(s) => {
+            tracing::info!(caller = %caller, method, job, code = ?s.code(), error = s.message(), "refused")
+        }
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for Service {
+    async fn start(
+        &self,
+        req: Request<pb::StartRequest>,
+    ) -> Result<Response<pb::StartResponse>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let result = async {
+            authz::authorize(&caller, Action::Start, None).map_err(denied(""))?;
+            let argv = convert::argv(req.argv, &self.limits.request)?;
+            let limits = convert::limits(req.limits)?;
+            let running = self
+                .worker
+                .list(None)
+                .iter()
+                .filter(|j| j.state.is_running())
+                .count();
+            if running >= self.limits.max_running_jobs {
+                return Err(Status::resource_exhausted(format!(
+                    "the server already runs {running} jobs, its maximum; try again later"
+                )));
+            }
+            let spec = JobSpec::new(caller.name.clone(), argv).with_limits(limits);
+            let job = self.worker.start(spec).await.map_err(convert::error)?;
+            Ok(job.id().to_string())
+        }
+        .await;
+        log(&caller, "Start", result.as_deref().unwrap_or(""), &result);
+        result.map(|job_id| Response::new(pb::StartResponse { job_id }))
+    }
+
+    async fn stop(
+        &self,
+        req: Request<pb::StopRequest>,
+    ) -> Result<Response<pb::StopResponse>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let result = async {
+            let job = self.job_for(&caller, Action::Stop, &req.job_id)?;
+            let grace = match req.grace_period_seconds {
+                None => self.worker.config().default_grace,
+                Some(s) if Duration::from_secs(s.into()) > self.limits.max_grace => {
+                    return Err(Status::invalid_argument(format!(
+                        "a grace period of {s} s is longer than the server's maximum of {} s",
+                        self.limits.max_grace.as_secs()
+                    )))
+                }
+                Some(s) => Duration::from_secs(s.into()),
+            };
+            let info = job.stop(grace).await.map_err(convert::error)?;
+            Ok(convert::status(&info))
+        }
+        .await;
+        log(&caller, "Stop", &req.job_id, &result);
+        result.map(|status| {
+            Response::new(pb::StopResponse {
+                status: Some(status),
+            })
+        })
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let result = self
+            .job_for(&caller, Action::Status, &req.job_id)
+            .map(|job| convert::status(&job.info()));
+        log(&caller, "Status", &req.job_id, &result);
+        result.map(|status| {
+            Response::new(pb::StatusResponse {
+                status: Some(status),
+            })
+        })
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let result = (|| {
+            let job = self.job_for(&caller, Action::Logs, &req.job_id)?;
+            let permit = Arc::clone(&self.log_streams)
+                .try_acquire_owned()
+                .map_err(|_| {
+                    Status::resource_exhausted(
+                        "the server is serving its maximum of log streams; try again later",
+                    )
+                })?;
+            let reader = job.logs(req.follow).map_err(convert::error)?;
+            Ok(log_stream(reader, self.shutdown.clone(), permit))
+        })();
+        log(&caller, "Logs", &req.job_id, &result);
+        result.map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = authz::authorize(&caller, Action::List, None)
+            .map_err(denied(""))
+            .map(|()| {
+                self.worker
+                    .list(authz::list_scope(&caller))
+                    .iter()
+                    .map(convert::status)
+                    .collect::<Vec<_>>()
+            });
+        log(&caller, "List", "", &result);
+        result.map(|jobs| Response::new(pb::ListResponse { jobs }))
+    }
+}
+
+/// The response stream of one Logs call. It is pulled by tonic only as fast as the client
+/// takes data, so a slow client holds back nobody else; when the client goes away, tonic
+/// drops the stream and with it the reader and its permit. On server shutdown a follow
+/// ends with UNAVAILABLE, so the client can tell it from the job's end.
+fn log_stream(
+    reader: worker::LogReader,
+    shutdown: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> LogStream {
+    struct State {
+        reader: Option<worker::LogReader>,
+        shutdown: watch::Receiver<bool>,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+    let state = State {
+        reader: Some(reader),
+        shutdown,
+        _permit: permit,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        let reader = st.reader.as_mut()?;
+        let next = tokio::select! {
+            batch = reader.next_batch() => Some(batch),
+            _ = st.shutdown.wait_for(|down| *down) => None,
+        };
+        match next {
+            Some(Ok(Some(batch))) => Some((Ok(convert::records(batch)), st)),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => {
+                st.reader = None;
+                Some((Err(convert::error(e)), st))
+            }
+            None => {
+                st.reader = None;
+                Some((Err(Status::unavailable("the server is shutting down")), st))
+            }
+        }
+    }))
+}

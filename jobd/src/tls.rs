@@ -1,0 +1,207 @@
+//! The transport: TCP accept, mutual TLS 1.3 handshake, and the caller's identity.
+//!
+//! tonic's own TLS setup cannot pin the protocol version, so the rustls `ServerConfig` is
+//! built here (TLS 1.3 only, client certificate required and verified against the CA) and
+//! handshakes are done before tonic sees a connection. Each connection carries the
+//! identity read from its verified certificate, which handlers find in the request
+//! extensions as [`ConnInfo`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::identity::Identity;
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use anyhow::Context as _;
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+    Ok(certs)
+}
+
+/// Reads the private key in a PEM file.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    use anyhow::Context as _;
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .with_context(|| format!("{} is not a PEM key file", path.display()))?
+        .with_context(|| format!("{} holds no private key", path.display()))
+}
+
+/// The crypto provider both ends use: ring, chosen explicitly so no process-wide default
+/// has to be installed.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS 1.3 only, with a client certificate required and verified against `ca`.
+pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c)?;
+    }
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What handlers learn about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub identity: Arc<Identity>,
+    pub remote: SocketAddr,
+}
+
+/// An established, authenticated connection.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    info: ConnInfo,
+    /// Held for the connection's life: counts it against the server's connection limit.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Limits of the transport.
+#[derive(Debug, Clone)]
+pub struct TransportLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts connections until `incoming` is dropped (or the listener fails), handshaking
+/// each in its own task so a slow or hostile client cannot hold up the others.
+/// Refused handshakes are logged and dropped; only authenticated connections reach tonic.
+pub async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: TransportLimits,
+    incoming: mpsc::Sender<Result<TlsConn, io::Error>>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = incoming.closed() => return,
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%remote, limit = limits.max_connections, "connection refused: too many connections");
+            continue;
+        };
+        // Small RPCs must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let incoming = incoming.clone();
+        let timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, handshake(&acceptor, tcp)).await {
+                Ok(Ok((stream, identity))) => {
+                    let conn = TlsConn {
+                        stream,
+                        info: ConnInfo {
+                            identity: Arc::new(identity),
+                            remote,
+                        },
+                        _permit: permit,
+                    };
+                    let _ = incoming.send(Ok(conn)).await;
+                }
+                Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
+                Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+) -> anyhow::Result<(TlsStream<TcpStream>, Identity)> {
+    let stream = acceptor.accept(tcp).await?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
+    let identity = Identity::from_certificate(leaf)?;
+    Ok((stream, identity))
+}

@@ -1,0 +1,652 @@
+//! Benchmarks of the `worker` library against bare baselines, with real processes.
+//!
+//! Run with `cargo bench -p worker --bench worker` (release build, no harness). Each
+//! scenario prints its figures as it goes; a summary table with the targets closes the run.
+//!
+//! 1. **Start latency**: `start(true)` then `wait()`, against `std::process::Command` spawning
+//!    and reaping `true`. Every job pays for a log file, two pipes, a capture thread and a
+//!    `clone3`; this shows what that costs per job compared with the cheapest possible spawn.
+//! 2. **Ingest throughput**: a job that `cat`s 1 GiB of 100-byte lines, timed until a
+//!    follower has seen every byte committed to the log, against `cat FILE > OUT` on the
+//!    same filesystem. Capture adds a pipe hop, framing and a CRC per chunk; this shows
+//!    whether a chatty job is slowed down by being captured.
+//! 3. **Replay throughput**: a non-following reader over that 1 GiB log, with the process
+//!    RSS before and after, to show readers stream from the file in bounded memory.
+//! 4. **Fan-out**: 1,000 followers of one job writing 100 MiB, to show that readers share
+//!    nothing with the writer and that peak memory stays bounded with many of them.
+//!
+//! All scratch files live in one temporary directory under Cargo's target tmp dir (or
+//! `/var/tmp` if that is a tmpfs), deleted at the end; every job started here runs to its
+//! end before the scenario returns.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+use worker::{Config, Job, JobSpec, JobState, Worker};
+
+/// Samples per side in scenario 1.
+const START_RUNS: usize = 500;
+/// Untimed runs per side before scenario 1 measures.
+const START_WARMUP: usize = 25;
+/// Scenario 2: length of each line, and how many lines make (just under) 1 GiB.
+const LINE_LEN: usize = 100;
+const INGEST_LINES: usize = (1 << 30) / LINE_LEN;
+const INGEST_BYTES: u64 = (INGEST_LINES * LINE_LEN) as u64;
+/// Timed repetitions per side in scenario 2; the median is reported.
+const INGEST_REPS: usize = 3;
+/// Scenario 4.
+const FANOUT_READERS: usize = 1000;
+const FANOUT_BYTES: u64 = 100 * 1024 * 1024;
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+fn main() {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let scratch = scratch_dir();
+    let state_dir = scratch.path().join("state");
+    let data_dir = scratch.path().join("data");
+    fs::create_dir_all(&data_dir).expect("create data dir");
+    let worker = Worker::new(Config::new(&state_dir)).expect("worker");
+    assert_eq!(
+        fs::metadata(&state_dir).expect("state dir").dev(),
+        fs::metadata(&data_dir).expect("data dir").dev(),
+        "state dir and data dir must be on the same filesystem"
+    );
+    println!(
+        "scratch dir: {} ({})",
+        scratch.path().display(),
+        fs_name(scratch.path())
+    );
+    println!(
+        "cpus: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let mut summary = Summary::default();
+    start_latency(&runtime, &worker, &mut summary);
+    let job = ingest(&runtime, &worker, &data_dir, &mut summary);
+    replay(&runtime, &job, &state_dir, &mut summary);
+    drop(job);
+    fanout(&runtime, &worker, &mut summary);
+
+    runtime.block_on(worker.shutdown());
+    drop(worker);
+    drop(runtime);
+    scratch.close().expect("remove scratch dir");
+    summary.print();
+    println!(
+        "\ntotal bench time: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---- 1. start latency ----
+
+fn start_latency(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
+    heading("1. start latency: start(`true`) + wait() vs Command::new(\"true\").spawn() + wait()");
+    let bare = || {
+        let t = Instant::now();
+        let status = Command::new("true")
+            .spawn()
+            .expect("spawn true")
+            .wait()
+            .expect("wait true");
+        assert!(status.success());
+        t.elapsed()
+    };
+    let job = || {
+        rt.block_on(async {
+            let t = Instant::now();
+            let job = worker.start(spec(&["true"])).await.expect("start true");
+            let started = t.elapsed();
+            let info = job.wait().await;
+            let total = t.elapsed();
+            assert_eq!(info.state, JobState::Finished { exit_code: 0 });
+            (started, total)
+        })
+    };
+    for _ in 0..START_WARMUP {
+        bare();
+        job();
+    }
+    // Interleaved, so that drift on the machine affects both sides alike.
+    let (mut bare_t, mut start_t, mut total_t) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..START_RUNS {
+        bare_t.push(bare());
+        let (s, t) = job();
+        start_t.push(s);
+        total_t.push(t);
+    }
+    let (bare_m, start_m, total_m) = (median(bare_t), median(start_t), median(total_t));
+    let ratio = total_m.as_secs_f64() / bare_m.as_secs_f64();
+    println!("  runs per side:                {START_RUNS} (after {START_WARMUP} warm-up runs)");
+    println!("  bare spawn + wait, median:    {:>8.1} µs", us(bare_m));
+    println!("  worker start() alone, median: {:>8.1} µs", us(start_m));
+    println!("  worker start + wait, median:  {:>8.1} µs", us(total_m));
+    println!("  ratio worker / bare:          {ratio:>8.2}  (target <= 1.5)");
+    summary.row(
+        "1",
+        "bare spawn+wait median",
+        format!("{:.1} µs", us(bare_m)),
+        "",
+    );
+    summary.row(
+        "1",
+        "worker start() median",
+        format!("{:.1} µs", us(start_m)),
+        "",
+    );
+    summary.row(
+        "1",
+        "worker start+wait median",
+        format!("{:.1} µs", us(total_m)),
+        "",
+    );
+    summary.check("1", "ratio worker/bare", ratio, "<= 1.5", ratio <= 1.5);
+}
+
+// ---- 2. ingest throughput ----
+
+fn ingest(rt: &Runtime, worker: &Worker, data_dir: &Path, summary: &mut Summary) -> Arc<Job> {
+    heading("2. ingest: job `cat FILE` (1 GiB of 100-byte lines) vs `sh -c 'cat FILE > OUT'`");
+    let input = data_dir.join("input.txt");
+    let out = data_dir.join("cat.out");
+    let t = Instant::now();
+    write_lines(&input);
+    println!(
+        "  input: {} bytes ({INGEST_LINES} lines), written in {:.1} s",
+        INGEST_BYTES,
+        t.elapsed().as_secs_f64()
+    );
+    let input_arg = input.to_str().expect("utf-8 path").to_string();
+
+    let (mut cat_t, mut cat_sync_t) = (Vec::new(), Vec::new());
+    let (mut exit_t, mut committed_t, mut done_t) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_job = None;
+    for rep in 0..INGEST_REPS {
+        // Flush earlier runs' dirty pages so that no run pays for another's writeback.
+        syncfs(data_dir);
+        let t = Instant::now();
+        let status = Command::new("sh")
+            .args(["-c", "cat \"$1\" > \"$2\"", "sh"])
+            .arg(&input)
+            .arg(&out)
+            .status()
+            .expect("run sh");
+        let cat = t.elapsed();
+        assert!(status.success(), "cat failed: {status}");
+        File::open(&out)
+            .and_then(|f| f.sync_data())
+            .expect("fdatasync cat output");
+        let cat_sync = t.elapsed();
+        assert_eq!(fs::metadata(&out).expect("cat output").len(), INGEST_BYTES);
+        fs::remove_file(&out).expect("remove cat output");
+
+        syncfs(data_dir);
+        let run = rt.block_on(ingest_job(worker, &input_arg));
+        println!(
+            "  rep {}: cat {:.3} s (+fdatasync {:.3} s) | worker: exit {:.3} s, all bytes \
+             committed {:.3} s, end of output (after the log's fdatasync) {:.3} s",
+            rep + 1,
+            cat.as_secs_f64(),
+            cat_sync.as_secs_f64(),
+            run.exited.as_secs_f64(),
+            run.committed.as_secs_f64(),
+            run.done.as_secs_f64(),
+        );
+        cat_t.push(cat);
+        cat_sync_t.push(cat_sync);
+        exit_t.push(run.exited);
+        committed_t.push(run.committed);
+        done_t.push(run.done);
+        last_job = Some(run.job);
+    }
+    fs::remove_file(&input).expect("remove input");
+
+    let mbps = |d: Duration| INGEST_BYTES as f64 / d.as_secs_f64() / 1e6;
+    let cat = mbps(median(cat_t));
+    let cat_sync = mbps(median(cat_sync_t));
+    let exited = mbps(median(exit_t));
+    let committed = mbps(median(committed_t));
+    let done = mbps(median(done_t));
+    let ratio = committed / cat;
+    let ratio_sync = done / cat_sync;
+    println!("  medians of {INGEST_REPS} runs (MB = 10^6 bytes):");
+    println!("    cat > OUT:                              {cat:>8.0} MB/s");
+    println!("    cat > OUT, then fdatasync(OUT):         {cat_sync:>8.0} MB/s");
+    println!("    worker, until the job exited:           {exited:>8.0} MB/s");
+    println!("    worker, until all bytes committed:      {committed:>8.0} MB/s");
+    println!("    worker, until end of output (synced):   {done:>8.0} MB/s");
+    println!("    ratio worker committed / cat:           {ratio:>8.2}  (target >= 0.7)");
+    println!("    ratio worker end / (cat + fdatasync):   {ratio_sync:>8.2}");
+    summary.row("2", "cat > OUT", format!("{cat:.0} MB/s"), "");
+    summary.row(
+        "2",
+        "cat > OUT + fdatasync",
+        format!("{cat_sync:.0} MB/s"),
+        "",
+    );
+    summary.row(
+        "2",
+        "worker: all bytes committed",
+        format!("{committed:.0} MB/s"),
+        "",
+    );
+    summary.row(
+        "2",
+        "worker: end of output (synced)",
+        format!("{done:.0} MB/s"),
+        "",
+    );
+    summary.check(
+        "2",
+        "ratio worker committed/cat",
+        ratio,
+        ">= 0.7",
+        ratio >= 0.7,
+    );
+    summary.row(
+        "2",
+        "ratio worker end/(cat+fdatasync)",
+        format!("{ratio_sync:.2}"),
+        "",
+    );
+    last_job.expect("at least one repetition")
+}
+
+struct IngestRun {
+    job: Arc<Job>,
+    exited: Duration,
+    committed: Duration,
+    done: Duration,
+}
+
+/// One captured `cat`, timed by a follower: when the job exited, when the follower had
+/// every byte (all of it committed to the log), and when the follower hit the end of
+/// the output (which the capture thread announces after syncing the log).
+async fn ingest_job(worker: &Worker, input: &str) -> IngestRun {
+    let t = Instant::now();
+    let job = worker
+        .start(spec(&["cat", input]))
+        .await
+        .expect("start cat");
+    let mut reader = job.logs(true).expect("follow");
+    let waiter = tokio::spawn({
+        let job = Arc::clone(&job);
+        async move {
+            let info = job.wait().await;
+            (info, t.elapsed())
+        }
+    });
+    let mut got = 0u64;
+    let mut committed = None;
+    while let Some(batch) = reader.next_batch().await.expect("read output") {
+        got += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+        if got == INGEST_BYTES && committed.is_none() {
+            committed = Some(t.elapsed());
+        }
+    }
+    let done = t.elapsed();
+    let (info, exited) = waiter.await.expect("wait task");
+    assert_eq!(got, INGEST_BYTES, "follower got every byte");
+    assert_eq!(info.state, JobState::Finished { exit_code: 0 });
+    assert_eq!(job.info().output_error, None);
+    IngestRun {
+        job,
+        exited,
+        committed: committed.expect("all bytes seen"),
+        done,
+    }
+}
+
+/// Writes `INGEST_LINES` lines of `LINE_LEN` bytes: a line number, filler, newline.
+fn write_lines(path: &Path) {
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path).expect("create input"));
+    let mut line = [b'x'; LINE_LEN];
+    line[LINE_LEN - 1] = b'\n';
+    for n in 0..INGEST_LINES {
+        let mut v = n;
+        for slot in line[..10].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        w.write_all(&line).expect("write input");
+    }
+    w.into_inner()
+        .expect("flush input")
+        .sync_all()
+        .expect("sync input");
+}
+
+// ---- 3. replay throughput ----
+
+fn replay(rt: &Runtime, job: &Job, state_dir: &Path, summary: &mut Summary) {
+    heading("3. replay: a non-following reader over the 1 GiB log, records discarded");
+    let log = state_dir
+        .join("jobs")
+        .join(job.id().to_string())
+        .join("output.log");
+    let log_len = fs::metadata(&log).expect("job log").len();
+    println!("  log file: {log_len} bytes (page cache warm from the ingest run)");
+
+    let read_all = || {
+        rt.block_on(async {
+            let mut reader = job.logs(false).expect("reader");
+            let t = Instant::now();
+            let mut got = 0u64;
+            while let Some(batch) = reader.next_batch().await.expect("read log") {
+                got += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+            }
+            assert_eq!(got, INGEST_BYTES);
+            t.elapsed()
+        })
+    };
+    reset_peak_rss();
+    let before = mem();
+    let warm = read_all();
+    let after = mem();
+    let warm_mbps = INGEST_BYTES as f64 / warm.as_secs_f64() / 1e6;
+
+    // Again with the log evicted from the page cache (this file only), to see the disk.
+    let f = File::open(&log).expect("open log");
+    // SAFETY: plain fadvise on a descriptor we own.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise");
+    drop(f);
+    let cold = read_all();
+    let cold_mbps = INGEST_BYTES as f64 / cold.as_secs_f64() / 1e6;
+    let after_cold = mem();
+
+    let growth = after.rss_kib as f64 / 1024.0 - before.rss_kib as f64 / 1024.0;
+    println!(
+        "  warm (page cache): {:.3} s, {warm_mbps:.0} MB/s of payload",
+        warm.as_secs_f64()
+    );
+    println!(
+        "  cold (evicted):    {:.3} s, {cold_mbps:.0} MB/s of payload",
+        cold.as_secs_f64()
+    );
+    println!(
+        "  VmRSS before {:.1} MiB, after warm {:.1} MiB (growth {growth:+.1} MiB), \
+         after cold {:.1} MiB; VmHWM during replays {:.1} MiB",
+        mib(before.rss_kib),
+        mib(after.rss_kib),
+        mib(after_cold.rss_kib),
+        mib(after_cold.hwm_kib),
+    );
+    summary.row(
+        "3",
+        "replay, warm cache",
+        format!("{warm_mbps:.0} MB/s"),
+        "",
+    );
+    summary.row(
+        "3",
+        "replay, cold cache",
+        format!("{cold_mbps:.0} MB/s"),
+        "",
+    );
+    summary.row(
+        "3",
+        "VmRSS before -> after",
+        format!(
+            "{:.1} -> {:.1} MiB",
+            mib(before.rss_kib),
+            mib(after.rss_kib)
+        ),
+        "",
+    );
+    summary.check("3", "RSS growth (MiB)", growth, "a few MiB", growth <= 8.0);
+}
+
+// ---- 4. fan-out ----
+
+fn fanout(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
+    heading("4. fan-out: 1,000 followers of one job writing 100 MiB (`head -c … /dev/zero`)");
+    let bytes_arg = FANOUT_BYTES.to_string();
+    reset_peak_rss();
+    let before = mem();
+    let (elapsed, exited) = rt.block_on(async {
+        let t = Instant::now();
+        let job = worker
+            .start(spec(&["head", "-c", &bytes_arg, "/dev/zero"]))
+            .await
+            .expect("start head");
+        let mut readers = JoinSet::new();
+        for _ in 0..FANOUT_READERS {
+            let mut reader = job.logs(true).expect("follow");
+            readers.spawn(async move {
+                let mut got = 0u64;
+                while let Some(batch) = reader.next_batch().await.expect("read output") {
+                    got += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                }
+                got
+            });
+        }
+        let waiter = tokio::spawn({
+            let job = Arc::clone(&job);
+            async move {
+                let info = job.wait().await;
+                (info, t.elapsed())
+            }
+        });
+        let mut finished = 0;
+        while let Some(got) = readers.join_next().await {
+            assert_eq!(got.expect("reader task"), FANOUT_BYTES);
+            finished += 1;
+        }
+        assert_eq!(finished, FANOUT_READERS);
+        let elapsed = t.elapsed();
+        let (info, exited) = waiter.await.expect("wait task");
+        assert_eq!(info.state, JobState::Finished { exit_code: 0 });
+        (elapsed, exited)
+    });
+    let after = mem();
+    let delivered = FANOUT_BYTES as f64 * FANOUT_READERS as f64;
+    println!("  every reader got exactly {FANOUT_BYTES} bytes");
+    println!(
+        "  job exited after {:.2} s; all {FANOUT_READERS} readers done after {:.2} s \
+         ({:.0} MB/s delivered in total)",
+        exited.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        delivered / elapsed.as_secs_f64() / 1e6
+    );
+    println!(
+        "  VmRSS before {:.1} MiB, after {:.1} MiB; VmHWM (peak) {:.1} MiB",
+        mib(before.rss_kib),
+        mib(after.rss_kib),
+        mib(after.hwm_kib)
+    );
+    summary.row(
+        "4",
+        "1,000 followers x 100 MiB: elapsed",
+        format!("{:.2} s", elapsed.as_secs_f64()),
+        "",
+    );
+    summary.row(
+        "4",
+        "VmRSS before -> after",
+        format!(
+            "{:.1} -> {:.1} MiB",
+            mib(before.rss_kib),
+            mib(after.rss_kib)
+        ),
+        "",
+    );
+    summary.row(
+        "4",
+        "VmHWM (peak RSS)",
+        format!("{:.1} MiB", mib(after.hwm_kib)),
+        "",
+    );
+}
+
+// ---- helpers ----
+
+fn spec(argv: &[&str]) -> JobSpec {
+    JobSpec::new("bench", argv.iter().map(|s| s.to_string()).collect())
+}
+
+fn heading(title: &str) {
+    println!("\n{title}");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A fresh directory on a disk-backed filesystem: Cargo's target tmp dir, or `/var/tmp`
+/// when that is a tmpfs (the ingest comparison must write to a real disk).
+fn scratch_dir() -> tempfile::TempDir {
+    let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    fs::create_dir_all(&target_tmp).expect("create target tmp dir");
+    let base = if fs_magic(&target_tmp) == TMPFS_MAGIC {
+        PathBuf::from("/var/tmp")
+    } else {
+        target_tmp
+    };
+    assert_ne!(
+        fs_magic(&base),
+        TMPFS_MAGIC,
+        "{} is a tmpfs",
+        base.display()
+    );
+    tempfile::Builder::new()
+        .prefix("worker-bench-")
+        .tempdir_in(&base)
+        .expect("create scratch dir")
+}
+
+fn fs_magic(path: &Path) -> i64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statfs is plain data, filled by the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and out-pointer.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    assert_eq!(r, 0, "statfs {}", path.display());
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    let magic = st.f_type as i64;
+    magic
+}
+
+fn fs_name(path: &Path) -> String {
+    match fs_magic(path) {
+        0xEF53 => "ext2/3/4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        TMPFS_MAGIC => "tmpfs".into(),
+        m => format!("filesystem magic {m:#x}"),
+    }
+}
+
+/// Writes back every dirty page of the filesystem holding `path`.
+fn syncfs(path: &Path) {
+    let dir = File::open(path).expect("open dir");
+    // SAFETY: syncfs on a descriptor we own.
+    assert_eq!(unsafe { libc::syncfs(dir.as_raw_fd()) }, 0, "syncfs");
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mem {
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+/// This process's resident set size and its peak, from /proc/self/status.
+fn mem() -> Mem {
+    let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/self/status"))
+    };
+    Mem {
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+    }
+}
+
+/// Resets VmHWM to the current RSS (Linux >= 4.0), so a scenario's peak is its own.
+fn reset_peak_rss() {
+    fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
+}
+
+#[derive(Default)]
+struct Summary {
+    rows: Vec<[String; 4]>,
+}
+
+impl Summary {
+    fn row(&mut self, scenario: &str, metric: &str, value: String, target: &str) {
+        self.rows.push([
+            scenario.to_string(),
+            metric.to_string(),
+            value,
+            target.to_string(),
+        ]);
+    }
+
+    fn check(&mut self, scenario: &str, metric: &str, value: f64, target: &str, met: bool) {
+        let verdict = if met { "met" } else { "MISSED" };
+        self.row(
+            scenario,
+            metric,
+            format!("{value:.2}"),
+            &format!("{target} ({verdict})"),
+        );
+    }
+
+    fn print(&self) {
+        println!("\nsummary");
+        let header = [
+            "#".to_string(),
+            "figure".to_string(),
+            "value".to_string(),
+            "target".to_string(),
+        ];
+        let mut widths = [0usize; 4];
+        for row in std::iter::once(&header).chain(&self.rows) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |row: &[String; 4]| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            println!("| {} |", cells.join(" | "));
+        };
+        line(&header);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        println!("|-{}-|", rule.join("-|-"));
+        for row in &self.rows {
+            line(row);
+        }
+    }
+}
