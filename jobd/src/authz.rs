@@ -69,7 +69,8 @@ mod tests {
         use Action::*;
         let job_actions = [Stop, Status, Logs, Remove];
         // (caller, action, owner, expected)
-        let mut table: Vec<(&Identity, Action, Option<&str>, Result<(), Denied>)> = vec![
+        type Case<'a> = (&'a Identity, Action, Option<&'a str>, Result<(), Denied>);
+        let mut table: Vec<Case> = vec![
             (&admin, Start, None, Ok(())),
             (&alice, Start, None, Ok(())),
             (&nobody, Start, None, Err(Denied::NoRole)),

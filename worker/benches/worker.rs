@@ -6,6 +6,9 @@
 //! 1. **Start latency**: `start(true)` then `wait()`, against `std::process::Command` spawning
 //!    and reaping `true`. Every job pays for a log file, two pipes, a capture thread and a
 //!    `clone3`; this shows what that costs per job compared with the cheapest possible spawn.
+//!    1b repeats it with 1 GiB resident in this process, as in a long-running server: the
+//!    cost of a fork-style `clone3` grows with the parent's memory, a `vfork`-style spawn's
+//!    does not.
 //! 2. **Ingest throughput**: a job that `cat`s 1 GiB of 100-byte lines, timed until a
 //!    follower has seen every byte committed to the log, against `cat FILE > OUT` on the
 //!    same filesystem. Capture adds a pipe hop, framing and a CRC per chunk; this shows
@@ -25,6 +28,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,9 @@ use worker::{Config, Job, JobSpec, JobState, Worker};
 const START_RUNS: usize = 500;
 /// Untimed runs per side before scenario 1 measures.
 const START_WARMUP: usize = 25;
+/// Scenario 1b: resident heap size, and samples per side (each start is slower there).
+const BALLAST_BYTES: usize = 1 << 30;
+const BALLAST_RUNS: usize = 100;
 /// Scenario 2: length of each line, and how many lines make (just under) 1 GiB.
 const LINE_LEN: usize = 100;
 const INGEST_LINES: usize = (1 << 30) / LINE_LEN;
@@ -76,6 +83,7 @@ fn main() {
 
     let mut summary = Summary::default();
     start_latency(&runtime, &worker, &mut summary);
+    start_latency_large_heap(&runtime, &worker, &mut summary);
     let job = ingest(&runtime, &worker, &data_dir, &mut summary);
     replay(&runtime, &job, &state_dir, &mut summary);
     drop(job);
@@ -96,6 +104,51 @@ fn main() {
 
 fn start_latency(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
     heading("1. start latency: start(`true`) + wait() vs Command::new(\"true\").spawn() + wait()");
+    let m = measure_starts(rt, worker, START_RUNS);
+    m.print();
+    println!(
+        "  ratio worker / bare:          {:>8.2}  (target <= 1.5)",
+        m.ratio()
+    );
+    m.summarize("1", summary);
+    summary.check(
+        "1",
+        "ratio worker/bare",
+        m.ratio(),
+        "<= 1.5",
+        m.ratio() <= 1.5,
+    );
+}
+
+/// Scenario 1 again while this process has a large resident heap, as a busy server would.
+fn start_latency_large_heap(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
+    heading(&format!(
+        "1b. start latency as in 1, with {} MiB resident in this process",
+        BALLAST_BYTES >> 20
+    ));
+    // Every page written, so all of it is resident.
+    let ballast = std::hint::black_box(vec![1u8; BALLAST_BYTES]);
+    println!("  VmRSS: {:.1} MiB", mib(mem().rss_kib));
+    let m = measure_starts(rt, worker, BALLAST_RUNS);
+    drop(ballast);
+    m.print();
+    println!(
+        "  ratio worker / bare:          {:>8.2}  (no target)",
+        m.ratio()
+    );
+    m.summarize("1b", summary);
+    summary.row("1b", "ratio worker/bare", format!("{:.2}", m.ratio()), "");
+}
+
+/// Medians of interleaved bare spawns and worker jobs of `true`.
+struct Starts {
+    runs: usize,
+    bare: Duration,
+    start: Duration,
+    total: Duration,
+}
+
+fn measure_starts(rt: &Runtime, worker: &Worker, runs: usize) -> Starts {
     let bare = || {
         let t = Instant::now();
         let status = Command::new("true")
@@ -123,38 +176,44 @@ fn start_latency(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
     }
     // Interleaved, so that drift on the machine affects both sides alike.
     let (mut bare_t, mut start_t, mut total_t) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..START_RUNS {
+    for _ in 0..runs {
         bare_t.push(bare());
         let (s, t) = job();
         start_t.push(s);
         total_t.push(t);
     }
-    let (bare_m, start_m, total_m) = (median(bare_t), median(start_t), median(total_t));
-    let ratio = total_m.as_secs_f64() / bare_m.as_secs_f64();
-    println!("  runs per side:                {START_RUNS} (after {START_WARMUP} warm-up runs)");
-    println!("  bare spawn + wait, median:    {:>8.1} µs", us(bare_m));
-    println!("  worker start() alone, median: {:>8.1} µs", us(start_m));
-    println!("  worker start + wait, median:  {:>8.1} µs", us(total_m));
-    println!("  ratio worker / bare:          {ratio:>8.2}  (target <= 1.5)");
-    summary.row(
-        "1",
-        "bare spawn+wait median",
-        format!("{:.1} µs", us(bare_m)),
-        "",
-    );
-    summary.row(
-        "1",
-        "worker start() median",
-        format!("{:.1} µs", us(start_m)),
-        "",
-    );
-    summary.row(
-        "1",
-        "worker start+wait median",
-        format!("{:.1} µs", us(total_m)),
-        "",
-    );
-    summary.check("1", "ratio worker/bare", ratio, "<= 1.5", ratio <= 1.5);
+    Starts {
+        runs,
+        bare: median(bare_t),
+        start: median(start_t),
+        total: median(total_t),
+    }
+}
+
+impl Starts {
+    fn ratio(&self) -> f64 {
+        self.total.as_secs_f64() / self.bare.as_secs_f64()
+    }
+
+    fn print(&self) {
+        println!(
+            "  runs per side:                {} (after {START_WARMUP} warm-up runs)",
+            self.runs
+        );
+        println!("  bare spawn + wait, median:    {:>8.1} µs", us(self.bare));
+        println!("  worker start() alone, median: {:>8.1} µs", us(self.start));
+        println!("  worker start + wait, median:  {:>8.1} µs", us(self.total));
+    }
+
+    fn summarize(&self, scenario: &str, summary: &mut Summary) {
+        for (figure, d) in [
+            ("bare spawn+wait median", self.bare),
+            ("worker start() median", self.start),
+            ("worker start+wait median", self.total),
+        ] {
+            summary.row(scenario, figure, format!("{:.1} µs", us(d)), "");
+        }
+    }
 }
 
 // ---- 2. ingest throughput ----
@@ -418,6 +477,7 @@ fn fanout(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
     let bytes_arg = FANOUT_BYTES.to_string();
     reset_peak_rss();
     let before = mem();
+    let sampler = Sampler::start();
     let (elapsed, exited) = rt.block_on(async {
         let t = Instant::now();
         let job = worker
@@ -453,6 +513,7 @@ fn fanout(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
         assert_eq!(info.state, JobState::Finished { exit_code: 0 });
         (elapsed, exited)
     });
+    let peak_threads = sampler.stop();
     let after = mem();
     let delivered = FANOUT_BYTES as f64 * FANOUT_READERS as f64;
     println!("  every reader got exactly {FANOUT_BYTES} bytes");
@@ -468,6 +529,11 @@ fn fanout(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
         mib(before.rss_kib),
         mib(after.rss_kib),
         mib(after.hwm_kib)
+    );
+    println!(
+        "  threads in this process: {} before, peak {peak_threads} (tokio's blocking pool \
+         serves every batch read)",
+        before.threads
     );
     summary.row(
         "4",
@@ -491,6 +557,42 @@ fn fanout(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
         format!("{:.1} MiB", mib(after.hwm_kib)),
         "",
     );
+    summary.row(
+        "4",
+        "threads: before -> peak",
+        format!("{} -> {peak_threads}", before.threads),
+        "",
+    );
+}
+
+/// Samples this process's thread count in the background and keeps the highest.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Sampler {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let mut peak = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    peak = peak.max(mem().threads);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak
+            }
+        });
+        Sampler { stop, thread }
+    }
+
+    /// The highest thread count seen.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("sampler thread")
+    }
 }
 
 // ---- helpers ----
@@ -572,21 +674,23 @@ fn syncfs(path: &Path) {
 struct Mem {
     rss_kib: u64,
     hwm_kib: u64,
+    threads: u64,
 }
 
-/// This process's resident set size and its peak, from /proc/self/status.
+/// This process's resident set size, its peak and its thread count, from /proc/self/status.
 fn mem() -> Mem {
     let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let field = |name: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /proc/self/status"))
     };
     Mem {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
+        threads: field("Threads:"),
     }
 }
 
