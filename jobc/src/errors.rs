@@ -40,6 +40,11 @@ fn transport_reason(err: &(dyn StdError + 'static)) -> Option<String> {
             if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 return Some(tls_reason(tls));
             }
+            // h2 keeps only the text of I/O errors it passes on, so a TLS alert that
+            // arrives after the handshake is known by its message alone.
+            if let Some(alert) = io.to_string().strip_prefix("received fatal alert: ") {
+                return Some(alert_reason(alert));
+            }
             return Some(match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
                 std::io::ErrorKind::TimedOut => "timed out".into(),
@@ -53,26 +58,29 @@ fn transport_reason(err: &(dyn StdError + 'static)) -> Option<String> {
 }
 
 fn tls_reason(e: &rustls::Error) -> String {
-    use rustls::AlertDescription as A;
     match e {
-        rustls::Error::AlertReceived(
-            A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateExpired
-            | A::CertificateRequired
-            | A::CertificateRevoked
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::AccessDenied
-            | A::DecryptError,
-        ) => "server refused this certificate".into(),
-        rustls::Error::AlertReceived(A::ProtocolVersion) => {
-            "the server does not speak TLS 1.3".into()
-        }
+        rustls::Error::AlertReceived(alert) => alert_reason(&format!("{alert:?}")),
         rustls::Error::InvalidCertificate(why) => {
             format!("cannot verify the server's certificate: {why:?}")
         }
         other => format!("TLS failed: {other}"),
+    }
+}
+
+/// What a TLS alert from the server means for the person running jobc.
+fn alert_reason(alert: &str) -> String {
+    match alert {
+        "BadCertificate"
+        | "UnknownCA"
+        | "CertificateExpired"
+        | "CertificateRequired"
+        | "CertificateRevoked"
+        | "CertificateUnknown"
+        | "UnsupportedCertificate"
+        | "AccessDenied"
+        | "DecryptError" => "server refused this certificate".into(),
+        "ProtocolVersion" => "the server does not speak TLS 1.3".into(),
+        other => format!("TLS failed: the server sent {other}"),
     }
 }
 
