@@ -60,6 +60,14 @@ pub struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when a stop does not say [default: 5].
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<u64>,
+    /// Resource control: auto (use cgroup v2 if it has the cpu, io, memory and pids
+    /// controllers, else run without limits), required (refuse to start without), off.
+    #[arg(long, value_name = "MODE")]
+    pub cgroups: Option<worker::CgroupMode>,
+    /// The cgroup (a path under the cgroup2 mount) to create jobd's subtree in
+    /// [default: the cgroup jobd runs in].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +112,15 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     grace_seconds: Option<u64>,
+    cgroups: Option<String>,
+    cgroup_root: Option<PathBuf>,
+    default_cpus: Option<f64>,
+    default_memory_bytes: Option<u64>,
+    default_pids: Option<u64>,
+    max_cpus: Option<f64>,
+    max_memory_bytes: Option<u64>,
+    max_pids: Option<u64>,
+    max_device_bps: Option<u64>,
     max_connections: Option<usize>,
     max_streams_per_connection: Option<u32>,
     max_log_streams: Option<usize>,
@@ -144,8 +161,33 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     };
     let mut config = ServerConfig::new(listen, state_dir, tls);
     if let Some(s) = args.grace.or(file.grace_seconds) {
-        config.default_grace = Duration::from_secs(s);
+        config.worker.default_grace = Duration::from_secs(s);
     }
+    let file_mode = file
+        .cgroups
+        .as_deref()
+        .map(str::parse::<worker::CgroupMode>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("cgroups in the config file: {e}"))?;
+    if let Some(mode) = args.cgroups.or(file_mode) {
+        config.worker.cgroups = mode;
+    }
+    config.worker.cgroup_root = args.cgroup_root.or(file.cgroup_root);
+    config.worker.limits = worker::LimitPolicy {
+        default_cpus: file.default_cpus,
+        default_memory_bytes: file.default_memory_bytes,
+        default_pids: file.default_pids,
+        max_cpus: file.max_cpus,
+        max_memory_bytes: file.max_memory_bytes,
+        max_pids: file.max_pids,
+        max_device_bps: file.max_device_bps,
+    };
+    // The defaults themselves must pass the policy (and its maxima).
+    config
+        .worker
+        .limits
+        .resolve(&worker::Limits::default())
+        .map_err(|e| anyhow::anyhow!("invalid default limits in the config file: {e}"))?;
     if let Some(n) = file.max_connections {
         config.transport.max_connections = n;
     }

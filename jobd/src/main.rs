@@ -35,7 +35,7 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
-    tracing::info!(%addr, state_dir = %config.state_dir.display(), ca = %config.tls.ca.display(), "listening");
+    tracing::info!(%addr, state_dir = %config.worker.state_dir.display(), ca = %config.tls.ca.display(), "listening");
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let shutdown = async move {

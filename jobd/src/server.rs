@@ -26,9 +26,9 @@ const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    pub state_dir: PathBuf,
     pub tls: TlsFiles,
-    pub default_grace: Duration,
+    /// State dir, grace period, cgroups and limit policy.
+    pub worker: worker::Config,
     pub transport: TransportLimits,
     pub service: ServiceLimits,
     /// HTTP/2 streams one connection may have open at once.
@@ -57,9 +57,8 @@ impl ServerConfig {
     pub fn new(listen: SocketAddr, state_dir: PathBuf, tls: TlsFiles) -> Self {
         ServerConfig {
             listen,
-            state_dir,
             tls,
-            default_grace: Duration::from_secs(5),
+            worker: worker::Config::new(state_dir),
             transport: TransportLimits {
                 max_connections: 1024,
                 handshake_timeout: Duration::from_secs(10),
@@ -95,9 +94,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tls_config = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
         .context("cannot set up TLS")?;
-    let mut worker_config = worker::Config::new(&config.state_dir);
-    worker_config.default_grace = config.default_grace;
-    let worker = Worker::new(worker_config).context("cannot start the worker")?;
+    let worker = Worker::new(config.worker.clone()).context("cannot start the worker")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let service = Service::new(worker.clone(), config.service.clone(), shutdown_rx);

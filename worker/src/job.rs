@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::cgroup::Usage;
 use crate::error::Error;
 use crate::processes::Processes;
 use crate::spawn::ExitStatus;
@@ -29,6 +30,8 @@ struct RunState {
     ended_at: Option<SystemTime>,
     stop_requested: bool,
     output_error: Option<String>,
+    /// Final resource usage, read from the cgroup when the job ended.
+    usage: Usage,
     /// False once the leader is reaped: from then on its pid may belong to someone else,
     /// so nothing may be signalled through it.
     reapable: bool,
@@ -69,6 +72,7 @@ impl Job {
                 ended_at: None,
                 stop_requested: false,
                 output_error: None,
+                usage: Usage::default(),
                 reapable: true,
             }),
             ended: watch::Sender::new(false),
@@ -94,6 +98,11 @@ impl Job {
 
     pub fn info(&self) -> JobInfo {
         let run = self.run();
+        let usage = if run.reapable {
+            self.processes.usage()
+        } else {
+            run.usage
+        };
         JobInfo {
             id: self.id,
             owner: self.spec.owner.clone(),
@@ -104,9 +113,9 @@ impl Job {
             started_at: self.started_at,
             ended_at: run.ended_at,
             stop_requested: run.stop_requested,
-            oom_killed: false,
-            cpu_usage_usec: 0,
-            memory_peak_bytes: 0,
+            oom_killed: usage.oom_killed,
+            cpu_usage_usec: usage.cpu_usage_usec,
+            memory_peak_bytes: usage.memory_peak_bytes,
             output_error: run.output_error.clone(),
         }
     }
@@ -162,15 +171,12 @@ impl Job {
 
     // ---- called by the capture thread ----
 
-    /// Records the leader's exit. Kills what the leader left behind in its group first,
-    /// while the leader's zombie still pins the pgid: a job ends with its main process,
-    /// as a container ends with its PID 1.
+    /// Records the leader's exit, once whatever it left behind is gone too.
     pub(crate) fn reap(&self, wait: impl FnOnce() -> std::io::Result<ExitStatus>) {
         let mut run = self.run();
-        if let Err(e) = self.processes.signal(libc::SIGKILL) {
-            tracing::warn!(job = %self.id, error = %e, "cannot kill the job's remaining processes");
-        }
-        let state = match wait() {
+        let ended_at = SystemTime::now();
+        let (status, usage) = self.processes.finish(wait);
+        let state = match status {
             Ok(ExitStatus::Exited(code)) => JobState::Finished { exit_code: code },
             Ok(ExitStatus::Signaled(signal)) => JobState::Stopped { signal },
             Err(e) => {
@@ -181,7 +187,8 @@ impl Job {
             }
         };
         run.state = state;
-        run.ended_at = Some(SystemTime::now());
+        run.ended_at = Some(ended_at);
+        run.usage = usage;
         run.reapable = false;
         drop(run);
         tracing::debug!(job = %self.id, %state, "job ended");

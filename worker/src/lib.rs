@@ -7,8 +7,10 @@
 //! any number of them cost the writer nothing. No gRPC or TLS here.
 
 mod capture;
+pub mod cgroup;
 mod error;
 mod job;
+mod limits;
 pub mod logfile;
 mod processes;
 pub mod render;
@@ -18,8 +20,10 @@ mod status;
 mod subscribe;
 mod worker;
 
+pub use cgroup::CgroupMode;
 pub use error::Error;
 pub use job::Job;
+pub use limits::LimitPolicy;
 pub use logfile::{Record, Stream};
 pub use spec::{DeviceRate, JobId, JobSpec, Limits};
 pub use status::{JobInfo, JobState};

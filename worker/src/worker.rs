@@ -13,8 +13,10 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::capture::{self, Capture};
+use crate::cgroup::{self, CgroupLimits, CgroupMode, Cgroups};
 use crate::error::Error;
 use crate::job::Job;
+use crate::limits::LimitPolicy;
 use crate::logfile;
 use crate::processes::Processes;
 use crate::spawn::{self, SpawnError, Stage};
@@ -50,6 +52,15 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when a stop does not say otherwise.
     pub default_grace: Duration,
+    /// Whether jobs get cgroups (and so limits).
+    pub cgroups: CgroupMode,
+    /// The cgroup to put jobd's subtree under; default: the one this process runs in.
+    pub cgroup_root: Option<PathBuf>,
+    /// Move this process into `<root>/jobd/server`, as the no-internal-processes rule
+    /// requires when it runs in the cgroup whose controllers it delegates.
+    pub move_into_cgroup: bool,
+    /// Defaults and maxima for job limits.
+    pub limits: LimitPolicy,
 }
 
 impl Config {
@@ -57,6 +68,10 @@ impl Config {
         Config {
             state_dir: state_dir.into(),
             default_grace: Duration::from_secs(5),
+            cgroups: CgroupMode::Auto,
+            cgroup_root: None,
+            move_into_cgroup: true,
+            limits: LimitPolicy::default(),
         }
     }
 }
@@ -68,6 +83,7 @@ type JobTable = RwLock<HashMap<JobId, Arc<Job>>>;
 pub struct Worker {
     config: Arc<Config>,
     jobs: Arc<JobTable>,
+    cgroups: Option<Arc<Cgroups>>,
 }
 
 impl Worker {
@@ -75,10 +91,17 @@ impl Worker {
         let jobs_dir = config.state_dir.join("jobs");
         fs::create_dir_all(&jobs_dir)
             .map_err(|e| Error::io(format!("cannot create {}", jobs_dir.display()), e))?;
+        let cgroups = setup_cgroups(&config)?.map(Arc::new);
         Ok(Worker {
             config: Arc::new(config),
             jobs: Arc::new(RwLock::new(HashMap::new())),
+            cgroups,
         })
+    }
+
+    /// Where job cgroups are created, when cgroups are in use.
+    pub fn cgroup_jobs_dir(&self) -> Option<PathBuf> {
+        self.cgroups.as_ref().map(|c| c.jobs_dir())
     }
 
     pub fn config(&self) -> &Config {
@@ -87,15 +110,22 @@ impl Worker {
 
     /// Starts a job and returns once its program has been exec'd. On failure nothing of
     /// the job is left: no process, no files, no table entry.
-    pub async fn start(&self, spec: JobSpec) -> Result<Arc<Job>, Error> {
+    pub async fn start(&self, mut spec: JobSpec) -> Result<Arc<Job>, Error> {
         spec.validate()?;
-        if !spec.limits.is_empty() {
-            return Err(Error::Unsupported(
-                "resource limits need cgroup v2 with the cpu, memory, io and pids controllers, \
-                 which this server does not have"
-                    .into(),
-            ));
-        }
+        let cgroup_limits = match &self.cgroups {
+            Some(_) => {
+                spec.limits = self.config.limits.resolve(&spec.limits)?;
+                Some(CgroupLimits::from_limits(&spec.limits).map_err(Error::InvalidArgument)?)
+            }
+            None if !spec.limits.is_empty() => {
+                return Err(Error::Unsupported(
+                    "resource limits need cgroup v2 with the cpu, memory, io and pids \
+                     controllers, which this server does not have"
+                        .into(),
+                ))
+            }
+            None => None,
+        };
         let program = resolve_program(&spec.argv[0])?;
         let command = spawn::Command::new(
             cstring(program.as_os_str().as_encoded_bytes())?,
@@ -117,6 +147,19 @@ impl Worker {
                 return Err(Error::io(format!("cannot prepare job {id}"), e));
             }
         };
+        let cgroup = match (&self.cgroups, &cgroup_limits) {
+            (Some(cgroups), Some(limits)) => match cgroups.create_job(&id.to_string(), limits) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(Error::io(
+                        format!("cannot create the cgroup of job {id}"),
+                        std::io::Error::other(e),
+                    ));
+                }
+            },
+            _ => None,
+        };
 
         let (tx, rx) = oneshot::channel();
         let jobs = Arc::clone(&self.jobs);
@@ -130,11 +173,14 @@ impl Worker {
                     stdin: pipes.devnull.as_fd(),
                     stdout: pipes.stdout.1.as_fd(),
                     stderr: pipes.stderr.1.as_fd(),
-                    cgroup: None,
+                    cgroup: cgroup.as_ref().and_then(|c| c.dir_fd()),
                 };
                 let child = match spawn::spawn(&command, &stdio) {
                     Ok(child) => child,
                     Err(e) => {
+                        if let Some(c) = &cgroup {
+                            let _ = c.remove();
+                        }
                         let _ = fs::remove_dir_all(&dir);
                         let _ = tx.send(Err(spawn_error(&program_name, e)));
                         return;
@@ -145,7 +191,10 @@ impl Worker {
                     stderr: (stderr, _),
                     ..
                 } = pipes; // the write ends close here: EOF comes when the job's side closes
-                let processes = Processes::Group { pgid: child.pid };
+                let processes = match cgroup {
+                    Some(cgroup) => Processes::Cgroup { cgroup },
+                    None => Processes::Group { pgid: child.pid },
+                };
                 let job = Arc::new(Job::new(
                     id,
                     spec,
@@ -221,6 +270,33 @@ impl Worker {
             });
         }
         while stops.join_next().await.is_some() {}
+    }
+}
+
+/// Sets up jobd's cgroup subtree as the mode says; `auto` falls back to no cgroups
+/// (and so no limits), saying why once.
+fn setup_cgroups(config: &Config) -> Result<Option<Cgroups>, Error> {
+    if config.cgroups == CgroupMode::Off {
+        tracing::info!("cgroups are off: jobs run without resource limits");
+        return Ok(None);
+    }
+    let attempt = match &config.cgroup_root {
+        Some(root) => Ok(root.clone()),
+        None => cgroup::default_base(),
+    }
+    .and_then(|base| Cgroups::setup(&base, config.move_into_cgroup).map(|c| (base, c)));
+    match (attempt, config.cgroups) {
+        (Ok((base, cgroups)), _) => {
+            tracing::info!(base = %base.display(), "cgroups on: every job gets its own cgroup with cpu, io, memory and pids control");
+            Ok(Some(cgroups))
+        }
+        (Err(e), CgroupMode::Required) => Err(Error::Unsupported(format!(
+            "cgroups are required but unusable: {e}"
+        ))),
+        (Err(e), _) => {
+            tracing::warn!(reason = %e, "cgroups unusable: jobs run without resource limits, and jobs that ask for limits are refused");
+            Ok(None)
+        }
     }
 }
 

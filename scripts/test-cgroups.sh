@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the resource-control tests (worker/tests/cgroups.rs) under a real cgroup v2
+# hierarchy with the cpu, io, memory and pids controllers: directly when this host has
+# one and we are root, otherwise inside the small VM of scripts/cgroup-vm/.
+# The tests move their own process between cgroups, so they run one at a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=$PWD
+
+host_has_cgroup_v2() {
+  [ "$(id -u)" = 0 ] || return 1
+  local mount
+  mount=$(grep -m1 ' - cgroup2 ' /proc/self/mountinfo | awk '{print $5}') || return 1
+  [ -n "$mount" ] || return 1
+  local c
+  for c in cpu io memory pids; do
+    grep -qw "$c" "$mount/cgroup.controllers" 2>/dev/null || return 1
+  done
+}
+
+# Build on the host first: the guest only runs the binary.
+cargo test -p worker --test cgroups --no-run --locked
+
+if host_has_cgroup_v2 && [ -z "${JOBWORKER_FORCE_VM:-}" ]; then
+  echo "test-cgroups: this host has cgroup v2 with cpu, io, memory and pids; running directly" >&2
+  if [ -z "${CGVM_DISK:-}" ]; then
+    echo "test-cgroups: set CGVM_DISK to a scratch block device for the io.max test" >&2
+  fi
+  exec cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
+fi
+
+echo "test-cgroups: no usable cgroup v2 here; running the tests in the VM" >&2
+export CGVM_RW="$here"
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$here/scripts/cgroup-vm/run-in-vm.sh"
+exec cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
