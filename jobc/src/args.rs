@@ -83,6 +83,8 @@ pub enum Command {
         #[arg(long)]
         no_follow: bool,
     },
+    /// Delete an ended job and its output.
+    Rm { id: String },
     /// List your jobs (an admin sees everyone's).
     List {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]

@@ -72,6 +72,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(status)?;
             Ok(())
         }
+        Command::Rm { id } => {
+            client
+                .remove(pb::RemoveRequest { job_id: id })
+                .await
+                .map_err(status)?;
+            Ok(())
+        }
         Command::Status { id, output } => {
             let reply = client
                 .status(pb::StatusRequest { job_id: id })

@@ -56,6 +56,7 @@ struct Status<'a> {
     cpu_usage_usec: u64,
     memory_peak_bytes: u64,
     limits: Option<Limits<'a>>,
+    server_lost: bool,
     output_error: Option<&'a str>,
 }
 
@@ -96,6 +97,7 @@ fn status_json(s: &pb::JobStatus) -> Status<'_> {
             device_read_bps: rates(&l.device_read_bps),
             device_write_bps: rates(&l.device_write_bps),
         }),
+        server_lost: s.server_lost,
         output_error: Some(s.output_error.as_str()).filter(|e| !e.is_empty()),
     }
 }
@@ -193,10 +195,14 @@ impl LogSink {
             }
             LogSink::Raw => {
                 for r in records {
-                    if r.stream == pb::Stream::Stderr as i32 {
-                        err.write_all(&r.data)?;
-                    } else {
-                        out.write_all(&r.data)?;
+                    match pb::Stream::try_from(r.stream) {
+                        Ok(pb::Stream::Stderr) => err.write_all(&r.data)?,
+                        // A note from jobworker is not the job's output: say whose it is.
+                        Ok(pb::Stream::System) => {
+                            err.write_all(b"jobworker: ")?;
+                            err.write_all(&r.data)?;
+                        }
+                        _ => out.write_all(&r.data)?,
                     }
                 }
                 out.flush()?;
@@ -220,10 +226,10 @@ impl LogSink {
 
 fn record(r: pb::OutputRecord) -> worker::Record {
     worker::Record {
-        stream: if r.stream == pb::Stream::Stderr as i32 {
-            worker::Stream::Stderr
-        } else {
-            worker::Stream::Stdout
+        stream: match pb::Stream::try_from(r.stream) {
+            Ok(pb::Stream::Stderr) => worker::Stream::Stderr,
+            Ok(pb::Stream::System) => worker::Stream::System,
+            _ => worker::Stream::Stdout,
         },
         time_unix_nanos: r.time_unix_nanos,
         data: r.data,

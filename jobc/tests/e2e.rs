@@ -46,10 +46,22 @@ impl Server {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut child = Command::new(jobd_bin())
+        let state = dir.path().join("state");
+        let mut child = Self::spawn_jobd(&state, &pki);
+        let port = Self::wait_listening(&mut child).expect("jobd did not start");
+        Server {
+            child,
+            port,
+            pki,
+            dir,
+        }
+    }
+
+    fn spawn_jobd(state: &std::path::Path, pki: &std::path::Path) -> Child {
+        Command::new(jobd_bin())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(dir.path().join("state"))
+            .arg(state)
             .arg("--ca")
             .arg(pki.join("ca.pem"))
             .arg("--cert")
@@ -59,11 +71,17 @@ impl Server {
             .env("JOBD_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        // jobd logs the address it bound; keep draining its log so it never blocks.
+            .unwrap()
+    }
+
+    /// Reads jobd's log until it names the address it bound (or it exits); keeps
+    /// draining the log afterwards so jobd never blocks on it. Returns the port, or the
+    /// log lines if jobd exited first.
+    fn wait_listening(child: &mut Child) -> Result<u16, Vec<String>> {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut seen = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("addr=").nth(1) {
                     let port = addr
@@ -73,19 +91,24 @@ impl Server {
                         .rsplit(':')
                         .next()
                         .unwrap();
-                    let _ = tx.send(port.parse::<u16>().unwrap());
+                    let _ = tx.send(Ok(port.parse::<u16>().unwrap()));
                 }
+                seen.push(line);
             }
+            let _ = tx.send(Err(seen));
         });
-        let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("jobd did not start");
-        Server {
-            child,
-            port,
-            pki,
-            dir,
-        }
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("jobd said nothing")
+    }
+
+    /// Kills jobd with SIGKILL, as a crash would, and starts a new one on the same state.
+    fn crash_and_restart(&mut self) {
+        // SAFETY: signalling the jobd process this test started, by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.child.wait().unwrap();
+        let mut child = Self::spawn_jobd(&self.dir.path().join("state"), &self.pki);
+        self.port = Self::wait_listening(&mut child).expect("jobd did not restart");
+        self.child = child;
     }
 
     fn jobc(&self, user: &str, args: &[&str]) -> Output {
@@ -133,7 +156,6 @@ impl Drop for Server {
         // SAFETY: signalling the jobd process this test started, by its pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
-        let _ = &self.dir;
     }
 }
 
@@ -400,4 +422,118 @@ fn completions_and_help() {
     for cmd in ["start", "stop", "status", "logs", "list"] {
         assert!(help.contains(cmd), "{help}");
     }
+}
+
+fn status_json(s: &Server, user: &str, id: &str) -> serde_json::Value {
+    serde_json::from_str(&s.ok(user, &["status", "-o", "json", id])).unwrap()
+}
+
+fn process_gone(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_crash_of_jobd_loses_no_history_and_leaves_no_process() {
+    let mut s = Server::start();
+
+    // A second jobd on the same state dir is refused while the first runs.
+    let mut second = Server::spawn_jobd(&s.dir.path().join("state"), &s.pki);
+    let log = Server::wait_listening(&mut second).expect_err("a second jobd started");
+    assert!(second.wait().unwrap().code() == Some(1));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("another jobd (pid ") && l.contains("is using the state dir")),
+        "{log:?}"
+    );
+
+    let finished = s
+        .ok(
+            "alice",
+            &[
+                "start",
+                "sh",
+                "-c",
+                "head -c 3000000 /dev/urandom; echo; echo done >&2",
+            ],
+        )
+        .trim()
+        .to_string();
+    s.wait_status("alice", &finished, "finished (exit code: 0)");
+    let before = s.jobc("alice", &["logs", "--raw", &finished]);
+    assert_eq!(before.stdout.len(), 3_000_001);
+    let sleeper = s
+        .ok("alice", &["start", "sleep", "1000"])
+        .trim()
+        .to_string();
+    let sleeper_pid = status_json(&s, "alice", &sleeper)["pid"].as_i64().unwrap();
+    // About 100 MB over several seconds: jobd dies in the middle of it.
+    let writer = s
+        .ok(
+            "bob",
+            &["start", "sh", "-c", "i=0; while [ $i -lt 100 ]; do head -c 1048576 /dev/zero | tr '\\0' y; i=$((i+1)); sleep 0.03; done"],
+        )
+        .trim()
+        .to_string();
+    let writer_pid = status_json(&s, "bob", &writer)["pid"].as_i64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.crash_and_restart();
+
+    // Every job is there, with the right status.
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok("admin", &["list", "-o", "json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(
+        s.ok("alice", &["status", &finished]),
+        "finished (exit code: 0)\n"
+    );
+    for (user, id, pid) in [
+        ("alice", &sleeper, sleeper_pid),
+        ("bob", &writer, writer_pid),
+    ] {
+        let st = status_json(&s, user, id);
+        assert_eq!(st["state"], "stopped", "{st}");
+        assert_eq!(st["server_lost"], true, "{st}");
+        assert!(st["ended_at"].is_string());
+        assert!(
+            process_gone(pid),
+            "process {pid} of job {id} survived the crash"
+        );
+    }
+    // Finished output is byte-exact; the interrupted log is readable up to the crash.
+    assert_eq!(
+        s.jobc("alice", &["logs", "--raw", &finished]).stdout,
+        before.stdout
+    );
+    assert_eq!(
+        s.jobc("alice", &["logs", "--raw", &finished]).stderr,
+        b"done\n"
+    );
+    let partial = s.jobc("bob", &["logs", "--raw", &writer]).stdout;
+    assert!(partial.len() > 1_000_000, "only {} bytes", partial.len());
+    assert!(partial.iter().all(|&b| b == b'y'));
+
+    // rm: only the owner or an admin, only ended jobs.
+    let (code, err) = failure(&s.jobc("bob", &["rm", &finished]));
+    assert_eq!(
+        (code, err),
+        (1, format!("jobc: job {finished} not found\n"))
+    );
+    let running = s.ok("alice", &["start", "sleep", "60"]).trim().to_string();
+    let (code, err) = failure(&s.jobc("alice", &["rm", &running]));
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!("jobc: job {running} is still running: stop it first\n")
+        )
+    );
+    s.ok("alice", &["stop", &running]);
+    assert_eq!(s.ok("alice", &["rm", &finished]), "");
+    assert_eq!(s.ok("admin", &["rm", &writer]), "");
+    let (code, _) = failure(&s.jobc("alice", &["status", &finished]));
+    assert_eq!(code, 1);
 }

@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// [default: the cgroup jobd runs in].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
+    /// How long ended jobs and their output are kept, e.g. 7d or 12h [default: forever].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +124,8 @@ struct FileConfig {
     max_memory_bytes: Option<u64>,
     max_pids: Option<u64>,
     max_device_bps: Option<u64>,
+    retention: Option<String>,
+    max_output_bytes: Option<u64>,
     max_connections: Option<usize>,
     max_streams_per_connection: Option<u32>,
     max_log_streams: Option<usize>,
@@ -182,6 +187,14 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         max_pids: file.max_pids,
         max_device_bps: file.max_device_bps,
     };
+    let file_retention = file
+        .retention
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("retention in the config file: {e}"))?;
+    config.worker.retention = args.retention.or(file_retention);
+    config.worker.max_output_bytes = file.max_output_bytes;
     // The defaults themselves must pass the policy (and its maxima).
     config
         .worker

@@ -109,6 +109,7 @@ pub fn status(info: &JobInfo) -> pb::JobStatus {
         memory_peak_bytes: info.memory_peak_bytes,
         pid: info.pid.max(0) as u32,
         output_error: info.output_error.clone().unwrap_or_default(),
+        server_lost: info.server_lost,
     }
 }
 
@@ -120,6 +121,7 @@ pub fn records(batch: Vec<Record>) -> pb::LogsResponse {
                 stream: match r.stream {
                     Stream::Stdout => pb::Stream::Stdout,
                     Stream::Stderr => pb::Stream::Stderr,
+                    Stream::System => pb::Stream::System,
                 } as i32,
                 time_unix_nanos: r.time_unix_nanos,
                 data: r.data,

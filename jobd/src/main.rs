@@ -29,13 +29,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let config = cli::server_config(args)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listen = config.listen;
+    let server = jobd::server::Server::open(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
-    tracing::info!(%addr, state_dir = %config.worker.state_dir.display(), ca = %config.tls.ca.display(), "listening");
+    tracing::info!(%addr, "listening");
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let shutdown = async move {
@@ -44,7 +46,7 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
             _ = int.recv() => {}
         }
     };
-    jobd::server::serve(config, listener, shutdown).await
+    server.serve(listener, shutdown).await
 }
 
 fn init_logging() {

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -85,63 +86,114 @@ pub fn ensure_dev_pki(state_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Serves on `listener` until `shutdown` completes, then stops accepting, ends log
-/// streams, lets in-flight calls finish, and stops every job still running.
+/// Serves on `listener` until `shutdown` completes (see [`Server::serve`]).
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tls_config = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
-        .context("cannot set up TLS")?;
-    let worker = Worker::new(config.worker.clone()).context("cannot start the worker")?;
+    Server::open(config)?.serve(listener, shutdown).await
+}
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let service = Service::new(worker.clone(), config.service.clone(), shutdown_rx);
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<JobServiceServer<Service>>()
-        .await;
-    // Both reflection versions: grpcurl and other tools still ask for v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .context("cannot build the reflection service")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("cannot build the reflection service")?;
+/// A server whose state is loaded and whose TLS is set up, ready to serve.
+pub struct Server {
+    config: ServerConfig,
+    tls: Arc<rustls::ServerConfig>,
+    worker: Worker,
+}
 
-    let (conn_tx, conn_rx) = mpsc::channel(64);
-    let accept = tokio::spawn(tls::accept_loop(
-        listener,
-        TlsAcceptor::from(tls_config),
-        config.transport.clone(),
-        conn_tx,
-    ));
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; ending log streams");
-        accept.abort();
-        shutdown_tx.send_replace(true);
-    };
+impl Server {
+    /// Everything that can fail before the server accepts a connection: TLS files, the
+    /// state-dir lock, recovery of earlier jobs, cgroups.
+    pub fn open(config: ServerConfig) -> anyhow::Result<Server> {
+        let tls = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
+            .context("cannot set up TLS")?;
+        let worker = Worker::new(config.worker.clone()).context("cannot start the worker")?;
+        Ok(Server {
+            config,
+            tls,
+            worker,
+        })
+    }
 
-    tonic::transport::Server::builder()
-        .max_concurrent_streams(config.max_streams_per_connection)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(JobServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
-        .await
-        .context("server failed")?;
+    /// Serves until `shutdown` completes, then stops accepting, ends log streams, lets
+    /// in-flight calls finish, and stops every job still running.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Server {
+            config,
+            tls: tls_config,
+            worker,
+        } = self;
+        if let Some(retention) = config.worker.retention {
+            tokio::spawn(prune_periodically(worker.clone(), retention));
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let service = Service::new(worker.clone(), config.service.clone(), shutdown_rx);
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<JobServiceServer<Service>>()
+            .await;
+        // Both reflection versions: grpcurl and other tools still ask for v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context("cannot build the reflection service")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("cannot build the reflection service")?;
 
-    tracing::info!("stopping running jobs");
-    worker.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+        let (conn_tx, conn_rx) = mpsc::channel(64);
+        let accept = tokio::spawn(tls::accept_loop(
+            listener,
+            TlsAcceptor::from(tls_config),
+            config.transport.clone(),
+            conn_tx,
+        ));
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; ending log streams");
+            accept.abort();
+            shutdown_tx.send_replace(true);
+        };
+
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                JobServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
+            .await
+            .context("server failed")?;
+
+        tracing::info!("stopping running jobs");
+        worker.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Deletes jobs past their retention, checking a few times per retention period (at
+/// least every minute, at most every hour).
+async fn prune_periodically(worker: Worker, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the worker pruned at start-up already
+    loop {
+        tick.tick().await;
+        let worker = worker.clone();
+        // Deleting files blocks; keep it off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || worker.prune(retention)).await;
+    }
 }

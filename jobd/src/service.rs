@@ -196,6 +196,19 @@ impl JobService for Service {
         result.map(Response::new)
     }
 
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let result = self
+            .job_for(&caller, Action::Remove, &req.job_id)
+            .and_then(|job| self.worker.remove(&job.id()).map_err(convert::error));
+        log(&caller, "Remove", &req.job_id, &result);
+        result.map(|()| Response::new(pb::RemoveResponse {}))
+    }
+
     async fn list(
         &self,
         req: Request<pb::ListRequest>,

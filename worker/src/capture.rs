@@ -24,6 +24,8 @@ pub(crate) struct Capture {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub log: File,
+    /// Most payload bytes to store; the rest is discarded after a marker record.
+    pub max_output: Option<u64>,
 }
 
 /// Marks the output finished even if the loop below panics, so no follower waits forever.
@@ -42,7 +44,9 @@ pub(crate) fn run(job: &Job, capture: Capture) {
         stdout,
         stderr,
         mut log,
+        max_output,
     } = capture;
+    let mut room = max_output.unwrap_or(u64::MAX);
     let pipes = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)];
     let mut open = [true, true];
     let mut exited = false;
@@ -92,16 +96,28 @@ pub(crate) fn run(job: &Job, capture: Capture) {
                 Ok(0) => open[i] = false,
                 Ok(n) => {
                     if storing {
-                        let record = &mut buf[..RECORD_HEADER_LEN + n];
-                        logfile::encode_header(record, *stream, logfile::now_unix_nanos());
-                        match log.write_all(record) {
-                            Ok(()) => committed += record.len() as u64,
-                            Err(e) => {
-                                // Keep draining the pipe so the job never blocks on a
-                                // full disk; the loss is reported in the job's status.
-                                storing = false;
-                                job.set_output_error(format!("output could not be stored: {e}"));
-                            }
+                        let keep = n.min(room.min(usize::MAX as u64) as usize);
+                        room -= keep as u64;
+                        let result = append(&mut log, &mut buf[..RECORD_HEADER_LEN + keep], *stream)
+                            .and_then(|written| {
+                                committed += written;
+                                if keep < n {
+                                    // The cap is reached: say so in the stream, then stop storing.
+                                    storing = false;
+                                    let cap = max_output.unwrap_or(0);
+                                    let note = format!("output cap of {cap} bytes reached; later output is discarded\n");
+                                    job.set_output_error(note.trim_end().to_string());
+                                    let mut marker = vec![0u8; RECORD_HEADER_LEN + note.len()];
+                                    marker[RECORD_HEADER_LEN..].copy_from_slice(note.as_bytes());
+                                    committed += append(&mut log, &mut marker, Stream::System)?;
+                                }
+                                Ok(())
+                            });
+                        if let Err(e) = result {
+                            // Keep draining the pipe so the job never blocks on a full
+                            // disk; the loss is reported in the job's status.
+                            storing = false;
+                            job.set_output_error(format!("output could not be stored: {e}"));
                         }
                     }
                 }
@@ -124,6 +140,16 @@ pub(crate) fn run(job: &Job, capture: Capture) {
     if let Err(e) = log.sync_data() {
         job.set_output_error(format!("output could not be synced to disk: {e}"));
     }
+}
+
+/// Frames the payload in `record[RECORD_HEADER_LEN..]` and appends it; returns its size.
+fn append(log: &mut File, record: &mut [u8], stream: Stream) -> io::Result<u64> {
+    if record.len() == RECORD_HEADER_LEN {
+        return Ok(0);
+    }
+    logfile::encode_header(record, stream, logfile::now_unix_nanos());
+    log.write_all(record)?;
+    Ok(record.len() as u64)
 }
 
 fn read_chunk(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {

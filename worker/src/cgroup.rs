@@ -204,10 +204,7 @@ impl Cgroups {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let cgroup = JobCgroup {
-                path: entry.path(),
-                dir: None,
-            };
+            let cgroup = JobCgroup::at(entry.path());
             tracing::warn!(cgroup = %cgroup.path.display(), "killing a job cgroup left by an earlier jobd");
             if let Err(e) = cgroup.kill_and_remove(Duration::from_secs(10)) {
                 tracing::error!(cgroup = %cgroup.path.display(), error = %e, "cannot remove stale cgroup");
@@ -346,6 +343,11 @@ pub struct JobCgroup {
 }
 
 impl JobCgroup {
+    /// A job cgroup found on disk (e.g. left by an earlier jobd), to kill and remove.
+    pub fn at(path: PathBuf) -> JobCgroup {
+        JobCgroup { path, dir: None }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

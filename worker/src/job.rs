@@ -2,9 +2,9 @@
 //! waiters when it ends and readers how much output is stored.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
@@ -14,6 +14,7 @@ use crate::processes::Processes;
 use crate::spawn::ExitStatus;
 use crate::spec::{JobId, JobSpec};
 use crate::status::{JobInfo, JobState};
+use crate::store::{self, JobRecord, StoredState};
 use crate::subscribe::LogReader;
 
 /// How much of the job's log is committed, and whether the writer has finished.
@@ -32,6 +33,8 @@ struct RunState {
     output_error: Option<String>,
     /// Final resource usage, read from the cgroup when the job ended.
     usage: Usage,
+    /// Killed at start-up because it was running when the previous jobd went away.
+    server_lost: bool,
     /// False once the leader is reaped: from then on its pid may belong to someone else,
     /// so nothing may be signalled through it.
     reapable: bool,
@@ -43,8 +46,11 @@ pub struct Job {
     id: JobId,
     spec: JobSpec,
     pid: i32,
+    /// The leader's start time in clock ticks, recorded to recognise it after a restart.
+    start_ticks: u64,
     started_at: SystemTime,
-    log_path: PathBuf,
+    /// The job's folder in the state dir: its record and its output log.
+    dir: PathBuf,
     processes: Processes,
     run: Mutex<RunState>,
     ended: watch::Sender<bool>,
@@ -56,7 +62,7 @@ impl Job {
         id: JobId,
         spec: JobSpec,
         pid: i32,
-        log_path: PathBuf,
+        dir: PathBuf,
         processes: Processes,
         committed: u64,
     ) -> Self {
@@ -64,8 +70,9 @@ impl Job {
             id,
             spec,
             pid,
+            start_ticks: store::process_start_ticks(pid).unwrap_or(0),
             started_at: SystemTime::now(),
-            log_path,
+            dir,
             processes,
             run: Mutex::new(RunState {
                 state: JobState::Running,
@@ -73,6 +80,7 @@ impl Job {
                 stop_requested: false,
                 output_error: None,
                 usage: Usage::default(),
+                server_lost: false,
                 reapable: true,
             }),
             ended: watch::Sender::new(false),
@@ -80,6 +88,90 @@ impl Job {
                 committed,
                 done: false,
             }),
+        }
+    }
+
+    /// A job of an earlier jobd, from its record; it has ended and its log is complete.
+    pub(crate) fn restored(record: JobRecord, dir: PathBuf, committed: u64) -> Self {
+        let state = match record.state {
+            StoredState::Finished { exit_code } => JobState::Finished { exit_code },
+            StoredState::Stopped { signal } => JobState::Stopped { signal },
+            StoredState::Running => JobState::Stopped {
+                signal: libc::SIGKILL,
+            },
+        };
+        Job {
+            id: record.id,
+            spec: JobSpec {
+                owner: record.owner,
+                argv: record.argv,
+                limits: record.limits,
+            },
+            pid: record.pid,
+            start_ticks: record.start_ticks,
+            started_at: from_nanos(record.started_at_unix_nanos),
+            dir,
+            processes: Processes::Gone,
+            run: Mutex::new(RunState {
+                state,
+                ended_at: record.ended_at_unix_nanos.map(from_nanos),
+                stop_requested: record.stop_requested,
+                output_error: record.output_error,
+                usage: Usage {
+                    oom_killed: record.oom_killed,
+                    cpu_usage_usec: record.cpu_usage_usec,
+                    memory_peak_bytes: record.memory_peak_bytes,
+                },
+                server_lost: record.server_lost,
+                reapable: false,
+            }),
+            ended: watch::Sender::new(true),
+            progress: watch::Sender::new(Progress {
+                committed,
+                done: true,
+            }),
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The record that describes the job now.
+    pub(crate) fn record(&self) -> JobRecord {
+        let info = self.info();
+        let run = self.run();
+        JobRecord {
+            version: store::RECORD_VERSION,
+            id: self.id,
+            owner: info.owner,
+            argv: info.argv,
+            limits: info.limits,
+            pid: self.pid,
+            start_ticks: self.start_ticks,
+            cgroup: self.processes.cgroup_path(),
+            started_at_unix_nanos: to_nanos(self.started_at),
+            state: match info.state {
+                JobState::Running => StoredState::Running,
+                JobState::Finished { exit_code } => StoredState::Finished { exit_code },
+                JobState::Stopped { signal } => StoredState::Stopped { signal },
+            },
+            ended_at_unix_nanos: info.ended_at.map(to_nanos),
+            stop_requested: info.stop_requested,
+            oom_killed: info.oom_killed,
+            cpu_usage_usec: info.cpu_usage_usec,
+            memory_peak_bytes: info.memory_peak_bytes,
+            server_lost: run.server_lost,
+            output_error: info.output_error,
+        }
+    }
+
+    /// Writes the job's record; a failure is logged and reported in the job's status,
+    /// never fatal to the job.
+    pub(crate) fn persist(&self) {
+        if let Err(e) = store::write_record(&self.dir, &self.record()) {
+            tracing::error!(job = %self.id, error = %e, "cannot write the job record");
+            self.set_output_error(format!("the job record could not be saved: {e}"));
         }
     }
 
@@ -116,6 +208,7 @@ impl Job {
             oom_killed: usage.oom_killed,
             cpu_usage_usec: usage.cpu_usage_usec,
             memory_peak_bytes: usage.memory_peak_bytes,
+            server_lost: run.server_lost,
             output_error: run.output_error.clone(),
         }
     }
@@ -164,7 +257,7 @@ impl Job {
     /// A reader of the job's output from the beginning; with `follow`, it also waits for
     /// output still to come until the job has ended and every byte was delivered.
     pub fn logs(&self, follow: bool) -> Result<LogReader, Error> {
-        let file = File::open(&self.log_path)
+        let file = File::open(self.dir.join(store::LOG_FILE))
             .map_err(|e| Error::io(format!("cannot open output of job {}", self.id), e))?;
         Ok(LogReader::new(file, self.progress.subscribe(), follow))
     }
@@ -195,6 +288,10 @@ impl Job {
         self.ended.send_replace(true);
     }
 
+    pub fn is_running(&self) -> bool {
+        self.run().reapable
+    }
+
     pub(crate) fn set_output_error(&self, message: String) {
         let mut run = self.run();
         if run.output_error.is_none() {
@@ -211,4 +308,14 @@ impl Job {
     pub(crate) fn finish_output(&self) {
         self.progress.send_modify(|p| p.done = true);
     }
+}
+
+fn to_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn from_nanos(n: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64)
 }

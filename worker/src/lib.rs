@@ -14,9 +14,11 @@ mod limits;
 pub mod logfile;
 mod processes;
 pub mod render;
+mod restore;
 mod spawn;
 mod spec;
 mod status;
+pub mod store;
 mod subscribe;
 mod worker;
 

@@ -32,6 +32,8 @@ pub const MAX_RECORD_DATA: usize = 256 * 1024;
 pub enum Stream {
     Stdout,
     Stderr,
+    /// A note from jobworker itself, such as "output cap reached".
+    System,
 }
 
 impl Stream {
@@ -39,6 +41,7 @@ impl Stream {
         match self {
             Stream::Stdout => 1,
             Stream::Stderr => 2,
+            Stream::System => 3,
         }
     }
 
@@ -46,6 +49,7 @@ impl Stream {
         match code {
             1 => Some(Stream::Stdout),
             2 => Some(Stream::Stderr),
+            3 => Some(Stream::System),
             _ => None,
         }
     }
@@ -54,6 +58,7 @@ impl Stream {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::System => "system",
         }
     }
 }

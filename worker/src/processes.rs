@@ -15,8 +15,14 @@ const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(crate) enum Processes {
-    Group { pgid: i32 },
-    Cgroup { cgroup: JobCgroup },
+    Group {
+        pgid: i32,
+    },
+    Cgroup {
+        cgroup: JobCgroup,
+    },
+    /// A job restored from its record: nothing of it runs any more.
+    Gone,
 }
 
 impl Processes {
@@ -36,13 +42,21 @@ impl Processes {
                 Ok(())
             }
             Processes::Cgroup { cgroup } => cgroup.signal(signal),
+            Processes::Gone => Ok(()),
+        }
+    }
+
+    pub(crate) fn cgroup_path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Processes::Cgroup { cgroup } => Some(cgroup.path().to_path_buf()),
+            _ => None,
         }
     }
 
     /// Usage so far (zero without cgroups).
     pub(crate) fn usage(&self) -> Usage {
         match self {
-            Processes::Group { .. } => Usage::default(),
+            Processes::Group { .. } | Processes::Gone => Usage::default(),
             Processes::Cgroup { cgroup } => cgroup.usage(),
         }
     }
@@ -56,7 +70,7 @@ impl Processes {
         wait: impl FnOnce() -> io::Result<ExitStatus>,
     ) -> (io::Result<ExitStatus>, Usage) {
         match self {
-            Processes::Group { .. } => {
+            Processes::Group { .. } | Processes::Gone => {
                 if let Err(e) = self.signal(libc::SIGKILL) {
                     tracing::warn!(error = %e, "cannot kill the job's remaining processes");
                 }

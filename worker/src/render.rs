@@ -32,7 +32,7 @@ struct Partial {
 /// Turns a sequence of records into JSON lines.
 pub struct JsonLines {
     cap: usize,
-    partial: [Partial; 2],
+    partial: [Partial; 3],
 }
 
 impl Default for JsonLines {
@@ -83,7 +83,7 @@ impl JsonLines {
 
     /// Appends the pending partial lines; call once the output has ended.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        for stream in [Stream::Stdout, Stream::Stderr] {
+        for stream in [Stream::Stdout, Stream::Stderr, Stream::System] {
             let partial = &mut self.partial[stream as usize];
             if !partial.bytes.is_empty() {
                 emit(partial, stream, out);

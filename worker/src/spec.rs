@@ -3,12 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
 /// A job's id: a random UUID, so ids are unguessable and never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(uuid::Uuid);
 
 impl JobId {
@@ -34,14 +34,14 @@ impl FromStr for JobId {
 }
 
 /// A bandwidth limit for one block device, named by its path on the server.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRate {
     pub device: String,
     pub bytes_per_second: u64,
 }
 
 /// Resource limits; `None` (or empty) means no limit of that kind was asked for.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub cpus: Option<f64>,
     pub memory_bytes: Option<u64>,

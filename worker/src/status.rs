@@ -50,6 +50,9 @@ pub struct JobInfo {
     pub oom_killed: bool,
     pub cpu_usage_usec: u64,
     pub memory_peak_bytes: u64,
+    /// The job was still running when the previous jobd went away, and was killed when
+    /// jobd started again.
+    pub server_lost: bool,
     /// Set when output could not be stored (e.g. the disk is full); the job keeps running.
     pub output_error: Option<String>,
 }

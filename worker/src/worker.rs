@@ -19,9 +19,11 @@ use crate::job::Job;
 use crate::limits::LimitPolicy;
 use crate::logfile;
 use crate::processes::Processes;
+use crate::restore;
 use crate::spawn::{self, SpawnError, Stage};
 use crate::spec::{JobId, JobSpec};
 use crate::status::JobInfo;
+use crate::store::{self, StateLock};
 
 /// The search path and the whole environment a job gets: like systemd services, jobs do
 /// not inherit the server's environment.
@@ -61,6 +63,11 @@ pub struct Config {
     pub move_into_cgroup: bool,
     /// Defaults and maxima for job limits.
     pub limits: LimitPolicy,
+    /// How long ended jobs and their output are kept; `None`: forever.
+    pub retention: Option<Duration>,
+    /// Most output bytes stored per job; `None`: all of it. Past the cap the job keeps
+    /// running, its further output is discarded, and its log says so.
+    pub max_output_bytes: Option<u64>,
 }
 
 impl Config {
@@ -72,6 +79,8 @@ impl Config {
             cgroup_root: None,
             move_into_cgroup: true,
             limits: LimitPolicy::default(),
+            retention: None,
+            max_output_bytes: None,
         }
     }
 }
@@ -84,6 +93,7 @@ pub struct Worker {
     config: Arc<Config>,
     jobs: Arc<JobTable>,
     cgroups: Option<Arc<Cgroups>>,
+    _lock: Arc<StateLock>,
 }
 
 impl Worker {
@@ -91,12 +101,69 @@ impl Worker {
         let jobs_dir = config.state_dir.join("jobs");
         fs::create_dir_all(&jobs_dir)
             .map_err(|e| Error::io(format!("cannot create {}", jobs_dir.display()), e))?;
+        let lock = StateLock::acquire(&config.state_dir).map_err(Error::FailedPrecondition)?;
+        // Cgroups first: their set-up kills what an earlier jobd left running.
         let cgroups = setup_cgroups(&config)?.map(Arc::new);
-        Ok(Worker {
+        let restored = restore::restore_jobs(&jobs_dir);
+        if !restored.is_empty() {
+            tracing::info!(jobs = restored.len(), "restored jobs from the state dir");
+        }
+        let table = restored
+            .into_iter()
+            .map(|job| (job.id(), Arc::new(job)))
+            .collect();
+        let worker = Worker {
             config: Arc::new(config),
-            jobs: Arc::new(RwLock::new(HashMap::new())),
+            jobs: Arc::new(RwLock::new(table)),
             cgroups,
-        })
+            _lock: Arc::new(lock),
+        };
+        if let Some(retention) = worker.config.retention {
+            worker.prune(retention);
+        }
+        Ok(worker)
+    }
+
+    /// Deletes an ended job and its output.
+    pub fn remove(&self, id: &JobId) -> Result<(), Error> {
+        let job = self.job(id)?;
+        if job.is_running() {
+            return Err(Error::FailedPrecondition(format!(
+                "job {id} is still running: stop it first"
+            )));
+        }
+        self.jobs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        fs::remove_dir_all(job.dir())
+            .map_err(|e| Error::io(format!("cannot delete the files of job {id}"), e))
+    }
+
+    /// Deletes ended jobs that ended longer than `retention` ago; returns how many.
+    pub fn prune(&self, retention: Duration) -> usize {
+        let now = std::time::SystemTime::now();
+        let expired: Vec<JobId> = self
+            .list(None)
+            .into_iter()
+            .filter(|j| {
+                j.ended_at
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age > retention)
+            })
+            .map(|j| j.id)
+            .collect();
+        let mut removed = 0;
+        for id in expired {
+            match self.remove(&id) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::error!(job = %id, error = %e, "cannot delete an expired job"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(jobs = removed, "deleted jobs past their retention");
+        }
+        removed
     }
 
     /// Where job cgroups are created, when cgroups are in use.
@@ -163,7 +230,7 @@ impl Worker {
 
         let (tx, rx) = oneshot::channel();
         let jobs = Arc::clone(&self.jobs);
-        let log_path = dir.join("output.log");
+        let max_output = self.config.max_output_bytes;
         let program_name = spec.argv[0].clone();
         let thread = std::thread::Builder::new()
             .name(format!("job-{}", &id.to_string()[..8]))
@@ -199,7 +266,7 @@ impl Worker {
                     id,
                     spec,
                     child.pid,
-                    log_path,
+                    dir,
                     processes,
                     logfile::FILE_HEADER_LEN,
                 ));
@@ -209,6 +276,8 @@ impl Worker {
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(id, Arc::clone(&job));
                 let _ = tx.send(Ok(Arc::clone(&job)));
+                // Recorded durably before any output is taken in (the pipes buffer it).
+                job.persist();
                 capture::run(
                     &job,
                     Capture {
@@ -216,8 +285,10 @@ impl Worker {
                         stdout,
                         stderr,
                         log,
+                        max_output,
                     },
                 );
+                job.persist();
             });
         if let Err(e) = thread {
             return Err(Error::io("cannot start a capture thread", e));
@@ -311,7 +382,7 @@ fn prepare_files(dir: &Path) -> io::Result<File> {
     let mut log = File::options()
         .write(true)
         .create_new(true)
-        .open(dir.join("output.log"))?;
+        .open(dir.join(store::LOG_FILE))?;
     log.write_all(&logfile::file_header())?;
     Ok(log)
 }

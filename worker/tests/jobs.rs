@@ -26,6 +26,7 @@ async fn collect(mut reader: LogReader) -> (Vec<u8>, Vec<u8>) {
             match r.stream {
                 Stream::Stdout => out.extend_from_slice(&r.data),
                 Stream::Stderr => err.extend_from_slice(&r.data),
+                Stream::System => panic!("unexpected note: {:?}", r.data),
             }
         }
     }

@@ -1,0 +1,195 @@
+//! Job records on disk, so that history survives a restart or a crash of jobd.
+//!
+//! Each job folder holds `job.json` (this record) and `output.log` (see [`crate::logfile`]).
+//! Records are replaced atomically: write a temporary file, fsync it, rename it over the
+//! old one, fsync the folder. A crash leaves either the old record or the new one.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{JobId, Limits};
+
+/// Bumped when the record's meaning changes; older jobd refuses newer records.
+pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_FILE: &str = "job.json";
+pub const LOG_FILE: &str = "output.log";
+
+/// How a job ended, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum StoredState {
+    Running,
+    Finished { exit_code: i32 },
+    Stopped { signal: i32 },
+}
+
+/// Everything jobd must know about a job to report it after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub version: u32,
+    pub id: JobId,
+    pub owner: String,
+    pub argv: Vec<String>,
+    pub limits: Limits,
+    pub pid: i32,
+    /// The leader's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
+    /// later jobd can tell the job's processes from others that reuse its ids.
+    pub start_ticks: u64,
+    /// The job's cgroup, if it had one.
+    pub cgroup: Option<PathBuf>,
+    pub started_at_unix_nanos: i64,
+    #[serde(flatten)]
+    pub state: StoredState,
+    pub ended_at_unix_nanos: Option<i64>,
+    pub stop_requested: bool,
+    pub oom_killed: bool,
+    pub cpu_usage_usec: u64,
+    pub memory_peak_bytes: u64,
+    /// The job was still running when jobd went away and was killed at the next start.
+    pub server_lost: bool,
+    pub output_error: Option<String>,
+}
+
+/// Replaces `dir/job.json` atomically and durably.
+pub fn write_record(dir: &Path, record: &JobRecord) -> io::Result<()> {
+    let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+    let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    let mut f = File::create(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(RECORD_FILE))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Reads `dir/job.json`, refusing versions this jobd does not know.
+pub fn read_record(dir: &Path) -> io::Result<JobRecord> {
+    let bytes = fs::read(dir.join(RECORD_FILE))?;
+    let record: JobRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if record.version != RECORD_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("job record version {} is not supported", record.version),
+        ));
+    }
+    Ok(record)
+}
+
+/// The start time of a process in clock ticks since boot, or `None` if it is gone.
+pub fn process_start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Holds `<state>/lock` for the life of the worker, so two servers never share a state dir.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
+        let path = state_dir.join("lock");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(format!(
+                "another jobd{} is using the state dir {}",
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                },
+                state_dir.display()
+            ));
+        }
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(StateLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> JobRecord {
+        JobRecord {
+            version: RECORD_VERSION,
+            id: "6f1c2a7e-8a7b-4b7e-9c1d-2e3f4a5b6c7d".parse().unwrap(),
+            owner: "alice".into(),
+            argv: vec!["sleep".into(), "60".into()],
+            limits: Limits::default(),
+            pid: 42,
+            start_ticks: 7,
+            cgroup: None,
+            started_at_unix_nanos: 1,
+            state: StoredState::Finished { exit_code: 3 },
+            ended_at_unix_nanos: Some(2),
+            stop_requested: false,
+            oom_killed: false,
+            cpu_usage_usec: 0,
+            memory_peak_bytes: 0,
+            server_lost: false,
+            output_error: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_replace_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record();
+        write_record(dir.path(), &r).unwrap();
+        assert_eq!(read_record(dir.path()).unwrap(), r);
+        r.state = StoredState::Stopped { signal: 9 };
+        write_record(dir.path(), &r).unwrap();
+        assert_eq!(read_record(dir.path()).unwrap(), r);
+        assert!(!dir.path().join("job.json.tmp").exists());
+        let text = fs::read_to_string(dir.path().join(RECORD_FILE)).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+    }
+
+    #[test]
+    fn unknown_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record();
+        r.version = 2;
+        write_record(dir.path(), &r).unwrap();
+        let err = read_record(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path()).unwrap();
+        let err = StateLock::acquire(dir.path()).unwrap_err();
+        assert!(err.starts_with("another jobd (pid "), "{err}");
+        drop(first);
+        StateLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn start_ticks_identify_a_live_process() {
+        let me = std::process::id() as i32;
+        assert!(process_start_ticks(me).is_some());
+        assert_eq!(process_start_ticks(i32::MAX), None);
+    }
+}
