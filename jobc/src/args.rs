@@ -117,6 +117,16 @@ pub struct StartArgs {
     /// Write bandwidth limit for a block device, e.g. /dev/sda:10M.
     #[arg(long, value_name = "DEV:RATE", value_parser = parse_device_rate)]
     pub device_write_bps: Vec<(String, u64)>,
+    /// Namespaces to run in: a list of pid, mount, net, or all, or none
+    /// [default: the server's, normally all].
+    #[arg(long, value_name = "LIST", value_parser = parse_isolation)]
+    pub isolate: Option<Isolation>,
+    /// `host` shares the host's network instead of an isolated one with only loopback.
+    #[arg(long, value_name = "MODE", value_parser = ["host", "isolated"])]
+    pub network: Option<String>,
+    /// Run as root instead of the server's job user (admins only, where the server allows).
+    #[arg(long)]
+    pub as_root: bool,
     /// The program and its arguments (everything after CMD belongs to the job).
     #[arg(
         required = true,
@@ -125,6 +135,39 @@ pub struct StartArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+/// The namespaces asked for with `--isolate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Isolation {
+    pub pid: bool,
+    pub mount: bool,
+    pub net: bool,
+}
+
+fn parse_isolation(s: &str) -> Result<Isolation, String> {
+    let mut i = Isolation::default();
+    for part in s.split(',').map(str::trim) {
+        match part {
+            "all" => {
+                i = Isolation {
+                    pid: true,
+                    mount: true,
+                    net: true,
+                }
+            }
+            "none" => {}
+            "pid" => i.pid = true,
+            "mount" => i.mount = true,
+            "net" => i.net = true,
+            other => {
+                return Err(format!(
+                    "{other:?}: namespaces are pid, mount and net (or all, or none)"
+                ))
+            }
+        }
+    }
+    Ok(i)
 }
 
 /// Parses `64M`, `2G`, `512K` or a plain byte count (binary units: K = 1024).

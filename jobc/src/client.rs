@@ -128,3 +128,27 @@ pub async fn connect_with(
     // Output batches can be up to a few MiB once encoded.
     Ok(JobServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
+
+/// Finds out why a connection failed without a reason, typically a TLS alert that
+/// arrived while a request was in flight: a fresh handshake, then one read, which gets
+/// the server's HTTP/2 settings if it accepts us or its alert if it does not.
+pub async fn diagnose(target: &Target) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let config = tls_config(target).ok()?;
+    let name = server_name(&target.server).ok()?;
+    let attempt = async {
+        let tcp = TcpStream::connect(&target.server).await?;
+        let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+        let mut byte = [0u8; 1];
+        tls.read(&mut byte).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+        Ok(Err(e)) => Some(
+            e.to_string()
+                .strip_prefix("received fatal alert: ")
+                .map(crate::errors::alert_reason)
+                .unwrap_or_else(|| e.to_string()),
+        ),
+        _ => None,
+    }
+}

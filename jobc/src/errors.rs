@@ -18,6 +18,9 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub struct Failure {
     pub message: String,
     pub exit_code: i32,
+    /// The connection failed without saying why; worth a diagnosis (see
+    /// [`crate::client::diagnose`]).
+    pub unexplained: bool,
 }
 
 impl Failure {
@@ -25,6 +28,7 @@ impl Failure {
         Failure {
             message: message.into(),
             exit_code,
+            unexplained: false,
         }
     }
 }
@@ -68,7 +72,7 @@ fn tls_reason(e: &rustls::Error) -> String {
 }
 
 /// What a TLS alert from the server means for the person running jobc.
-fn alert_reason(alert: &str) -> String {
+pub fn alert_reason(alert: &str) -> String {
     match alert {
         "BadCertificate"
         | "UnknownCA"
@@ -116,12 +120,13 @@ pub fn from_status(status: &tonic::Status, server: &str) -> Failure {
                     )
                 };
             }
-            let exit = if status.code() == Code::Unavailable {
-                EXIT_CONNECT
-            } else {
-                EXIT_REQUEST
-            };
-            Failure::new(exit, status.message().to_string())
+            Failure {
+                unexplained: true,
+                ..Failure::new(
+                    EXIT_CONNECT,
+                    format!("lost the connection to {server}: {}", status.message()),
+                )
+            }
         }
         _ => Failure::new(EXIT_REQUEST, status.message().to_string()),
     }

@@ -18,7 +18,17 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => exit(Failure::new(EXIT_REQUEST, format!("cannot start: {e}"))),
     };
-    if let Err(failure) = runtime.block_on(run(cli)) {
+    let target = cli.conn.target();
+    let result = runtime.block_on(async {
+        match run(cli).await {
+            Err(failure) if failure.unexplained => match client::diagnose(&target).await {
+                Some(reason) => Err(Failure::new(failure.exit_code, reason)),
+                None => Err(failure),
+            },
+            other => other,
+        }
+    });
+    if let Err(failure) = result {
         exit(failure);
     }
 }
@@ -160,5 +170,12 @@ fn start_request(args: StartArgs) -> pb::StartRequest {
             device_read_bps: rates(args.device_read_bps),
             device_write_bps: rates(args.device_write_bps),
         }),
+        isolation: args.isolate.map(|i| pb::Isolation {
+            pid: i.pid,
+            mount: i.mount,
+            net: i.net,
+        }),
+        as_root: args.as_root,
+        host_network: args.network.as_deref() == Some("host"),
     }
 }

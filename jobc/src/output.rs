@@ -57,6 +57,9 @@ struct Status<'a> {
     memory_peak_bytes: u64,
     limits: Option<Limits<'a>>,
     server_lost: bool,
+    isolation: Vec<&'static str>,
+    uid: Option<u32>,
+    gid: Option<u32>,
     output_error: Option<&'a str>,
 }
 
@@ -98,6 +101,18 @@ fn status_json(s: &pb::JobStatus) -> Status<'_> {
             device_write_bps: rates(&l.device_write_bps),
         }),
         server_lost: s.server_lost,
+        isolation: s
+            .isolation
+            .as_ref()
+            .map(|i| {
+                [(i.pid, "pid"), (i.mount, "mount"), (i.net, "net")]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then_some(name))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        uid: s.uid,
+        gid: s.gid,
         output_error: Some(s.output_error.as_str()).filter(|e| !e.is_empty()),
     }
 }

@@ -3,6 +3,7 @@
 //! | action                  | admin | user            | no known role |
 //! |-------------------------|-------|-----------------|---------------|
 //! | start, list             | yes   | yes (list: own) | no            |
+//! | start as root           | yes   | no              | no            |
 //! | stop/status/logs/remove | any   | own only        | no            |
 //!
 //! A job the caller may not touch is reported as not found, so that its existence does
@@ -13,6 +14,8 @@ use crate::identity::{Identity, Role};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Start,
+    /// Start a job as root instead of the server's job user.
+    StartAsRoot,
     List,
     Stop,
     Status,
@@ -27,6 +30,8 @@ pub enum Denied {
     NoRole,
     /// The job belongs to someone else: reported as NotFound.
     Hidden,
+    /// The action needs the admin role: PermissionDenied.
+    AdminOnly,
 }
 
 /// Decides whether `caller` may perform `action` on a job owned by `owner` (`None` for
@@ -37,6 +42,8 @@ pub fn authorize(caller: &Identity, action: Action, owner: Option<&str>) -> Resu
     }
     match (action, owner) {
         (Action::Start | Action::List, _) => Ok(()),
+        (Action::StartAsRoot, _) if caller.has(Role::Admin) => Ok(()),
+        (Action::StartAsRoot, _) => Err(Denied::AdminOnly),
         (_, _) if caller.has(Role::Admin) => Ok(()),
         (_, Some(owner)) if owner == caller.name => Ok(()),
         _ => Err(Denied::Hidden),
@@ -77,6 +84,10 @@ mod tests {
             (&admin, List, None, Ok(())),
             (&alice, List, None, Ok(())),
             (&nobody, List, None, Err(Denied::NoRole)),
+            (&admin, StartAsRoot, None, Ok(())),
+            (&both, StartAsRoot, None, Ok(())),
+            (&alice, StartAsRoot, None, Err(Denied::AdminOnly)),
+            (&nobody, StartAsRoot, None, Err(Denied::NoRole)),
         ];
         for action in job_actions {
             table.extend([

@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// How long ended jobs and their output are kept, e.g. 7d or 12h [default: forever].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
+    /// The user jobs run as [default: nobody when jobd runs as root].
+    #[arg(long, value_name = "NAME")]
+    pub job_user: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +129,9 @@ struct FileConfig {
     max_device_bps: Option<u64>,
     retention: Option<String>,
     max_output_bytes: Option<u64>,
+    isolation: Option<Vec<String>>,
+    job_user: Option<String>,
+    allow_root_jobs: Option<bool>,
     max_connections: Option<usize>,
     max_streams_per_connection: Option<u32>,
     max_log_streams: Option<usize>,
@@ -195,6 +201,24 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         .map_err(|e| anyhow::anyhow!("retention in the config file: {e}"))?;
     config.worker.retention = args.retention.or(file_retention);
     config.worker.max_output_bytes = file.max_output_bytes;
+    if let Some(list) = &file.isolation {
+        let mut isolation = worker::Isolation::NONE;
+        for ns in list {
+            match ns.as_str() {
+                "pid" => isolation.pid = true,
+                "mount" => isolation.mount = true,
+                "net" => isolation.net = true,
+                other => anyhow::bail!(
+                    "isolation in the config file: unknown namespace {other:?} (pid, mount, net)"
+                ),
+            }
+        }
+        config.worker.isolation = isolation;
+    }
+    if let Some(user) = args.job_user.or(file.job_user) {
+        config.worker.job_user = Some(server::lookup_user(&user)?);
+    }
+    config.worker.allow_root = file.allow_root_jobs.unwrap_or(false);
     // The defaults themselves must pass the policy (and its maxima).
     config
         .worker

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::v1 as pb;
 use tonic::Status;
-use worker::{DeviceRate, JobInfo, JobState, Limits, Record, Stream};
+use worker::{DeviceRate, Isolation, JobInfo, JobState, Limits, Record, Stream};
 
 /// Bounds on what one Start request may ask for.
 #[derive(Debug, Clone)]
@@ -87,6 +87,14 @@ fn timestamp(t: SystemTime) -> pb::Timestamp {
     }
 }
 
+pub fn isolation(i: Option<pb::Isolation>) -> Option<Isolation> {
+    i.map(|i| Isolation {
+        pid: i.pid,
+        mount: i.mount,
+        net: i.net,
+    })
+}
+
 pub fn status(info: &JobInfo) -> pb::JobStatus {
     let (state, exit_code, signal) = match info.state {
         JobState::Running => (pb::JobState::Running, None, None),
@@ -110,6 +118,13 @@ pub fn status(info: &JobInfo) -> pb::JobStatus {
         pid: info.pid.max(0) as u32,
         output_error: info.output_error.clone().unwrap_or_default(),
         server_lost: info.server_lost,
+        isolation: Some(pb::Isolation {
+            pid: info.isolation.pid,
+            mount: info.isolation.mount,
+            net: info.isolation.net,
+        }),
+        uid: info.uid,
+        gid: info.gid,
     }
 }
 
@@ -136,6 +151,7 @@ pub fn error(e: worker::Error) -> Status {
     match e {
         E::InvalidArgument(_) | E::Exec { .. } => Status::invalid_argument(e.to_string()),
         E::NotFound(_) => Status::not_found(e.to_string()),
+        E::PermissionDenied(_) => Status::permission_denied(e.to_string()),
         E::Unsupported(_) | E::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
         E::Io { .. } => Status::internal(e.to_string()),
     }

@@ -71,6 +71,7 @@ fn denied(id: &str) -> impl Fn(Denied) -> Status + '_ {
             "this certificate carries no known role (admin or user) and may do nothing",
         ),
         Denied::Hidden => Status::not_found(format!("job {id} not found")),
+        Denied::AdminOnly => Status::permission_denied("only an admin may do this"),
     }
 }
 
@@ -106,6 +107,11 @@ impl JobService for Service {
         let req = req.into_inner();
         let result = async {
             authz::authorize(&caller, Action::Start, None).map_err(denied(""))?;
+            if req.as_root {
+                authz::authorize(&caller, Action::StartAsRoot, None).map_err(|_| {
+                    Status::permission_denied("only an admin may start a job as root")
+                })?;
+            }
             let argv = convert::argv(req.argv, &self.limits.request)?;
             let limits = convert::limits(req.limits)?;
             let running = self
@@ -119,7 +125,14 @@ impl JobService for Service {
                     "the server already runs {running} jobs, its maximum; try again later"
                 )));
             }
-            let spec = JobSpec::new(caller.name.clone(), argv).with_limits(limits);
+            let mut spec = JobSpec::new(caller.name.clone(), argv).with_limits(limits);
+            let mut isolation =
+                convert::isolation(req.isolation).unwrap_or(self.worker.default_isolation());
+            if req.host_network {
+                isolation.net = false;
+            }
+            spec.isolation = Some(isolation);
+            spec.as_root = req.as_root;
             let job = self.worker.start(spec).await.map_err(convert::error)?;
             Ok(job.id().to_string())
         }

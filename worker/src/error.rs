@@ -15,6 +15,10 @@ pub enum Error {
     #[error("cannot start {program}: {reason}")]
     Exec { program: String, reason: String },
 
+    /// The caller may not ask for this (e.g. a root job where the server forbids them).
+    #[error("{0}")]
+    PermissionDenied(String),
+
     #[error("job {0} not found")]
     NotFound(JobId),
 

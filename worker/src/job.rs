@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::cgroup::Usage;
 use crate::error::Error;
 use crate::processes::Processes;
-use crate::spawn::ExitStatus;
+use crate::spawn::{Credentials, ExitStatus};
 use crate::spec::{JobId, JobSpec};
 use crate::status::{JobInfo, JobState};
 use crate::store::{self, JobRecord, StoredState};
@@ -46,6 +46,8 @@ pub struct Job {
     id: JobId,
     spec: JobSpec,
     pid: i32,
+    /// Who the job runs as; `None`: the server's own user.
+    credentials: Option<Credentials>,
     /// The leader's start time in clock ticks, recorded to recognise it after a restart.
     start_ticks: u64,
     started_at: SystemTime,
@@ -58,9 +60,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// `spec` carries the isolation the job actually got.
     pub(crate) fn new(
         id: JobId,
         spec: JobSpec,
+        credentials: Option<Credentials>,
         pid: i32,
         dir: PathBuf,
         processes: Processes,
@@ -69,6 +73,7 @@ impl Job {
         Job {
             id,
             spec,
+            credentials,
             pid,
             start_ticks: store::process_start_ticks(pid).unwrap_or(0),
             started_at: SystemTime::now(),
@@ -106,7 +111,13 @@ impl Job {
                 owner: record.owner,
                 argv: record.argv,
                 limits: record.limits,
+                isolation: Some(record.isolation),
+                as_root: record.uid == Some(0),
             },
+            credentials: record
+                .uid
+                .zip(record.gid)
+                .map(|(uid, gid)| Credentials { uid, gid }),
             pid: record.pid,
             start_ticks: record.start_ticks,
             started_at: from_nanos(record.started_at_unix_nanos),
@@ -147,6 +158,9 @@ impl Job {
             owner: info.owner,
             argv: info.argv,
             limits: info.limits,
+            isolation: info.isolation,
+            uid: info.uid,
+            gid: info.gid,
             pid: self.pid,
             start_ticks: self.start_ticks,
             cgroup: self.processes.cgroup_path(),
@@ -200,6 +214,9 @@ impl Job {
             owner: self.spec.owner.clone(),
             argv: self.spec.argv.clone(),
             limits: self.spec.limits.clone(),
+            isolation: self.spec.isolation.unwrap_or_default(),
+            uid: self.credentials.map(|c| c.uid),
+            gid: self.credentials.map(|c| c.gid),
             state: run.state,
             pid: self.pid,
             started_at: self.started_at,

@@ -11,13 +11,16 @@
 //! nor takes a lock. A failure in the child is reported through a close-on-exec pipe as
 //! `(stage, errno)`; end of file on that pipe means `execve` succeeded.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, CString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CLONE_NEWNS: u64 = 0x0002_0000;
+const CLONE_NEWPID: u64 = 0x2000_0000;
+const CLONE_NEWNET: u64 = 0x4000_0000;
 
 /// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
 #[repr(C)]
@@ -43,16 +46,37 @@ pub enum Stage {
     Stdio,
     Chdir,
     Exec,
+    MountPrivate,
+    MountProc,
+    MountSys,
+    LoopbackUp,
+    Credentials,
+    NoNewPrivs,
 }
 
 impl Stage {
+    const ALL: [Stage; 10] = [
+        Stage::Setsid,
+        Stage::Stdio,
+        Stage::Chdir,
+        Stage::Exec,
+        Stage::MountPrivate,
+        Stage::MountProc,
+        Stage::MountSys,
+        Stage::LoopbackUp,
+        Stage::Credentials,
+        Stage::NoNewPrivs,
+    ];
+
+    fn code(self) -> u32 {
+        self as u32
+    }
+
     fn from_code(code: u32) -> Stage {
-        match code {
-            0 => Stage::Setsid,
-            1 => Stage::Stdio,
-            2 => Stage::Chdir,
-            _ => Stage::Exec,
-        }
+        Stage::ALL
+            .get(code as usize)
+            .copied()
+            .unwrap_or(Stage::Exec)
     }
 }
 
@@ -63,15 +87,49 @@ impl fmt::Display for Stage {
             Stage::Stdio => "redirect stdio",
             Stage::Chdir => "chdir",
             Stage::Exec => "exec",
+            Stage::MountPrivate => "make the mount namespace private",
+            Stage::MountProc => "mount /proc",
+            Stage::MountSys => "mount /sys",
+            Stage::LoopbackUp => "bring up loopback",
+            Stage::Credentials => "switch user",
+            Stage::NoNewPrivs => "set no_new_privs",
         })
     }
+}
+
+/// New namespaces for the child, created by the same `clone3` that starts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    pub pid: bool,
+    pub mount: bool,
+    pub net: bool,
+}
+
+impl Namespaces {
+    fn clone_flags(self) -> u64 {
+        (if self.pid { CLONE_NEWPID } else { 0 })
+            | (if self.mount { CLONE_NEWNS } else { 0 })
+            | (if self.net { CLONE_NEWNET } else { 0 })
+    }
+}
+
+/// The user and group the child switches to before exec (supplementary groups dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Why a spawn failed: in the parent (`clone3` itself) or in the child at a given stage.
 #[derive(Debug)]
 pub enum SpawnError {
     Clone(io::Error),
-    Child { stage: Stage, error: io::Error },
+    /// `clone3` failed for a reason namespaces explain (EPERM, ENOSPC, EINVAL with flags).
+    Namespaces(io::Error),
+    Child {
+        stage: Stage,
+        error: io::Error,
+    },
 }
 
 /// Everything the child needs, prepared by the parent so the child allocates nothing.
@@ -80,6 +138,8 @@ pub struct Command {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: CString,
+    namespaces: Namespaces,
+    credentials: Option<Credentials>,
 }
 
 impl Command {
@@ -90,7 +150,19 @@ impl Command {
             argv,
             envp,
             cwd,
+            namespaces: Namespaces::default(),
+            credentials: None,
         }
+    }
+
+    pub fn namespaces(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = namespaces;
+        self
+    }
+
+    pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
+        self
     }
 }
 
@@ -134,7 +206,7 @@ pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
 
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD,
+        flags: CLONE_PIDFD | cmd.namespaces.clone_flags(),
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
@@ -154,21 +226,19 @@ pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
         )
     };
     if ret < 0 {
-        return Err(SpawnError::Clone(io::Error::last_os_error()));
+        let e = io::Error::last_os_error();
+        let ns_errors = [libc::EPERM, libc::ENOSPC, libc::EINVAL, libc::EUSERS];
+        if cmd.namespaces != Namespaces::default()
+            && ns_errors.contains(&e.raw_os_error().unwrap_or(0))
+        {
+            return Err(SpawnError::Namespaces(e));
+        }
+        return Err(SpawnError::Clone(e));
     }
     if ret == 0 {
         // SAFETY: we are the child; `child_after_clone` makes only async-signal-safe calls
         // on data prepared above and never returns.
-        unsafe {
-            child_after_clone(
-                cmd.program.as_c_str(),
-                &argv,
-                &envp,
-                cmd.cwd.as_c_str(),
-                stdio,
-                report_w.as_raw_fd(),
-            )
-        }
+        unsafe { child_after_clone(cmd, &argv, &envp, stdio, report_w.as_raw_fd()) }
     }
 
     // Parent. Close our copy of the report pipe's write end so EOF means "exec'd".
@@ -225,26 +295,73 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<(Stage, i32)>> {
     Ok(Some((Stage::from_code(stage), errno)))
 }
 
-/// The child's side, from `clone3` to `execve`. Only async-signal-safe system calls.
+/// The child's side, from `clone3` to `execve`. Only async-signal-safe system calls, and
+/// raw ones where glibc's wrapper would consult thread state that this copy of a
+/// multi-threaded process no longer matches (the set*id family).
 unsafe fn child_after_clone(
-    program: &CStr,
+    cmd: &Command,
     argv: &[*const c_char],
     envp: &[*const c_char],
-    cwd: &CStr,
     stdio: &Stdio<'_>,
     report: RawFd,
 ) -> ! {
-    unsafe fn fail(report: RawFd, stage: u32) -> ! {
+    unsafe fn fail(report: RawFd, stage: Stage) -> ! {
         let errno = *libc::__errno_location();
         let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&stage.to_ne_bytes());
+        msg[..4].copy_from_slice(&stage.code().to_ne_bytes());
         msg[4..].copy_from_slice(&errno.to_ne_bytes());
         libc::write(report, msg.as_ptr().cast(), msg.len());
         libc::_exit(127)
     }
 
     if libc::setsid() < 0 {
-        fail(report, 0);
+        fail(report, Stage::Setsid);
+    }
+    let ns = cmd.namespaces;
+    if ns.mount {
+        // Nothing the job mounts may propagate back to the host.
+        let root = c"/";
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) < 0
+        {
+            fail(report, Stage::MountPrivate);
+        }
+        if ns.pid {
+            // A /proc of the job's own PID namespace: `ps` shows only its processes.
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                flags,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(report, Stage::MountProc);
+            }
+        }
+        if ns.net {
+            // sysfs shows the network devices of the namespace that mounts it.
+            let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(
+                c"sysfs".as_ptr(),
+                c"/sys".as_ptr(),
+                c"sysfs".as_ptr(),
+                flags,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(report, Stage::MountSys);
+            }
+        }
+    }
+    if ns.net && !loopback_up() {
+        fail(report, Stage::LoopbackUp);
     }
     for (fd, target) in [
         (stdio.stdin.as_raw_fd(), 0),
@@ -258,7 +375,7 @@ unsafe fn child_after_clone(
             libc::dup2(fd, target) == target
         };
         if !ok {
-            fail(report, 1);
+            fail(report, Stage::Stdio);
         }
     }
     // The Rust runtime ignores SIGPIPE and exec keeps ignored signals ignored; jobs expect
@@ -285,11 +402,41 @@ unsafe fn child_after_clone(
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    if libc::chdir(cwd.as_ptr()) < 0 {
-        fail(report, 2);
+    if libc::chdir(cmd.cwd.as_ptr()) < 0 {
+        fail(report, Stage::Chdir);
     }
-    libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(report, 3)
+    if let Some(Credentials { uid, gid }) = cmd.credentials {
+        if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+        {
+            fail(report, Stage::Credentials);
+        }
+    }
+    // No setuid binary or file capability can give the job more than it starts with.
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+        fail(report, Stage::NoNewPrivs);
+    }
+    libc::execve(cmd.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    fail(report, Stage::Exec)
+}
+
+/// Brings up `lo` in the child's new network namespace (the only interface it has).
+unsafe fn loopback_up() -> bool {
+    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    if sock < 0 {
+        return false;
+    }
+    let mut req: libc::ifreq = std::mem::zeroed();
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as c_char;
+    }
+    let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0
+    };
+    libc::close(sock);
+    ok
 }
 
 /// The kernel's `struct sigaction` for `rt_sigaction` (not glibc's, which differs).
@@ -299,6 +446,36 @@ struct KernelSigaction {
     flags: libc::c_ulong,
     restorer: usize,
     mask: u64,
+}
+
+/// Tells whether this process may create `namespaces`: starts a child in them that
+/// exits at once, and reaps it.
+pub fn probe(namespaces: Namespaces) -> io::Result<()> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | namespaces.clone_flags(),
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: as in `spawn`; the child only calls _exit.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ret == 0 {
+        // SAFETY: the child exits at once.
+        unsafe { libc::_exit(0) }
+    }
+    // SAFETY: CLONE_PIDFD stored a descriptor we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    wait(pidfd.as_fd()).map(|_| ())
 }
 
 /// How a reaped process ended.

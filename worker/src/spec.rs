@@ -60,12 +60,40 @@ impl Limits {
     }
 }
 
+/// Which new namespaces a job runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// Its own PID namespace (it is PID 1; everything it starts dies with it) and /proc.
+    pub pid: bool,
+    /// Its own mount namespace with private propagation: its mounts stay its own.
+    pub mount: bool,
+    /// Its own network namespace with only loopback: no way out.
+    pub net: bool,
+}
+
+impl Isolation {
+    pub const NONE: Isolation = Isolation {
+        pid: false,
+        mount: false,
+        net: false,
+    };
+    pub const ALL: Isolation = Isolation {
+        pid: true,
+        mount: true,
+        net: true,
+    };
+}
+
 /// A request to run `argv` on behalf of `owner`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub owner: String,
     pub argv: Vec<String>,
     pub limits: Limits,
+    /// `None`: the server's default isolation.
+    pub isolation: Option<Isolation>,
+    /// Run as root instead of the server's job user (only where the server allows it).
+    pub as_root: bool,
 }
 
 impl JobSpec {
@@ -74,7 +102,14 @@ impl JobSpec {
             owner: owner.into(),
             argv,
             limits: Limits::default(),
+            isolation: None,
+            as_root: false,
         }
+    }
+
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = Some(isolation);
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {

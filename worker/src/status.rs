@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use crate::spec::{JobId, Limits};
+use crate::spec::{Isolation, JobId, Limits};
 
 /// Where a job is in its life. The `Display` forms are part of the product's interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,11 @@ pub struct JobInfo {
     pub owner: String,
     pub argv: Vec<String>,
     pub limits: Limits,
+    /// The namespaces the job actually got.
+    pub isolation: Isolation,
+    /// The user and group it runs as; `None`: the server's own.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub state: JobState,
     pub pid: i32,
     pub started_at: SystemTime,

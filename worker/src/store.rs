@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{JobId, Limits};
+use crate::spec::{Isolation, JobId, Limits};
 
 /// Bumped when the record's meaning changes; older jobd refuses newer records.
 pub const RECORD_VERSION: u32 = 1;
@@ -35,6 +35,12 @@ pub struct JobRecord {
     pub owner: String,
     pub argv: Vec<String>,
     pub limits: Limits,
+    #[serde(default)]
+    pub isolation: Isolation,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
     pub pid: i32,
     /// The leader's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
     /// later jobd can tell the job's processes from others that reuse its ids.
@@ -137,6 +143,9 @@ mod tests {
             owner: "alice".into(),
             argv: vec!["sleep".into(), "60".into()],
             limits: Limits::default(),
+            isolation: Isolation::ALL,
+            uid: Some(65534),
+            gid: Some(65534),
             pid: 42,
             start_ticks: 7,
             cgroup: None,

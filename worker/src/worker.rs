@@ -21,7 +21,8 @@ use crate::logfile;
 use crate::processes::Processes;
 use crate::restore;
 use crate::spawn::{self, SpawnError, Stage};
-use crate::spec::{JobId, JobSpec};
+use crate::spawn::{Credentials, Namespaces};
+use crate::spec::{Isolation, JobId, JobSpec};
 use crate::status::JobInfo;
 use crate::store::{self, StateLock};
 
@@ -68,6 +69,13 @@ pub struct Config {
     /// Most output bytes stored per job; `None`: all of it. Past the cap the job keeps
     /// running, its further output is discarded, and its log says so.
     pub max_output_bytes: Option<u64>,
+    /// Namespaces a job gets when it does not say; those the kernel refuses are dropped
+    /// from this default (with a warning) but refused when a job asks for them.
+    pub isolation: Isolation,
+    /// The user jobs run as; `None`: the worker's own user.
+    pub job_user: Option<Credentials>,
+    /// Whether a job may ask to run as root instead of `job_user`.
+    pub allow_root: bool,
 }
 
 impl Config {
@@ -81,6 +89,9 @@ impl Config {
             limits: LimitPolicy::default(),
             retention: None,
             max_output_bytes: None,
+            isolation: Isolation::NONE,
+            job_user: None,
+            allow_root: false,
         }
     }
 }
@@ -91,6 +102,8 @@ type JobTable = RwLock<HashMap<JobId, Arc<Job>>>;
 #[derive(Clone)]
 pub struct Worker {
     config: Arc<Config>,
+    /// `config.isolation` less what the kernel refused.
+    default_isolation: Isolation,
     jobs: Arc<JobTable>,
     cgroups: Option<Arc<Cgroups>>,
     _lock: Arc<StateLock>,
@@ -112,7 +125,9 @@ impl Worker {
             .into_iter()
             .map(|job| (job.id(), Arc::new(job)))
             .collect();
+        let default_isolation = supported_isolation(config.isolation);
         let worker = Worker {
+            default_isolation,
             config: Arc::new(config),
             jobs: Arc::new(RwLock::new(table)),
             cgroups,
@@ -166,6 +181,11 @@ impl Worker {
         removed
     }
 
+    /// The isolation a job gets when it does not ask for any.
+    pub fn default_isolation(&self) -> Isolation {
+        self.default_isolation
+    }
+
     /// Where job cgroups are created, when cgroups are in use.
     pub fn cgroup_jobs_dir(&self) -> Option<PathBuf> {
         self.cgroups.as_ref().map(|c| c.jobs_dir())
@@ -193,6 +213,16 @@ impl Worker {
             }
             None => None,
         };
+        let isolation = *spec.isolation.get_or_insert(self.default_isolation);
+        let credentials = match (spec.as_root, self.config.job_user) {
+            (true, _) if !self.config.allow_root => {
+                return Err(Error::PermissionDenied(
+                    "this server does not run jobs as root".into(),
+                ))
+            }
+            (true, Some(_)) => Some(Credentials { uid: 0, gid: 0 }),
+            (_, user) => user,
+        };
         let program = resolve_program(&spec.argv[0])?;
         let command = spawn::Command::new(
             cstring(program.as_os_str().as_encoded_bytes())?,
@@ -202,7 +232,13 @@ impl Worker {
                 .collect::<Result<_, _>>()?,
             vec![cstring(format!("PATH={JOB_PATH}").as_bytes())?],
             cstring(b"/")?,
-        );
+        )
+        .namespaces(Namespaces {
+            pid: isolation.pid,
+            mount: isolation.mount,
+            net: isolation.net,
+        })
+        .credentials(credentials);
 
         let id = JobId::new();
         let dir = self.config.state_dir.join("jobs").join(id.to_string());
@@ -265,6 +301,7 @@ impl Worker {
                 let job = Arc::new(Job::new(
                     id,
                     spec,
+                    credentials,
                     child.pid,
                     dir,
                     processes,
@@ -463,6 +500,45 @@ fn resolve_program(name: &str) -> Result<PathBuf, Error> {
     }
 }
 
+/// Keeps the namespaces of `wanted` that the kernel lets this process create.
+fn supported_isolation(wanted: Isolation) -> Isolation {
+    let mut got = wanted;
+    for (asked, ns, name) in [
+        (
+            &mut got.pid,
+            Namespaces {
+                pid: true,
+                ..Default::default()
+            },
+            "pid",
+        ),
+        (
+            &mut got.mount,
+            Namespaces {
+                mount: true,
+                ..Default::default()
+            },
+            "mount",
+        ),
+        (
+            &mut got.net,
+            Namespaces {
+                net: true,
+                ..Default::default()
+            },
+            "net",
+        ),
+    ] {
+        if *asked {
+            if let Err(e) = spawn::probe(ns) {
+                tracing::warn!(namespace = name, error = %e, "the kernel refuses this namespace: jobs run without it");
+                *asked = false;
+            }
+        }
+    }
+    got
+}
+
 fn spawn_error(program: &str, e: SpawnError) -> Error {
     match e {
         SpawnError::Child {
@@ -473,8 +549,11 @@ fn spawn_error(program: &str, e: SpawnError) -> Error {
             reason: error.to_string(),
         },
         SpawnError::Child { stage, error } => {
-            Error::io(format!("cannot start {program}: {stage} failed"), error)
+            Error::Unsupported(format!("cannot start {program}: cannot {stage}: {error}"))
         }
+        SpawnError::Namespaces(error) => Error::Unsupported(format!(
+            "cannot start {program}: the kernel refused the job's namespaces: {error}"
+        )),
         SpawnError::Clone(error) => {
             Error::io(format!("cannot start {program}: clone3 failed"), error)
         }

@@ -441,3 +441,40 @@ async fn auto_runs_without_limits_and_refuses_jobs_that_ask_for_them() {
         .unwrap();
     assert_eq!(job.wait().await.state, JobState::Finished { exit_code: 0 });
 }
+
+/// Changes a global sysctl, so it runs only in the VM with the other tests here.
+#[tokio::test]
+#[ignore = "sets user.max_net_namespaces to 0: run in the VM by scripts/test-cgroups.sh"]
+async fn a_namespace_the_kernel_refuses_is_a_clear_start_error() {
+    const KNOB: &str = "/proc/sys/user/max_net_namespaces";
+    let saved = fs::read_to_string(KNOB).unwrap();
+    fs::write(KNOB, "0").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = Config::new(state.path());
+    config.cgroups = CgroupMode::Off;
+    config.isolation = worker::Isolation::ALL;
+    let worker = Worker::new(config);
+    let result = match &worker {
+        Ok(w) => Some((
+            w.default_isolation(),
+            w.start(
+                JobSpec::new("alice", vec!["true".into()]).with_isolation(worker::Isolation::ALL),
+            )
+            .await,
+        )),
+        Err(_) => None,
+    };
+    fs::write(KNOB, saved.trim()).unwrap();
+    let (default, started) = result.expect("the worker did not start");
+    // The server's default drops what the kernel refuses...
+    assert!(default.pid && default.mount && !default.net, "{default:?}");
+    // ...but a job that asks for it explicitly gets a clear error, not a job without it.
+    let err = started.expect_err("a job started without the namespace it asked for");
+    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the kernel refused the job's namespaces"),
+        "{err}"
+    );
+    assert!(worker.unwrap().list(None).is_empty());
+}

@@ -1,0 +1,245 @@
+//! Jobs in their own PID, mount and network namespaces, as an unprivileged user. These run
+//! on any host where the tests run as root (namespaces need CAP_SYS_ADMIN); the one test
+//! that needs a kernel refusing a namespace changes a global sysctl and runs in the VM
+//! (see tests/cgroups.rs).
+
+use std::fs;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use worker::{Config, Credentials, Error, Isolation, JobSpec, JobState, Stream, Worker};
+
+const NOBODY: Credentials = Credentials {
+    uid: 65534,
+    gid: 65534,
+};
+
+fn worker(dir: &std::path::Path, user: Option<Credentials>) -> Worker {
+    let mut config = Config::new(dir);
+    config.isolation = Isolation::ALL;
+    config.job_user = user;
+    Worker::new(config).unwrap()
+}
+
+fn sh(script: &str) -> JobSpec {
+    JobSpec::new("alice", vec!["sh".into(), "-c".into(), script.into()])
+}
+
+async fn run(w: &Worker, spec: JobSpec) -> (JobState, String, String) {
+    let job = w.start(spec).await.unwrap();
+    let mut reader = job.logs(true).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(batch) = tokio::time::timeout(Duration::from_secs(30), reader.next_batch())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        for r in batch {
+            match r.stream {
+                Stream::Stdout => out.extend_from_slice(&r.data),
+                _ => err.extend_from_slice(&r.data),
+            }
+        }
+    }
+    let state = job.wait().await.state;
+    (
+        state,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn an_isolated_job_is_pid_1_and_sees_only_its_own_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let (state, out, err) = run(
+        &w,
+        sh("sleep 100 & echo $$; ps -e -o pid= | wc -l; ls -d /proc/[0-9]* | wc -l; kill $!"),
+    )
+    .await;
+    assert_eq!(state, JobState::Finished { exit_code: 0 }, "{err}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "1", "{out}");
+    // sh, sleep and ps (or ls) itself: nothing of the host.
+    let ps: u32 = lines[1].parse().unwrap();
+    let procs: u32 = lines[2].parse().unwrap();
+    assert!(ps <= 4 && procs <= 4, "{out}");
+}
+
+#[tokio::test]
+async fn an_isolated_job_has_only_loopback_and_cannot_reach_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_, out, _) = run(
+        &w,
+        sh(&format!(
+            "ls /sys/class/net; ip -o link | cut -d: -f2; \
+             if bash -c 'echo > /dev/tcp/127.0.0.1/{port}' 2>/dev/null; then echo reached; else echo unreachable; fi"
+        )),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, vec!["lo", "lo", "unreachable"], "{out}");
+}
+
+#[tokio::test]
+async fn host_network_reaches_the_host_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spec = sh(&format!(
+        "echo hello > /dev/tcp/127.0.0.1/{port} && echo reached"
+    ));
+    let spec = JobSpec {
+        argv: vec!["bash".into(), "-c".into(), spec.argv[2].clone()],
+        ..spec
+    }
+    .with_isolation(Isolation {
+        net: false,
+        ..Isolation::ALL
+    });
+    let job = w.start(spec).await.unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut got).unwrap();
+    assert_eq!(got, "hello\n");
+    assert_eq!(job.wait().await.state, JobState::Finished { exit_code: 0 });
+    assert!(!job.info().isolation.net && job.info().isolation.pid);
+}
+
+#[tokio::test]
+async fn mounts_made_by_a_job_stay_in_its_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    // Root inside the job, to be allowed to mount at all.
+    let w = worker(dir.path(), None);
+    let t = target.path().display();
+    let (state, out, err) = run(
+        &w,
+        sh(&format!("mount -t tmpfs jobtmp {t} && touch {t}/inside && ls {t} && grep -c ' {t} ' /proc/self/mountinfo")),
+    )
+    .await;
+    assert_eq!(state, JobState::Finished { exit_code: 0 }, "{err}");
+    assert_eq!(out, "inside\n1\n");
+    assert!(!target.path().join("inside").exists());
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains(&format!(" {t} ")),
+        "the job's mount leaked to the host"
+    );
+}
+
+#[tokio::test]
+async fn jobs_run_as_the_configured_user_without_groups_or_new_privileges() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let (_, out, _) = run(
+        &w,
+        sh("id -u; id -g; grep -E '^(Groups|NoNewPrivs):' /proc/self/status"),
+    )
+    .await;
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        vec!["65534", "65534", "Groups:", "NoNewPrivs: 1"],
+        "{out}"
+    );
+    let job = w.start(sh("true")).await.unwrap();
+    let info = job.wait().await;
+    assert_eq!((info.uid, info.gid), (Some(65534), Some(65534)));
+    assert_eq!(info.isolation, Isolation::ALL);
+}
+
+#[tokio::test]
+async fn root_jobs_are_refused_unless_the_server_allows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let mut spec = sh("id -u");
+    spec.as_root = true;
+    let err = w.start(spec.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.isolation = Isolation::ALL;
+    config.job_user = Some(NOBODY);
+    config.allow_root = true;
+    let w = Worker::new(config).unwrap();
+    let (_, out, _) = run(&w, spec).await;
+    assert_eq!(out, "0\n");
+}
+
+/// Host pids of the processes in the PID namespace of `pid`.
+fn pid_namespace_members(pid: i32) -> Vec<i32> {
+    let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/pid")) else {
+        return Vec::new();
+    };
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|n| n == ns)
+                && !fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let job = w
+        .start(sh("(sleep 1000 &); sleep 1000 & echo started; wait"))
+        .await
+        .unwrap();
+    let mut reader = job.logs(true).unwrap();
+    reader.next_batch().await.unwrap().unwrap();
+    let leader = job.info().pid;
+    let members = pid_namespace_members(leader);
+    assert!(members.len() >= 3, "{members:?}");
+    let info = job.stop(Duration::from_secs(1)).await.unwrap();
+    assert!(matches!(
+        info.state,
+        JobState::Stopped { .. } | JobState::Finished { .. }
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while members.iter().any(|&p| {
+        fs::metadata(format!("/proc/{p}")).is_ok() && pid_namespace_members(leader).contains(&p)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "processes of the namespace survived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pid_1_with_a_sigterm_handler_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let job = w
+        .start(sh(
+            "trap 'echo bye; exit 0' TERM; echo ready; while :; do sleep 0.1; done",
+        ))
+        .await
+        .unwrap();
+    let mut reader = job.logs(true).unwrap();
+    reader.next_batch().await.unwrap().unwrap();
+    let started = Instant::now();
+    let info = job.stop(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(info.state, JobState::Finished { exit_code: 0 });
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
