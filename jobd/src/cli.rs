@@ -235,7 +235,7 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         config.service.max_log_streams = n;
     }
     if let Some(n) = file.max_running_jobs {
-        config.service.max_running_jobs = n;
+        config.worker.max_running_jobs = n;
     }
     if let Some(n) = file.max_argv_bytes {
         config.service.request.max_argv_bytes = n;

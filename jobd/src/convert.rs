@@ -152,6 +152,7 @@ pub fn error(e: worker::Error) -> Status {
         E::InvalidArgument(_) | E::Exec { .. } => Status::invalid_argument(e.to_string()),
         E::NotFound(_) => Status::not_found(e.to_string()),
         E::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+        E::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
         E::Unsupported(_) | E::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
         E::Io { .. } => Status::internal(e.to_string()),
     }

@@ -22,7 +22,6 @@ use crate::tls::ConnInfo;
 pub struct ServiceLimits {
     pub request: RequestLimits,
     pub max_log_streams: usize,
-    pub max_running_jobs: usize,
     pub max_grace: Duration,
 }
 
@@ -31,7 +30,6 @@ impl Default for ServiceLimits {
         ServiceLimits {
             request: RequestLimits::default(),
             max_log_streams: 4096,
-            max_running_jobs: 4096,
             max_grace: Duration::from_secs(600),
         }
     }
@@ -114,17 +112,6 @@ impl JobService for Service {
             }
             let argv = convert::argv(req.argv, &self.limits.request)?;
             let limits = convert::limits(req.limits)?;
-            let running = self
-                .worker
-                .list(None)
-                .iter()
-                .filter(|j| j.state.is_running())
-                .count();
-            if running >= self.limits.max_running_jobs {
-                return Err(Status::resource_exhausted(format!(
-                    "the server already runs {running} jobs, its maximum; try again later"
-                )));
-            }
             let mut spec = JobSpec::new(caller.name.clone(), argv).with_limits(limits);
             let mut isolation =
                 convert::isolation(req.isolation).unwrap_or(self.worker.default_isolation());

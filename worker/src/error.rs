@@ -26,6 +26,10 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
+    /// A server limit is reached (e.g. the number of running jobs); retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
     /// A job that has not ended cannot be removed, and similar state conflicts.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -76,6 +77,8 @@ pub struct Config {
     pub job_user: Option<Credentials>,
     /// Whether a job may ask to run as root instead of `job_user`.
     pub allow_root: bool,
+    /// Most jobs running at once; past it, starts fail with `ResourceExhausted`.
+    pub max_running_jobs: usize,
 }
 
 impl Config {
@@ -92,6 +95,7 @@ impl Config {
             isolation: Isolation::NONE,
             job_user: None,
             allow_root: false,
+            max_running_jobs: 4096,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct Worker {
     default_isolation: Isolation,
     jobs: Arc<JobTable>,
     cgroups: Option<Arc<Cgroups>>,
+    /// Jobs started and not yet reaped, counted without walking the table.
+    running: Arc<AtomicUsize>,
     _lock: Arc<StateLock>,
 }
 
@@ -131,6 +137,7 @@ impl Worker {
             config: Arc::new(config),
             jobs: Arc::new(RwLock::new(table)),
             cgroups,
+            running: Arc::new(AtomicUsize::new(0)),
             _lock: Arc::new(lock),
         };
         if let Some(retention) = worker.config.retention {
@@ -214,6 +221,7 @@ impl Worker {
             None => None,
         };
         let isolation = *spec.isolation.get_or_insert(self.default_isolation);
+        let slot = RunningSlot::take(&self.running, self.config.max_running_jobs)?;
         let credentials = match (spec.as_root, self.config.job_user) {
             (true, _) if !self.config.allow_root => {
                 return Err(Error::PermissionDenied(
@@ -315,6 +323,8 @@ impl Worker {
                 let _ = tx.send(Ok(Arc::clone(&job)));
                 // Recorded durably before any output is taken in (the pipes buffer it).
                 job.persist();
+                // Counted as running until the capture thread has reaped it.
+                let _slot = slot;
                 capture::run(
                     &job,
                     Capture {
@@ -378,6 +388,30 @@ impl Worker {
             });
         }
         while stops.join_next().await.is_some() {}
+    }
+}
+
+/// One running job counted against `max_running_jobs`; dropping it frees the slot.
+struct RunningSlot(Arc<AtomicUsize>);
+
+impl RunningSlot {
+    fn take(running: &Arc<AtomicUsize>, max: usize) -> Result<RunningSlot, Error> {
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|n| {
+                Error::ResourceExhausted(format!(
+                    "the server already runs {n} jobs, its maximum; try again later"
+                ))
+            })?;
+        Ok(RunningSlot(Arc::clone(running)))
+    }
+}
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

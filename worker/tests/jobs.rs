@@ -411,3 +411,27 @@ async fn limits_are_refused_without_cgroups() {
     let err = w.start(limited).await.unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn starts_past_the_running_limit_are_refused_until_a_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.max_running_jobs = 1;
+    let w = Worker::new(config).unwrap();
+    let first = w.start(spec(&["sleep", "60"])).await.unwrap();
+    let err = w.start(spec(&["true"])).await.unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    assert!(err.to_string().contains("already runs 1 jobs"), "{err}");
+    first.stop(Duration::from_secs(5)).await.unwrap();
+    // The slot is freed once the job has been reaped and its output closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match w.start(spec(&["true"])).await {
+            Ok(_) => break,
+            Err(Error::ResourceExhausted(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
