@@ -8,11 +8,19 @@ use serde::Serialize;
 
 /// `running`, `finished (exit code: N)` or `stopped (signal: N)`.
 pub fn status_line(s: &pb::JobStatus) -> String {
+    match state_name(s) {
+        "finished" => format!("finished (exit code: {})", s.exit_code.unwrap_or(0)),
+        "stopped" => format!("stopped (signal: {})", s.signal.unwrap_or(0)),
+        other => other.to_string(),
+    }
+}
+
+fn state_name(s: &pb::JobStatus) -> &'static str {
     match pb::JobState::try_from(s.state) {
-        Ok(pb::JobState::Running) => "running".into(),
-        Ok(pb::JobState::Finished) => format!("finished (exit code: {})", s.exit_code.unwrap_or(0)),
-        Ok(pb::JobState::Stopped) => format!("stopped (signal: {})", s.signal.unwrap_or(0)),
-        _ => "unknown".into(),
+        Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Finished) => "finished",
+        Ok(pb::JobState::Stopped) => "stopped",
+        _ => "unknown",
     }
 }
 
@@ -78,12 +86,7 @@ fn status_json(s: &pb::JobStatus) -> Status<'_> {
         owner: &s.owner,
         argv: &s.argv,
         status: status_line(s),
-        state: match pb::JobState::try_from(s.state) {
-            Ok(pb::JobState::Running) => "running",
-            Ok(pb::JobState::Finished) => "finished",
-            Ok(pb::JobState::Stopped) => "stopped",
-            _ => "unknown",
-        },
+        state: state_name(s),
         exit_code: s.exit_code,
         signal: s.signal,
         pid: s.pid,

@@ -11,7 +11,7 @@
 //! nor takes a lock. A failure in the child is reported through a close-on-exec pipe as
 //! `(stage, errno)`; end of file on that pipe means `execve` succeeded.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -180,6 +180,20 @@ pub struct Child {
     pub pidfd: OwnedFd,
 }
 
+/// The raw `clone3` system call: 0 in the child, its pid in the parent, -1 on error.
+///
+/// # Safety
+/// Without CLONE_VM the child gets a copy of the address space and continues on its own
+/// copy of this stack, as after `fork`; in a multi-threaded process it may then only make
+/// async-signal-safe calls until it execs or exits.
+unsafe fn clone3(args: &mut CloneArgs) -> libc::c_long {
+    libc::syscall(
+        libc::SYS_clone3,
+        args as *mut CloneArgs,
+        std::mem::size_of::<CloneArgs>(),
+    )
+}
+
 fn pointers(strings: &[CString]) -> Vec<*const c_char> {
     strings
         .iter()
@@ -216,15 +230,8 @@ pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
         args.cgroup = cgroup.as_raw_fd() as u64;
     }
 
-    // SAFETY: `args` is a valid clone_args of the size we pass; without CLONE_VM the child
-    // gets a copy of our address space and continues on its own copy of this stack.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    // SAFETY: the child below makes only async-signal-safe calls and never returns.
+    let ret = unsafe { clone3(&mut args) };
     if ret < 0 {
         let e = io::Error::last_os_error();
         let ns_errors = [libc::EPERM, libc::ENOSPC, libc::EINVAL, libc::EUSERS];
@@ -320,44 +327,25 @@ unsafe fn child_after_clone(
     let ns = cmd.namespaces;
     if ns.mount {
         // Nothing the job mounts may propagate back to the host.
-        let root = c"/";
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) < 0
-        {
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        if mount(None, c"/", None, private) < 0 {
             fail(report, Stage::MountPrivate);
         }
-        if ns.pid {
-            // A /proc of the job's own PID namespace: `ps` shows only its processes.
-            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            if libc::mount(
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                flags,
-                std::ptr::null(),
-            ) < 0
-            {
-                fail(report, Stage::MountProc);
-            }
+        let fresh = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // A /proc of the job's own PID namespace: `ps` shows only its processes.
+        if ns.pid && mount(Some(c"proc"), c"/proc", Some(c"proc"), fresh) < 0 {
+            fail(report, Stage::MountProc);
         }
-        if ns.net {
-            // sysfs shows the network devices of the namespace that mounts it.
-            let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            if libc::mount(
-                c"sysfs".as_ptr(),
-                c"/sys".as_ptr(),
-                c"sysfs".as_ptr(),
-                flags,
-                std::ptr::null(),
+        // sysfs shows the network devices of the namespace that mounts it.
+        if ns.net
+            && mount(
+                Some(c"sysfs"),
+                c"/sys",
+                Some(c"sysfs"),
+                fresh | libc::MS_RDONLY,
             ) < 0
-            {
-                fail(report, Stage::MountSys);
-            }
+        {
+            fail(report, Stage::MountSys);
         }
     }
     if ns.net && !loopback_up() {
@@ -421,6 +409,23 @@ unsafe fn child_after_clone(
     fail(report, Stage::Exec)
 }
 
+/// `mount(2)` without data; async-signal-safe.
+unsafe fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+) -> libc::c_int {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    libc::mount(
+        ptr(source),
+        target.as_ptr(),
+        ptr(fstype),
+        flags,
+        std::ptr::null(),
+    )
+}
+
 /// Brings up `lo` in the child's new network namespace (the only interface it has).
 unsafe fn loopback_up() -> bool {
     let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -458,14 +463,8 @@ pub fn probe(namespaces: Namespaces) -> io::Result<()> {
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
-    // SAFETY: as in `spawn`; the child only calls _exit.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    // SAFETY: the child only calls _exit.
+    let ret = unsafe { clone3(&mut args) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -15,6 +15,32 @@ fn config(dir: &Path) -> Config {
     Config::new(dir)
 }
 
+/// The record of a job that an earlier jobd was running when it went away.
+fn running_record(id: worker::JobId, pid: i32, start_ticks: u64, argv: Vec<&str>) -> JobRecord {
+    JobRecord {
+        version: store::RECORD_VERSION,
+        id,
+        owner: "alice".into(),
+        argv: argv.into_iter().map(String::from).collect(),
+        limits: Default::default(),
+        isolation: Default::default(),
+        uid: None,
+        gid: None,
+        pid,
+        start_ticks,
+        cgroup: None,
+        started_at_unix_nanos: logfile::now_unix_nanos(),
+        state: StoredState::Running,
+        ended_at_unix_nanos: None,
+        stop_requested: false,
+        oom_killed: false,
+        cpu_usage_usec: 0,
+        memory_peak_bytes: 0,
+        server_lost: false,
+        output_error: None,
+    }
+}
+
 async fn all_output(job: &worker::Job) -> Vec<(Stream, Vec<u8>)> {
     let mut reader = job.logs(false).unwrap();
     let mut out: Vec<(Stream, Vec<u8>)> = Vec::new();
@@ -128,28 +154,12 @@ async fn a_job_running_at_a_crash_is_killed_and_recorded_and_its_torn_log_recove
             .unwrap()
     };
     let pid = orphan.id() as i32;
-    let record = JobRecord {
-        version: store::RECORD_VERSION,
+    let record = running_record(
         id,
-        owner: "alice".into(),
-        argv: vec!["sleep".into(), "1000".into()],
-        limits: Default::default(),
-        isolation: Default::default(),
-        uid: None,
-        gid: None,
         pid,
-        start_ticks: store::process_start_ticks(pid).unwrap(),
-        cgroup: None,
-        started_at_unix_nanos: logfile::now_unix_nanos(),
-        state: StoredState::Running,
-        ended_at_unix_nanos: None,
-        stop_requested: false,
-        oom_killed: false,
-        cpu_usage_usec: 0,
-        memory_peak_bytes: 0,
-        server_lost: false,
-        output_error: None,
-    };
+        store::process_start_ticks(pid).unwrap(),
+        vec!["sleep", "1000"],
+    );
     store::write_record(&job_dir, &record).unwrap();
     let mut log = fs::File::create(job_dir.join(store::LOG_FILE)).unwrap();
     log.write_all(&logfile::file_header()).unwrap();
@@ -193,28 +203,7 @@ async fn a_recorded_pid_reused_by_an_older_process_is_left_alone() {
     // This test process stands in for an unrelated process that now has the job's pid:
     // it started long before the recorded start time, so it must not be killed.
     let me = std::process::id() as i32;
-    let record = JobRecord {
-        version: store::RECORD_VERSION,
-        id,
-        owner: "alice".into(),
-        argv: vec!["true".into()],
-        limits: Default::default(),
-        isolation: Default::default(),
-        uid: None,
-        gid: None,
-        pid: me,
-        start_ticks: u64::MAX,
-        cgroup: None,
-        started_at_unix_nanos: 0,
-        state: StoredState::Running,
-        ended_at_unix_nanos: None,
-        stop_requested: false,
-        oom_killed: false,
-        cpu_usage_usec: 0,
-        memory_peak_bytes: 0,
-        server_lost: false,
-        output_error: None,
-    };
+    let record = running_record(id, me, u64::MAX, vec!["true"]);
     store::write_record(&job_dir, &record).unwrap();
     fs::write(job_dir.join(store::LOG_FILE), logfile::file_header()).unwrap();
     let w = Worker::new(config(dir.path())).unwrap();
