@@ -71,6 +71,22 @@ fn tls_reason(e: &rustls::Error) -> String {
     }
 }
 
+/// Whether the error chain ends in the connection being cut (reset, broken pipe, EOF).
+fn abrupt_close(err: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof
+            );
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// What a TLS alert from the server means for the person running jobc.
 pub fn alert_reason(alert: &str) -> String {
     match alert {
@@ -114,10 +130,15 @@ pub fn from_status(status: &tonic::Status, server: &str) -> Failure {
                 return if reason.contains("certificate") {
                     Failure::new(EXIT_CONNECT, reason)
                 } else {
-                    Failure::new(
-                        EXIT_CONNECT,
-                        format!("lost the connection to {server}: {reason}"),
-                    )
+                    Failure {
+                        // A connection the server cut says little by itself: the reason
+                        // (such as a TLS alert) may have been lost with it.
+                        unexplained: abrupt_close(status),
+                        ..Failure::new(
+                            EXIT_CONNECT,
+                            format!("lost the connection to {server}: {reason}"),
+                        )
+                    }
                 };
             }
             Failure {

@@ -18,8 +18,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pki(command) => cli::pki(command),
         Command::Serve(args) => {
             init_logging();
+            // Blocking threads do file reads for log streams; their buffers are bounded by
+            // the worker's read budget, and more threads than this would only add stacks.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .max_blocking_threads(64)
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(serve(args))

@@ -11,8 +11,9 @@
 //!    does not.
 //! 2. **Ingest throughput**: a job that `cat`s 1 GiB of 100-byte lines, timed until a
 //!    follower has seen every byte committed to the log, against `cat FILE > OUT` on the
-//!    same filesystem. Capture adds a pipe hop, framing and a CRC per chunk; this shows
-//!    whether a chatty job is slowed down by being captured.
+//!    same filesystem (and `cat FILE | cat > OUT`, which makes the same copies as capture).
+//!    Capture adds a pipe hop, framing and a CRC per chunk; this shows whether a chatty
+//!    job is slowed down by being captured.
 //! 3. **Replay throughput**: a non-following reader over that 1 GiB log, with the process
 //!    RSS before and after, to show readers stream from the file in bounded memory.
 //! 4. **Fan-out**: 1,000 followers of one job writing 100 MiB, to show that readers share
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
-use worker::{Config, Job, JobSpec, JobState, Worker};
+use worker::{CgroupMode, Config, Job, JobSpec, JobState, Worker};
 
 /// Samples per side in scenario 1.
 const START_RUNS: usize = 500;
@@ -47,8 +48,8 @@ const BALLAST_RUNS: usize = 100;
 const LINE_LEN: usize = 100;
 const INGEST_LINES: usize = (1 << 30) / LINE_LEN;
 const INGEST_BYTES: u64 = (INGEST_LINES * LINE_LEN) as u64;
-/// Timed repetitions per side in scenario 2; the median is reported.
-const INGEST_REPS: usize = 3;
+/// Timed repetitions per side in scenario 2 (after one warm-up); the median is reported.
+const INGEST_REPS: usize = 5;
 /// Scenario 4.
 const FANOUT_READERS: usize = 1000;
 const FANOUT_BYTES: u64 = 100 * 1024 * 1024;
@@ -65,7 +66,11 @@ fn main() {
     let state_dir = scratch.path().join("state");
     let data_dir = scratch.path().join("data");
     fs::create_dir_all(&data_dir).expect("create data dir");
-    let worker = Worker::new(Config::new(&state_dir)).expect("worker");
+    // No cgroups: the bare baselines have none either, and a bench must not reorganise
+    // the host's cgroup tree.
+    let mut config = Config::new(&state_dir);
+    config.cgroups = CgroupMode::Off;
+    let worker = Worker::new(config).expect("worker");
     assert_eq!(
         fs::metadata(&state_dir).expect("state dir").dev(),
         fs::metadata(&data_dir).expect("data dir").dev(),
@@ -77,23 +82,43 @@ fn main() {
         fs_name(scratch.path())
     );
     println!(
-        "cpus: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "cpus: {}; load average at start: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
     );
 
     let mut summary = Summary::default();
+    let mut others = Vec::new();
+    let probe = CpuClock::now();
     start_latency(&runtime, &worker, &mut summary);
+    others.push(("1", probe.others_since()));
+    let probe = CpuClock::now();
     start_latency_large_heap(&runtime, &worker, &mut summary);
+    others.push(("1b", probe.others_since()));
+    let probe = CpuClock::now();
     let job = ingest(&runtime, &worker, &data_dir, &mut summary);
+    others.push(("2", probe.others_since()));
+    let probe = CpuClock::now();
     replay(&runtime, &job, &state_dir, &mut summary);
+    others.push(("3", probe.others_since()));
     drop(job);
+    let probe = CpuClock::now();
     fanout(&runtime, &worker, &mut summary);
+    others.push(("4", probe.others_since()));
 
     runtime.block_on(worker.shutdown());
     drop(worker);
     drop(runtime);
     scratch.close().expect("remove scratch dir");
     summary.print();
+    println!("\nCPU used by other processes while each scenario ran (should be near 0):");
+    for (scenario, (others, capacity)) in others {
+        println!(
+            "  {scenario:<2}: {others:>6.1} CPU-s of {capacity:.1} ({:.0}%)",
+            100.0 * others / capacity
+        );
+    }
+    println!("load average at end: {}", load_average());
     println!(
         "\ntotal bench time: {:.1} s",
         started.elapsed().as_secs_f64()
@@ -231,84 +256,79 @@ fn ingest(rt: &Runtime, worker: &Worker, data_dir: &Path, summary: &mut Summary)
     );
     let input_arg = input.to_str().expect("utf-8 path").to_string();
 
-    let (mut cat_t, mut cat_sync_t) = (Vec::new(), Vec::new());
+    // Repetition 0 is an untimed warm-up. Every output is deleted before the next run, so
+    // each run writes into page-cache memory the previous one freed: on a VM, the first
+    // touch of guest memory is slow, and whichever side got fresh memory would lose.
+    let (mut cat_t, mut cat_sync_t, mut pipe_t) = (Vec::new(), Vec::new(), Vec::new());
     let (mut exit_t, mut committed_t, mut done_t) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_job = None;
-    for rep in 0..INGEST_REPS {
-        // Flush earlier runs' dirty pages so that no run pays for another's writeback.
-        syncfs(data_dir);
-        let t = Instant::now();
-        let status = Command::new("sh")
-            .args(["-c", "cat \"$1\" > \"$2\"", "sh"])
-            .arg(&input)
-            .arg(&out)
-            .status()
-            .expect("run sh");
-        let cat = t.elapsed();
-        assert!(status.success(), "cat failed: {status}");
-        File::open(&out)
-            .and_then(|f| f.sync_data())
-            .expect("fdatasync cat output");
-        let cat_sync = t.elapsed();
-        assert_eq!(fs::metadata(&out).expect("cat output").len(), INGEST_BYTES);
-        fs::remove_file(&out).expect("remove cat output");
+    for rep in 0..=INGEST_REPS {
+        let (cat, cat_sync) = shell_copy("cat \"$1\" > \"$2\"", &input, &out, data_dir);
+        let (pipe, _) = shell_copy("cat \"$1\" | cat > \"$2\"", &input, &out, data_dir);
 
+        // Flush earlier runs' dirty pages so that no run pays for another's writeback.
         syncfs(data_dir);
         let run = rt.block_on(ingest_job(worker, &input_arg));
         println!(
-            "  rep {}: cat {:.3} s (+fdatasync {:.3} s) | worker: exit {:.3} s, all bytes \
-             committed {:.3} s, end of output (after the log's fdatasync) {:.3} s",
-            rep + 1,
+            "  {}: cat>OUT {:.3} s (+fdatasync {:.3} s), piped {:.3} s | worker: \
+             exit {:.3} s, all bytes committed {:.3} s, end of output {:.3} s",
+            if rep == 0 {
+                "warm-up (not counted)".to_string()
+            } else {
+                format!("rep {rep}")
+            },
             cat.as_secs_f64(),
             cat_sync.as_secs_f64(),
+            pipe.as_secs_f64(),
             run.exited.as_secs_f64(),
             run.committed.as_secs_f64(),
             run.done.as_secs_f64(),
         );
-        cat_t.push(cat);
-        cat_sync_t.push(cat_sync);
-        exit_t.push(run.exited);
-        committed_t.push(run.committed);
-        done_t.push(run.done);
-        last_job = Some(run.job);
+        if rep > 0 {
+            cat_t.push(cat);
+            cat_sync_t.push(cat_sync);
+            pipe_t.push(pipe);
+            exit_t.push(run.exited);
+            committed_t.push(run.committed);
+            done_t.push(run.done);
+        }
+        if rep < INGEST_REPS {
+            worker.remove(&run.job.id()).expect("remove job");
+        } else {
+            last_job = Some(run.job);
+        }
     }
     fs::remove_file(&input).expect("remove input");
 
     let mbps = |d: Duration| INGEST_BYTES as f64 / d.as_secs_f64() / 1e6;
     let cat = mbps(median(cat_t));
     let cat_sync = mbps(median(cat_sync_t));
+    let pipe = mbps(median(pipe_t));
     let exited = mbps(median(exit_t));
     let committed = mbps(median(committed_t));
     let done = mbps(median(done_t));
     let ratio = committed / cat;
+    let ratio_pipe = committed / pipe;
     let ratio_sync = done / cat_sync;
     println!("  medians of {INGEST_REPS} runs (MB = 10^6 bytes):");
-    println!("    cat > OUT:                              {cat:>8.0} MB/s");
+    println!("    cat > OUT (copy_file_range in cat 9.x): {cat:>8.0} MB/s");
     println!("    cat > OUT, then fdatasync(OUT):         {cat_sync:>8.0} MB/s");
+    println!("    piped: cat FILE | cat > OUT:            {pipe:>8.0} MB/s");
     println!("    worker, until the job exited:           {exited:>8.0} MB/s");
     println!("    worker, until all bytes committed:      {committed:>8.0} MB/s");
     println!("    worker, until end of output (synced):   {done:>8.0} MB/s");
     println!("    ratio worker committed / cat:           {ratio:>8.2}  (target >= 0.7)");
+    println!("    ratio worker committed / piped:         {ratio_pipe:>8.2}");
     println!("    ratio worker end / (cat + fdatasync):   {ratio_sync:>8.2}");
-    summary.row("2", "cat > OUT", format!("{cat:.0} MB/s"), "");
-    summary.row(
-        "2",
-        "cat > OUT + fdatasync",
-        format!("{cat_sync:.0} MB/s"),
-        "",
-    );
-    summary.row(
-        "2",
-        "worker: all bytes committed",
-        format!("{committed:.0} MB/s"),
-        "",
-    );
-    summary.row(
-        "2",
-        "worker: end of output (synced)",
-        format!("{done:.0} MB/s"),
-        "",
-    );
+    for (figure, value) in [
+        ("cat > OUT", cat),
+        ("cat > OUT + fdatasync", cat_sync),
+        ("piped: cat FILE, to cat > OUT", pipe),
+        ("worker: all bytes committed", committed),
+        ("worker: end of output (synced)", done),
+    ] {
+        summary.row("2", figure, format!("{value:.0} MB/s"), "");
+    }
     summary.check(
         "2",
         "ratio worker committed/cat",
@@ -318,11 +338,47 @@ fn ingest(rt: &Runtime, worker: &Worker, data_dir: &Path, summary: &mut Summary)
     );
     summary.row(
         "2",
+        "ratio worker committed/piped",
+        format!("{ratio_pipe:.2}"),
+        "",
+    );
+    summary.row(
+        "2",
         "ratio worker end/(cat+fdatasync)",
         format!("{ratio_sync:.2}"),
         "",
     );
     last_job.expect("at least one repetition")
+}
+
+/// Runs `script` with `sh -c`, `$1` = `input` and `$2` = `out`; returns the time it took
+/// and the time until `out` was also synced. Deletes `out`.
+fn shell_copy(script: &str, input: &Path, out: &Path, dir: &Path) -> (Duration, Duration) {
+    syncfs(dir);
+    let t = Instant::now();
+    let status = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(input)
+        .arg(out)
+        .status()
+        .expect("run sh");
+    let copied = t.elapsed();
+    assert!(status.success(), "{script}: {status}");
+    File::open(out)
+        .and_then(|f| f.sync_data())
+        .expect("fdatasync copy");
+    let synced = t.elapsed();
+    assert_eq!(fs::metadata(out).expect("copy").len(), INGEST_BYTES);
+    fs::remove_file(out).expect("remove copy");
+    (copied, synced)
+}
+
+/// Where the worker keeps a job's output (its state dir layout).
+fn job_log(state_dir: &Path, job: &Job) -> PathBuf {
+    state_dir
+        .join("jobs")
+        .join(job.id().to_string())
+        .join(worker::store::LOG_FILE)
 }
 
 struct IngestRun {
@@ -393,10 +449,7 @@ fn write_lines(path: &Path) {
 
 fn replay(rt: &Runtime, job: &Job, state_dir: &Path, summary: &mut Summary) {
     heading("3. replay: a non-following reader over the 1 GiB log, records discarded");
-    let log = state_dir
-        .join("jobs")
-        .join(job.id().to_string())
-        .join("output.log");
+    let log = job_log(state_dir, job);
     let log_len = fs::metadata(&log).expect("job log").len();
     println!("  log file: {log_len} bytes (page cache warm from the ingest run)");
 
@@ -660,6 +713,66 @@ fn fs_name(path: &Path) -> String {
         0x794C_7630 => "overlayfs".into(),
         TMPFS_MAGIC => "tmpfs".into(),
         m => format!("filesystem magic {m:#x}"),
+    }
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine skews every figure.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// CPU time (in clock ticks) used by the whole machine and by this process with its
+/// reaped children, so that a scenario can tell how much other work competed with it.
+struct CpuClock {
+    machine_busy: u64,
+    machine_total: u64,
+    own: u64,
+}
+
+impl CpuClock {
+    fn now() -> Self {
+        let stat = fs::read_to_string("/proc/stat").expect("read /proc/stat");
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("cpu "))
+            .expect("cpu line in /proc/stat")
+            .split_whitespace()
+            .map(|v| v.parse().expect("tick count"))
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is within user).
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu[3] + cpu[4];
+        let own_stat = fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+        // After "pid (comm) ", field 3 (state) is index 0: utime, stime, cutime, cstime
+        // are fields 14 to 17.
+        let own = own_stat
+            .rsplit_once(") ")
+            .expect("/proc/self/stat format")
+            .1
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .map(|v| v.parse::<u64>().expect("tick count"))
+            .sum();
+        CpuClock {
+            machine_busy: total - idle,
+            machine_total: total,
+            own,
+        }
+    }
+
+    /// CPU-seconds used by other processes since `self`, and CPU-seconds available.
+    fn others_since(&self) -> (f64, f64) {
+        let now = CpuClock::now();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let busy = now.machine_busy.saturating_sub(self.machine_busy);
+        let own = now.own.saturating_sub(self.own);
+        let total = now.machine_total.saturating_sub(self.machine_total);
+        (busy.saturating_sub(own) as f64 / hz, total as f64 / hz)
     }
 }
 

@@ -1,10 +1,12 @@
 //! The per-job capture thread: the single writer of a job's output log.
 //!
 //! One thread per running job waits with `poll(2)` on the job's stdout and stderr pipes
-//! and its pidfd. Each readable pipe yields one record (one `read()`), written to the log
-//! with its header in a single `write()`, after which the committed length is published
-//! to readers. A thread rather than an async task because every step here is a blocking
+//! and its pidfd. Each readable pipe yields one record, written to the log with its header
+//! in a single `write()`, after which the committed length is published to readers. A thread rather than an async task because every step here is a blocking
 //! file or pipe operation, and the thread keeps them off the server's runtime.
+//!
+//! Each wake-up drains a pipe into one buffer before writing, so a job that writes in
+//! small pieces still makes records of up to `MAX_RECORD_DATA`.
 //!
 //! When the pidfd reports the exit, the job is reaped and whatever is still in the pipes
 //! is drained; the log ends when both pipes reach EOF, or are empty once the job's
@@ -43,15 +45,19 @@ pub(crate) fn run(job: &Job, capture: Capture) {
         child,
         stdout,
         stderr,
-        mut log,
+        log,
         max_output,
     } = capture;
-    let mut room = max_output.unwrap_or(u64::MAX);
     let pipes = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)];
     let mut open = [true, true];
     let mut exited = false;
-    let mut committed = FILE_HEADER_LEN;
-    let mut storing = true;
+    let mut sink = Sink {
+        log,
+        committed: FILE_HEADER_LEN,
+        room: max_output.unwrap_or(u64::MAX),
+        cap: max_output,
+        storing: true,
+    };
     let mut buf = vec![0u8; RECORD_HEADER_LEN + MAX_RECORD_DATA];
 
     loop {
@@ -87,49 +93,26 @@ pub(crate) fn run(job: &Job, capture: Capture) {
             break;
         }
 
-        let before = committed;
+        let before = sink.committed;
         for (i, (fd, stream)) in pipes.iter().enumerate() {
             if fds[i].revents == 0 {
                 continue;
             }
-            match read_chunk(fd, &mut buf[RECORD_HEADER_LEN..]) {
-                Ok(0) => open[i] = false,
-                Ok(n) => {
-                    if storing {
-                        let keep = n.min(room.min(usize::MAX as u64) as usize);
-                        room -= keep as u64;
-                        let result = append(&mut log, &mut buf[..RECORD_HEADER_LEN + keep], *stream)
-                            .and_then(|written| {
-                                committed += written;
-                                if keep < n {
-                                    // The cap is reached: say so in the stream, then stop storing.
-                                    storing = false;
-                                    let cap = max_output.unwrap_or(0);
-                                    let note = format!("output cap of {cap} bytes reached; later output is discarded\n");
-                                    job.set_output_error(note.trim_end().to_string());
-                                    let mut marker = vec![0u8; RECORD_HEADER_LEN + note.len()];
-                                    marker[RECORD_HEADER_LEN..].copy_from_slice(note.as_bytes());
-                                    committed += append(&mut log, &mut marker, Stream::System)?;
-                                }
-                                Ok(())
-                            });
-                        if let Err(e) = result {
-                            // Keep draining the pipe so the job never blocks on a full
-                            // disk; the loss is reported in the job's status.
-                            storing = false;
-                            job.set_output_error(format!("output could not be stored: {e}"));
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
+            let (filled, end) = drain(fd, &mut buf[RECORD_HEADER_LEN..]);
+            if filled > 0 {
+                sink.store(job, *stream, &mut buf[..RECORD_HEADER_LEN + filled]);
+            }
+            match end {
+                Drained::Open => {}
+                Drained::Eof => open[i] = false,
+                Drained::Failed(e) => {
                     tracing::warn!(job = %job.id(), error = %e, "reading job output failed");
                     open[i] = false;
                 }
             }
         }
-        if committed != before {
-            job.publish_committed(committed);
+        if sink.committed != before {
+            job.publish_committed(sink.committed);
         }
         if fds[2].revents != 0 {
             job.reap(|| spawn::wait(child.pidfd.as_fd()));
@@ -137,8 +120,87 @@ pub(crate) fn run(job: &Job, capture: Capture) {
         }
     }
 
-    if let Err(e) = log.sync_data() {
+    // Readers may finish now; making the log durable need not hold them up.
+    job.finish_output();
+    if let Err(e) = sink.log.sync_data() {
         job.set_output_error(format!("output could not be synced to disk: {e}"));
+    }
+}
+
+/// How a drain of one pipe ended.
+enum Drained {
+    /// Nothing more to read for now (or the buffer is full).
+    Open,
+    Eof,
+    Failed(io::Error),
+}
+
+/// Reads what a pipe holds, up to the buffer's size, so that a job writing small chunks
+/// still makes large records: fewer records, writes and reader wake-ups.
+fn drain(fd: &OwnedFd, buf: &mut [u8]) -> (usize, Drained) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read_chunk(fd, &mut buf[filled..]) {
+            Ok(0) => return (filled, Drained::Eof),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return (filled, Drained::Failed(e)),
+        }
+    }
+    (filled, Drained::Open)
+}
+
+/// The job's log as the capture thread writes it: what is committed, and whether (and how
+/// much more) output is stored.
+struct Sink {
+    log: File,
+    committed: u64,
+    /// Payload bytes that may still be stored under the output cap.
+    room: u64,
+    cap: Option<u64>,
+    /// False once the cap is reached or a write failed: later output is drained and dropped.
+    storing: bool,
+}
+
+impl Sink {
+    /// Stores the payload in `record[RECORD_HEADER_LEN..]`, as far as the cap allows.
+    fn store(&mut self, job: &Job, stream: Stream, record: &mut [u8]) {
+        if !self.storing {
+            return;
+        }
+        let n = record.len() - RECORD_HEADER_LEN;
+        let keep = n.min(self.room.min(usize::MAX as u64) as usize);
+        self.room -= keep as u64;
+        let result = append(
+            &mut self.log,
+            &mut record[..RECORD_HEADER_LEN + keep],
+            stream,
+        )
+        .and_then(|written| {
+            self.committed += written;
+            if keep < n {
+                self.cap_reached(job)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            // Keep draining the pipes so the job never blocks on a full disk; the loss is
+            // reported in the job's status.
+            self.storing = false;
+            job.set_output_error(format!("output could not be stored: {e}"));
+        }
+    }
+
+    /// Says in the stream that the cap is reached, then stops storing.
+    fn cap_reached(&mut self, job: &Job) -> io::Result<()> {
+        self.storing = false;
+        let cap = self.cap.unwrap_or(0);
+        let note = format!("output cap of {cap} bytes reached; later output is discarded\n");
+        job.set_output_error(note.trim_end().to_string());
+        let mut marker = vec![0u8; RECORD_HEADER_LEN + note.len()];
+        marker[RECORD_HEADER_LEN..].copy_from_slice(note.as_bytes());
+        self.committed += append(&mut self.log, &mut marker, Stream::System)?;
+        Ok(())
     }
 }
 

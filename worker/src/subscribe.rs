@@ -4,21 +4,45 @@
 //! O(1) memory however long the log, no buffer in the writer, and a reader that stops
 //! reading costs nobody anything. Each batch is read with one `pread` (off the async
 //! runtime) and split into records that share that buffer.
+//!
+//! Memory across readers is bounded too: every batch buffer holds permits of one
+//! process-wide [`READ_BUDGET`] until its last record is dropped (once the server has
+//! encoded it), so a thousand followers of a fast job wait their turn instead of each
+//! holding a buffer.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::error::Error;
 use crate::job::Progress;
 use crate::logfile::{self, Record, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
 
-/// Upper bound on the bytes one batch reads; at least one whole record.
-const BATCH_BYTES: u64 = 1024 * 1024;
+/// Upper bound on the bytes one batch reads; at least one whole record. Small enough that
+/// the server's encoded copy of a batch per stream stays modest with many streams, large
+/// enough that per-message costs vanish next to the bytes.
+const BATCH_BYTES: u64 = 256 * 1024;
 const _: () = assert!(BATCH_BYTES as usize >= RECORD_HEADER_LEN + MAX_RECORD_DATA);
+
+/// Bytes of batch buffers that may exist at once in this process, over all readers.
+pub const READ_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+static READ_BUDGET: Semaphore = Semaphore::const_new(READ_BUDGET_BYTES);
+
+/// A batch buffer that gives its share of the budget back when the last record of it
+/// is dropped.
+struct BudgetedBuffer {
+    buf: Vec<u8>,
+    _permit: SemaphorePermit<'static>,
+}
+
+impl AsRef<[u8]> for BudgetedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
 
 /// An independent cursor over one job's output.
 pub struct LogReader {
@@ -61,6 +85,10 @@ impl LogReader {
 
     async fn read_batch(&mut self, end: u64) -> Result<Vec<Record>, Error> {
         let len = (end - self.pos).min(BATCH_BYTES) as usize;
+        let permit = READ_BUDGET
+            .acquire_many(len as u32)
+            .await
+            .map_err(|e| Error::io("output reader budget closed", std::io::Error::other(e)))?;
         let (file, pos) = (Arc::clone(&self.file), self.pos);
         let buf = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
@@ -69,8 +97,12 @@ impl LogReader {
         .await
         .map_err(|e| Error::io("output reader task failed", std::io::Error::other(e)))?
         .map_err(|e| Error::io("cannot read job output", e))?;
-        let (records, used) = logfile::split_records(Bytes::from(buf))
-            .map_err(|e| Error::io("cannot read job output", e))?;
+        let buf = Bytes::from_owner(BudgetedBuffer {
+            buf,
+            _permit: permit,
+        });
+        let (records, used) =
+            logfile::split_records(buf).map_err(|e| Error::io("cannot read job output", e))?;
         if used == 0 {
             return Err(Error::io(
                 "cannot read job output",

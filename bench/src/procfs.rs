@@ -1,0 +1,107 @@
+//! What the benchmark reads about other processes from `/proc`: resident and peak memory
+//! (with the peak reset through `clear_refs`), thread counts, and the machine's load, so
+//! that memory targets can be checked and a busy machine is visible in the report.
+
+use anyhow::{Context, Result};
+
+/// Resident memory of a process, in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Mem {
+    pub rss_kib: u64,
+    /// The peak resident size since start or since the last [`reset_peak`].
+    pub hwm_kib: u64,
+}
+
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn status(pid: u32) -> Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))
+}
+
+pub fn mem(pid: u32) -> Result<Mem> {
+    let s = status(pid)?;
+    Ok(Mem {
+        rss_kib: status_field(&s, "VmRSS").context("no VmRSS")?,
+        hwm_kib: status_field(&s, "VmHWM").context("no VmHWM")?,
+    })
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS.
+pub fn reset_peak(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("cannot reset the peak RSS of {pid}"))
+}
+
+/// Busy and total jiffies of all CPUs together, from the first line of `/proc/stat`.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// CPU time of each process now, in jiffies, by pid (with its name).
+fn process_jiffies() -> Vec<(u32, String, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1.to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let jiffies = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((pid, name, jiffies))
+    })
+    .collect()
+}
+
+/// How busy the machine is over `sample` while this benchmark does nothing: the share
+/// of all CPUs in use, and the processes using more than a tenth of one CPU.
+pub fn busy(sample: std::time::Duration) -> (f64, Vec<(String, f64)>) {
+    let (before, procs_before) = (cpu_jiffies(), process_jiffies());
+    std::thread::sleep(sample);
+    let (after, procs_after) = (cpu_jiffies(), process_jiffies());
+    let share = match (before, after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => 0.0,
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut hogs: Vec<(String, f64)> = procs_after
+        .iter()
+        .filter_map(|(pid, name, j1)| {
+            let j0 = procs_before.iter().find(|(p, _, _)| p == pid)?.2;
+            let cpus = (j1 - j0) as f64 / hz / sample.as_secs_f64();
+            (cpus > 0.1).then(|| (name.clone(), cpus))
+        })
+        .collect();
+    hogs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (share, hogs)
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}

@@ -1,0 +1,127 @@
+//! The in-process gRPC client and the few calls scenarios make with it: start, status,
+//! wait for the end, and read or follow a job's output.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use jobc::client::Target;
+use proto::v1 as pb;
+use proto::v1::job_service_client::JobServiceClient;
+use tonic::transport::Channel;
+
+pub type Client = JobServiceClient<Channel>;
+
+/// A new connection (TCP, TLS handshake, HTTP/2) with jobc's own connection code.
+pub async fn connect(target: &Target) -> Result<Client> {
+    jobc::client::connect(target)
+        .await
+        .with_context(|| format!("cannot connect to jobd at {}", target.server))
+}
+
+/// No namespaces at all: `jobc start --isolate none`.
+pub fn isolate_none() -> Option<pb::Isolation> {
+    Some(pb::Isolation {
+        pid: false,
+        mount: false,
+        net: false,
+    })
+}
+
+pub fn argv(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Starts a job; `isolation` `None` means the server's default.
+pub async fn start(
+    c: &mut Client,
+    argv: Vec<String>,
+    isolation: Option<pb::Isolation>,
+) -> Result<String> {
+    let reply = c
+        .start(pb::StartRequest {
+            argv,
+            isolation,
+            ..Default::default()
+        })
+        .await
+        .context("Start failed")?;
+    Ok(reply.into_inner().job_id)
+}
+
+pub async fn status(c: &mut Client, id: &str) -> Result<pb::JobStatus> {
+    c.status(pb::StatusRequest { job_id: id.into() })
+        .await
+        .context("Status failed")?
+        .into_inner()
+        .status
+        .context("Status reply without a status")
+}
+
+pub fn has_ended(s: &pb::JobStatus) -> bool {
+    s.state != pb::JobState::Running as i32
+}
+
+/// Polls every 10 ms until the job has ended.
+pub async fn wait_ended(c: &mut Client, id: &str, timeout: Duration) -> Result<pb::JobStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(c, id).await?;
+        if has_ended(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} still runs after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads a job's output to its end (following it when `follow`); returns the byte count.
+pub async fn count_output(c: &mut Client, id: &str, follow: bool) -> Result<u64> {
+    let mut total = 0u64;
+    each_batch(c, id, follow, |records| {
+        total += records.iter().map(|r| r.data.len() as u64).sum::<u64>();
+    })
+    .await?;
+    Ok(total)
+}
+
+/// The whole output of a job that has ended.
+pub async fn output(c: &mut Client, id: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    each_batch(c, id, false, |records| {
+        for r in records {
+            out.extend_from_slice(&r.data);
+        }
+    })
+    .await?;
+    Ok(out)
+}
+
+async fn each_batch(
+    c: &mut Client,
+    id: &str,
+    follow: bool,
+    mut take: impl FnMut(&[pb::OutputRecord]),
+) -> Result<()> {
+    let mut stream = c
+        .logs(pb::LogsRequest {
+            job_id: id.into(),
+            follow,
+        })
+        .await
+        .context("Logs failed")?
+        .into_inner();
+    while let Some(batch) = stream.message().await.context("Logs stream failed")? {
+        take(&batch.records);
+    }
+    Ok(())
+}
+
+/// Deletes an ended job and its output, so big logs do not pile up on the disk.
+pub async fn remove(c: &mut Client, id: &str) -> Result<()> {
+    c.remove(pb::RemoveRequest { job_id: id.into() })
+        .await
+        .context("Remove failed")?;
+    Ok(())
+}

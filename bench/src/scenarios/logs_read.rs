@@ -1,0 +1,143 @@
+//! Scenario 5: reading back a big log. `jobc logs --raw ID > /dev/null` for a finished job
+//! with 200 MiB of output, against an in-process TLS relay of the same size (see
+//! [`crate::relay`]), with jobd's peak RSS growth during the read: a reader must stream
+//! from the file, not load it. With pueue: `pueue log --full` of the same output, read
+//! from disk by the client (pueue's default) and served by pueued.
+
+use std::fs::File;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+
+use super::{blocking, Ctx, MIB};
+use crate::procfs::{self, mib};
+use crate::pueue::Pueued;
+use crate::relay;
+use crate::report::{Goal, Row};
+use crate::rpc;
+use crate::stats::mib_per_s;
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let size = ctx.pick(200 * MIB, 50 * MIB);
+    let mut c = ctx.client().await?;
+    let argv = rpc::argv(&["head", "-c", &size.to_string(), "/dev/urandom"]);
+    let id = rpc::start(&mut c, argv, None).await?;
+    rpc::wait_ended(&mut c, &id, Duration::from_secs(60)).await?;
+    // The end is in the status a moment before the last bytes are drained and synced.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let pid = ctx.jobd.pid();
+    procfs::reset_peak(pid)?;
+    let before = procfs::mem(pid)?;
+    let took = blocking(|| time_jobc_logs(ctx, &id))?;
+    let after = procfs::mem(pid)?;
+    let growth = mib(after.hwm_kib.saturating_sub(before.rss_kib));
+    let relay = relay::tls_relay(&ctx.jobd.target(), &ctx.jobd.pki(), size).await?;
+    let (rate, relay_rate) = (mib_per_s(size, took), mib_per_s(size, relay));
+    println!(
+        "  jobc logs --raw: {} MiB in {:.3} s = {rate:.0} MiB/s; TLS relay {relay_rate:.0} MiB/s; \
+         jobd RSS {:.1} MiB before, peak {:.1} MiB during",
+        size / MIB,
+        took.as_secs_f64(),
+        mib(before.rss_kib),
+        mib(after.hwm_kib)
+    );
+    rpc::remove(&mut c, &id).await?;
+    let mut rows = vec![
+        Row::new(
+            format!("5 `jobc logs --raw` of {} MiB (vs TLS relay)", size / MIB),
+            rate,
+            "MiB/s",
+            Goal::RatioAtLeast(0.8),
+        )
+        .baseline(Some(relay_rate)),
+        Row::new(
+            "5 jobd peak RSS growth during that read",
+            growth,
+            "MiB",
+            Goal::AtMost(32.0),
+        ),
+    ];
+    if let Some(p) = &ctx.pueue {
+        rows.extend(blocking(|| pueue_log(p, size))?);
+    }
+    Ok(rows)
+}
+
+fn devnull() -> Result<Stdio> {
+    Ok(Stdio::from(File::create("/dev/null")?))
+}
+
+fn time_jobc_logs(ctx: &Ctx, id: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let out = ctx
+        .jobd
+        .jobc()
+        .args(["logs", "--raw", id])
+        .stdout(devnull()?)
+        .stderr(Stdio::piped())
+        .output()?;
+    let took = t.elapsed();
+    ensure!(
+        out.status.success(),
+        "jobc logs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+/// `pueue log --full` of the same amount of output, read locally and through pueued.
+fn pueue_log(p: &Pueued, size: u64) -> Result<Vec<Row>> {
+    let id = p.add(&format!("head -c {size} /dev/urandom"))?;
+    p.wait(&id)?;
+    let local = time_pueue_log(p.command(false), &id)?;
+    let pid = p.pid();
+    procfs::reset_peak(pid)?;
+    let before = procfs::mem(pid)?;
+    let remote = time_pueue_log(p.command(true), &id)?;
+    let after = procfs::mem(pid)?;
+    let growth = mib(after.hwm_kib.saturating_sub(before.rss_kib));
+    let (local_rate, remote_rate) = (mib_per_s(size, local), mib_per_s(size, remote));
+    println!(
+        "  pueue log --full: {local_rate:.0} MiB/s reading the file itself, \
+         {remote_rate:.0} MiB/s served by pueued (pueued peak RSS +{growth:.1} MiB)"
+    );
+    p.clean();
+    Ok(vec![
+        Row::new(
+            "5 `pueue log --full`, client reads the file (pueue default)",
+            local_rate,
+            "MiB/s",
+            Goal::None,
+        ),
+        Row::new(
+            "5 `pueue log --full`, served by pueued (read_local_logs: false)",
+            remote_rate,
+            "MiB/s",
+            Goal::None,
+        ),
+        Row::new(
+            "5 pueued peak RSS growth serving it",
+            growth,
+            "MiB",
+            Goal::None,
+        ),
+    ])
+}
+
+fn time_pueue_log(mut cmd: Command, id: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let out = cmd
+        .args(["log", "--full", id])
+        .stdout(devnull()?)
+        .stderr(Stdio::piped())
+        .output()?;
+    let took = t.elapsed();
+    ensure!(
+        out.status.success(),
+        "pueue log failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}

@@ -1,0 +1,127 @@
+//! The seven scenarios of the benchmark, one module each, and what they share: the jobd
+//! (and pueued) under test, the run's size (full or `--quick`) and small helpers.
+
+pub mod cli_start;
+pub mod end_visible;
+pub mod followers;
+pub mod logs_read;
+pub mod rpc_start;
+pub mod throughput;
+pub mod write_path;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use proto::v1 as pb;
+
+use crate::jobd::Jobd;
+use crate::pueue::Pueued;
+use crate::report::Row;
+use crate::rpc::{self, Client};
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// What every scenario runs against.
+pub struct Ctx {
+    pub jobd: Jobd,
+    pub pueue: Option<Pueued>,
+    pub quick: bool,
+}
+
+impl Ctx {
+    /// The full-run or the `--quick` value of a parameter.
+    pub fn pick<T>(&self, full: T, quick: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        rpc::connect(&self.jobd.target()).await
+    }
+}
+
+/// Runs blocking work (child processes, short sleeps) without stalling the runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Runs scenario `n`.
+pub async fn run(n: u8, ctx: &Ctx) -> Result<Vec<Row>> {
+    match n {
+        1 => cli_start::run(ctx).await,
+        2 => rpc_start::run(ctx).await,
+        3 => end_visible::run(ctx).await,
+        4 => throughput::run(ctx).await,
+        5 => logs_read::run(ctx).await,
+        6 => followers::run(ctx).await,
+        7 => write_path::run(ctx).await,
+        _ => bail!("there is no scenario {n}"),
+    }
+}
+
+/// The default order: scenario 6 last, because 1,000 followers leave jobd with a much
+/// larger RSS (glibc keeps the freed memory), and every later start then pays for it
+/// (jobs are started with a fork-style `clone3`, whose cost grows with jobd's memory).
+pub const ALL: [u8; 7] = [1, 2, 3, 4, 5, 7, 6];
+
+/// A one-line title for scenario `n`, used when it fails before producing rows.
+pub fn title(n: u8) -> &'static str {
+    match n {
+        1 => "1 jobc start true",
+        2 => "2 Start RPC latency",
+        3 => "3 job end visible in status",
+        4 => "4 starts per second",
+        5 => "5 jobc logs --raw",
+        6 => "6 1000 followers",
+        7 => "7 200 MiB of lines",
+        _ => "unknown scenario",
+    }
+}
+
+/// The most a scenario may take before it is abandoned and reported as failed.
+pub fn time_limit(n: u8, quick: bool) -> Duration {
+    let full = match n {
+        6 => 150,
+        5 => 90,
+        _ => 60,
+    };
+    Duration::from_secs(if quick { full / 3 } else { full })
+}
+
+/// Waits until no job of this jobd is running any more, so that capture threads and
+/// pending record writes of one scenario do not slow down the next.
+pub async fn wait_all_ended(c: &mut Client, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let jobs = c.list(pb::ListRequest {}).await?.into_inner().jobs;
+        let running = jobs.iter().filter(|j| !rpc::has_ended(j)).count();
+        if running == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{running} jobs still run after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Times `n` calls of `f` after `warmup` untimed ones.
+pub fn time_each(
+    warmup: usize,
+    n: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<Duration>> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
+}

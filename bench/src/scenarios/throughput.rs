@@ -1,0 +1,95 @@
+//! Scenario 4: how many jobs a jobd starts per second when one client pushes hard: 64
+//! tasks share one connection (HTTP/2 streams on one TLS session), each starting `true`
+//! jobs back to back until the total is reached. With the default isolation and with none.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use proto::v1 as pb;
+use tokio::task::JoinSet;
+
+use super::{wait_all_ended, Ctx};
+use crate::report::{Goal, Row};
+use crate::rpc::{self, Client};
+
+const CONCURRENCY: usize = 64;
+
+/// The outcome of one burst.
+struct Burst {
+    started: usize,
+    failures: Vec<String>,
+    took: Duration,
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let total = ctx.pick(2000, 400);
+    let mut c = ctx.client().await?;
+    let mut rows = Vec::new();
+    for (label, isolation) in [
+        ("default isolation", None),
+        ("isolate none", rpc::isolate_none()),
+    ] {
+        let burst = burst(&c, total, isolation).await;
+        let rate = burst.started as f64 / burst.took.as_secs_f64();
+        println!(
+            "  {label}: {} starts in {:.2} s = {rate:.0}/s ({} failed)",
+            burst.started,
+            burst.took.as_secs_f64(),
+            burst.failures.len()
+        );
+        let mut row = Row::new(
+            format!("4 starts/s, 64 concurrent on one connection, {label}"),
+            rate,
+            "/s",
+            Goal::AtLeast(1000.0),
+        );
+        if let Some(first) = burst.failures.first() {
+            eprintln!(
+                "!!! {} of {total} starts FAILED; first: {first}",
+                burst.failures.len()
+            );
+            row = row.note(format!("{} starts failed: {first}", burst.failures.len()));
+        }
+        rows.push(row);
+        wait_all_ended(&mut c, Duration::from_secs(60)).await?;
+    }
+    Ok(rows)
+}
+
+async fn burst(client: &Client, total: usize, isolation: Option<pb::Isolation>) -> Burst {
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (mut c, next) = (client.clone(), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut failures = Vec::new();
+            let mut started = 0;
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match rpc::start(&mut c, rpc::argv(&["true"]), isolation).await {
+                    Ok(_) => started += 1,
+                    Err(e) => failures.push(format!("{e:#}")),
+                }
+            }
+            (started, failures)
+        });
+    }
+    let mut burst = Burst {
+        started: 0,
+        failures: Vec::new(),
+        took: Duration::ZERO,
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((started, failures)) => {
+                burst.started += started;
+                burst.failures.extend(failures);
+            }
+            Err(e) => burst.failures.push(format!("task failed: {e}")),
+        }
+    }
+    burst.took = t.elapsed();
+    burst
+}
