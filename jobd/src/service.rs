@@ -202,9 +202,11 @@ impl JobService for Service {
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        let result = self
-            .job_for(&caller, Action::Remove, &req.job_id)
-            .and_then(|job| self.worker.remove(&job.id()).map_err(convert::error));
+        let result = async {
+            let job = self.job_for(&caller, Action::Remove, &req.job_id)?;
+            self.worker.remove(&job.id()).await.map_err(convert::error)
+        }
+        .await;
         log(&caller, "Remove", &req.job_id, &result);
         result.map(|()| Response::new(pb::RemoveResponse {}))
     }

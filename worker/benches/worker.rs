@@ -293,7 +293,7 @@ fn ingest(rt: &Runtime, worker: &Worker, data_dir: &Path, summary: &mut Summary)
             done_t.push(run.done);
         }
         if rep < INGEST_REPS {
-            worker.remove(&run.job.id()).expect("remove job");
+            rt.block_on(worker.remove(&run.job.id())).expect("remove job");
         } else {
             last_job = Some(run.job);
         }

@@ -56,6 +56,9 @@ pub struct Job {
     processes: Processes,
     run: Mutex<RunState>,
     ended: watch::Sender<bool>,
+    /// True once the capture thread is done with the job's folder (final record written):
+    /// only then may the folder be deleted.
+    settled: watch::Sender<bool>,
     progress: watch::Sender<Progress>,
 }
 
@@ -89,6 +92,7 @@ impl Job {
                 reapable: true,
             }),
             ended: watch::Sender::new(false),
+            settled: watch::Sender::new(false),
             progress: watch::Sender::new(Progress {
                 committed,
                 done: false,
@@ -137,6 +141,7 @@ impl Job {
                 reapable: false,
             }),
             ended: watch::Sender::new(true),
+            settled: watch::Sender::new(true),
             progress: watch::Sender::new(Progress {
                 committed,
                 done: true,
@@ -307,6 +312,22 @@ impl Job {
 
     pub fn is_running(&self) -> bool {
         self.run().reapable
+    }
+
+    /// Writes the final record and marks the job's folder as no longer in use.
+    pub(crate) fn settle(&self) {
+        self.persist();
+        self.settled.send_replace(true);
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        *self.settled.borrow()
+    }
+
+    /// Waits until the capture thread is done with the job's folder.
+    pub(crate) async fn settled(&self) {
+        let mut settled = self.settled.subscribe();
+        let _ = settled.wait_for(|s| *s).await;
     }
 
     pub(crate) fn set_output_error(&self, message: String) {

@@ -147,17 +147,25 @@ impl Worker {
     }
 
     /// Deletes an ended job and its output.
-    pub fn remove(&self, id: &JobId) -> Result<(), Error> {
+    pub async fn remove(&self, id: &JobId) -> Result<(), Error> {
         let job = self.job(id)?;
         if job.is_running() {
             return Err(Error::FailedPrecondition(format!(
                 "job {id} is still running: stop it first"
             )));
         }
+        // An ended job's capture thread may still be writing its final record.
+        job.settled().await;
+        self.delete(&job)
+    }
+
+    /// Forgets an ended, settled job and deletes its folder.
+    fn delete(&self, job: &Job) -> Result<(), Error> {
+        let id = job.id();
         self.jobs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+            .remove(&id);
         fs::remove_dir_all(job.dir())
             .map_err(|e| Error::io(format!("cannot delete the files of job {id}"), e))
     }
@@ -177,7 +185,12 @@ impl Worker {
             .collect();
         let mut removed = 0;
         for id in expired {
-            match self.remove(&id) {
+            // A job that ended moments ago may not be settled yet: the next round takes it.
+            let Ok(job) = self.job(&id) else { continue };
+            if !job.is_settled() {
+                continue;
+            }
+            match self.delete(&job) {
                 Ok(()) => removed += 1,
                 Err(e) => tracing::error!(job = %id, error = %e, "cannot delete an expired job"),
             }
@@ -335,7 +348,7 @@ impl Worker {
                         max_output,
                     },
                 );
-                job.persist();
+                job.settle();
             });
         if let Err(e) = thread {
             return Err(Error::io("cannot start a capture thread", e));

@@ -15,6 +15,21 @@ fn config(dir: &Path) -> Config {
     Config::new(dir)
 }
 
+/// Opens a worker on a state dir another worker of this process just released. The
+/// state lock is an flock, and a child that another test spawns at that moment holds a
+/// copy of the lock's descriptor until it execs (a few milliseconds): wait that out.
+fn reopen(dir: &Path) -> Worker {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Worker::new(config(dir)) {
+            Err(Error::FailedPrecondition(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 /// The record of a job that an earlier jobd was running when it went away.
 fn running_record(id: worker::JobId, pid: i32, start_ticks: u64, argv: Vec<&str>) -> JobRecord {
     JobRecord {
@@ -91,7 +106,7 @@ async fn ended_jobs_and_their_output_survive_a_restart() {
         let outputs = [all_output(&a).await, all_output(&b).await];
         ([a.id(), b.id(), c.id()], outputs)
     };
-    let w = Worker::new(config(dir.path())).unwrap();
+    let w = reopen(dir.path());
     let listed: Vec<_> = w
         .list(None)
         .into_iter()
@@ -127,7 +142,7 @@ async fn a_second_worker_on_the_same_state_dir_is_refused() {
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
     assert!(err.to_string().contains("another jobd"), "{err}");
     drop(first);
-    Worker::new(config(dir.path())).unwrap();
+    reopen(dir.path());
 }
 
 /// A job an earlier jobd was running when it was killed: its record says running, its
@@ -252,10 +267,10 @@ async fn remove_deletes_ended_jobs_only_and_retention_prunes() {
         .start(JobSpec::new("alice", vec!["sleep".into(), "60".into()]))
         .await
         .unwrap();
-    let err = w.remove(&running.id()).unwrap_err();
+    let err = w.remove(&running.id()).await.unwrap_err();
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
     running.stop(Duration::from_secs(5)).await.unwrap();
-    w.remove(&running.id()).unwrap();
+    w.remove(&running.id()).await.unwrap();
     assert!(matches!(w.job(&running.id()), Err(Error::NotFound(_))));
     assert!(!dir
         .path()
