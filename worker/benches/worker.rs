@@ -6,9 +6,9 @@
 //! 1. **Start latency**: `start(true)` then `wait()`, against `std::process::Command` spawning
 //!    and reaping `true`. Every job pays for a log file, two pipes, a capture thread and a
 //!    `clone3`; this shows what that costs per job compared with the cheapest possible spawn.
-//!    1b repeats it with 1 GiB resident in this process, as in a long-running server: the
-//!    cost of a fork-style `clone3` grows with the parent's memory, a `vfork`-style spawn's
-//!    does not.
+//!    1b repeats it with 1 GiB resident in this process, as in a long-running server: a
+//!    fork-style spawn copies the parent's page tables per job, so its cost grows with
+//!    the parent's memory; a `vfork`-style spawn's does not.
 //! 2. **Ingest throughput**: a job that `cat`s 1 GiB of 100-byte lines, timed until a
 //!    follower has seen every byte committed to the log, against `cat FILE > OUT` on the
 //!    same filesystem (and `cat FILE | cat > OUT`, which makes the same copies as capture).
@@ -88,34 +88,40 @@ fn main() {
     );
 
     let mut summary = Summary::default();
-    let mut others = Vec::new();
+    let mut interference = Vec::new();
     let probe = CpuClock::now();
     start_latency(&runtime, &worker, &mut summary);
-    others.push(("1", probe.others_since()));
+    interference.push(("1", probe.since()));
     let probe = CpuClock::now();
     start_latency_large_heap(&runtime, &worker, &mut summary);
-    others.push(("1b", probe.others_since()));
+    interference.push(("1b", probe.since()));
     let probe = CpuClock::now();
     let job = ingest(&runtime, &worker, &data_dir, &mut summary);
-    others.push(("2", probe.others_since()));
+    interference.push(("2", probe.since()));
     let probe = CpuClock::now();
     replay(&runtime, &job, &state_dir, &mut summary);
-    others.push(("3", probe.others_since()));
+    interference.push(("3", probe.since()));
     drop(job);
     let probe = CpuClock::now();
     fanout(&runtime, &worker, &mut summary);
-    others.push(("4", probe.others_since()));
+    interference.push(("4", probe.since()));
 
     runtime.block_on(worker.shutdown());
     drop(worker);
     drop(runtime);
     scratch.close().expect("remove scratch dir");
     summary.print();
-    println!("\nCPU used by other processes while each scenario ran (should be near 0):");
-    for (scenario, (others, capacity)) in others {
+    println!(
+        "\nCPU used next to each scenario: by other processes (should be near 0), and by the \
+         kernel (interrupts, writeback: partly this bench's own I/O)"
+    );
+    for (scenario, i) in interference {
         println!(
-            "  {scenario:<2}: {others:>6.1} CPU-s of {capacity:.1} ({:.0}%)",
-            100.0 * others / capacity
+            "  {scenario:<2}: others {:>5.1} CPU-s, kernel {:>5.1} CPU-s, of {:.1} ({:.0}% others)",
+            i.others,
+            i.kernel,
+            i.capacity,
+            100.0 * i.others / i.capacity
         );
     }
     println!("load average at end: {}", load_average());
@@ -293,7 +299,8 @@ fn ingest(rt: &Runtime, worker: &Worker, data_dir: &Path, summary: &mut Summary)
             done_t.push(run.done);
         }
         if rep < INGEST_REPS {
-            rt.block_on(worker.remove(&run.job.id())).expect("remove job");
+            rt.block_on(worker.remove(&run.job.id()))
+                .expect("remove job");
         } else {
             last_job = Some(run.job);
         }
@@ -723,12 +730,22 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// CPU time (in clock ticks) used by the whole machine and by this process with its
-/// reaped children, so that a scenario can tell how much other work competed with it.
+/// CPU time (in clock ticks) used by the whole machine, by the kernel (interrupts and
+/// kernel threads, such as writeback, which partly serve this process's own I/O) and by
+/// this process with its reaped children, so that a scenario can tell how much other
+/// work competed with it.
 struct CpuClock {
     machine_busy: u64,
     machine_total: u64,
+    kernel: u64,
     own: u64,
+}
+
+/// What ran next to a scenario, in CPU-seconds.
+struct Interference {
+    others: f64,
+    kernel: f64,
+    capacity: f64,
 }
 
 impl CpuClock {
@@ -745,35 +762,51 @@ impl CpuClock {
         // user nice system idle iowait irq softirq steal (guest time is within user).
         let total: u64 = cpu.iter().take(8).sum();
         let idle = cpu[3] + cpu[4];
-        let own_stat = fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
-        // After "pid (comm) ", field 3 (state) is index 0: utime, stime, cutime, cstime
-        // are fields 14 to 17.
-        let own = own_stat
-            .rsplit_once(") ")
-            .expect("/proc/self/stat format")
-            .1
-            .split_whitespace()
-            .skip(11)
-            .take(4)
-            .map(|v| v.parse::<u64>().expect("tick count"))
+        let irq = cpu[5] + cpu[6];
+        let kernel_threads: u64 = fs::read_dir("/proc")
+            .expect("read /proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let f = proc_stat_fields(&format!("/proc/{pid}/stat"))?;
+                // Children of kthreadd (pid 2) are kernel threads.
+                (pid == 2 || f[1] == 2).then_some(f[11] + f[12])
+            })
             .sum();
+        let own = proc_stat_fields("/proc/self/stat").expect("read /proc/self/stat");
         CpuClock {
             machine_busy: total - idle,
             machine_total: total,
-            own,
+            kernel: irq + kernel_threads,
+            own: own[11..15].iter().sum(),
         }
     }
 
-    /// CPU-seconds used by other processes since `self`, and CPU-seconds available.
-    fn others_since(&self) -> (f64, f64) {
+    /// What ran on the machine besides this process since `self`.
+    fn since(&self) -> Interference {
         let now = CpuClock::now();
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let busy = now.machine_busy.saturating_sub(self.machine_busy);
         let own = now.own.saturating_sub(self.own);
-        let total = now.machine_total.saturating_sub(self.machine_total);
-        (busy.saturating_sub(own) as f64 / hz, total as f64 / hz)
+        let kernel = now.kernel.saturating_sub(self.kernel);
+        Interference {
+            others: busy.saturating_sub(own + kernel) as f64 / hz,
+            kernel: kernel as f64 / hz,
+            capacity: now.machine_total.saturating_sub(self.machine_total) as f64 / hz,
+        }
     }
+}
+
+/// The numeric fields of a `/proc/<pid>/stat` from field 3 (state, as 0) on: ppid is
+/// index 1, utime, stime, cutime and cstime are indexes 11 to 14.
+fn proc_stat_fields(path: &str) -> Option<Vec<u64>> {
+    let stat = fs::read_to_string(path).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    Some(
+        rest.split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect(),
+    )
 }
 
 /// Writes back every dirty page of the filesystem holding `path`.

@@ -186,9 +186,11 @@ impl Job {
     }
 
     /// Writes the job's record; a failure is logged and reported in the job's status,
-    /// never fatal to the job.
-    pub(crate) fn persist(&self) {
-        if let Err(e) = store::write_record(&self.dir, &self.record()) {
+    /// never fatal to the job. Only the final record needs to be `durable`: the record of a
+    /// running job matters after a crash of jobd, which keeps the page cache, whereas a
+    /// power loss ends the job too (its folder is then cleaned up at start-up).
+    pub(crate) fn persist(&self, durable: bool) {
+        if let Err(e) = store::replace_record(&self.dir, &self.record(), durable) {
             tracing::error!(job = %self.id, error = %e, "cannot write the job record");
             self.set_output_error(format!("the job record could not be saved: {e}"));
         }
@@ -316,7 +318,7 @@ impl Job {
 
     /// Writes the final record and marks the job's folder as no longer in use.
     pub(crate) fn settle(&self) {
-        self.persist();
+        self.persist(true);
         self.settled.send_replace(true);
     }
 

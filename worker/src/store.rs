@@ -62,13 +62,25 @@ pub struct JobRecord {
 
 /// Replaces `dir/job.json` atomically and durably.
 pub fn write_record(dir: &Path, record: &JobRecord) -> io::Result<()> {
+    replace_record(dir, record, true)
+}
+
+/// Replaces `dir/job.json` atomically (rename). With `durable`, also flushed to the
+/// device (fsync of the file before the rename, and of the folder after): needed where
+/// a power loss must not lose the record; a crash of jobd alone never loses a renamed file.
+pub fn replace_record(dir: &Path, record: &JobRecord, durable: bool) -> io::Result<()> {
     let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
     let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     let mut f = File::create(&tmp)?;
     f.write_all(&json)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, dir.join(RECORD_FILE))?;
-    File::open(dir)?.sync_all()
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads `dir/job.json`, refusing versions this jobd does not know.

@@ -334,8 +334,9 @@ impl Worker {
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(id, Arc::clone(&job));
                 let _ = tx.send(Ok(Arc::clone(&job)));
-                // Recorded durably before any output is taken in (the pipes buffer it).
-                job.persist();
+                // Recorded before any output is taken in (the pipes buffer it); not flushed
+                // to the device, so a short job's end is seen without waiting for a disk.
+                job.persist(false);
                 // Counted as running until the capture thread has reaped it.
                 let _slot = slot;
                 capture::run(
