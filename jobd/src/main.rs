@@ -18,6 +18,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pki(command) => cli::pki(command),
         Command::Serve(args) => {
             init_logging();
+            tune_malloc();
             // Blocking threads do file reads for log streams; their buffers are bounded by
             // the worker's read budget, and more threads than this would only add stacks.
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -50,6 +51,19 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
         }
     };
     server.serve(listener, shutdown).await
+}
+
+/// Log streaming allocates and frees many buffers of 64 KiB to 1 MiB on many threads.
+/// glibc would keep them in per-thread arenas and raise its mmap threshold as they are
+/// freed, so jobd's RSS would stay at its peak after a burst of readers; a fixed
+/// threshold hands such buffers back to the kernel when freed, and few arenas limit
+/// fragmentation. Called before any thread exists.
+fn tune_malloc() {
+    // SAFETY: mallopt only adjusts allocator parameters; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
 }
 
 fn init_logging() {

@@ -23,8 +23,8 @@ pub const MAGIC: &[u8; 6] = b"JWLOG\0";
 pub const VERSION: u16 = 1;
 pub const FILE_HEADER_LEN: u64 = 8;
 pub const RECORD_HEADER_LEN: usize = 20;
-/// Largest payload the writer produces; bounds every reader's buffer.
-pub const MAX_RECORD_DATA: usize = 128 * 1024;
+/// Largest payload the writer produces; bounds the smallest batch a reader can take.
+pub const MAX_RECORD_DATA: usize = 32 * 1024;
 
 /// Which of the job's output streams a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

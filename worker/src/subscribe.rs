@@ -14,6 +14,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
@@ -21,11 +23,21 @@ use crate::error::Error;
 use crate::job::Progress;
 use crate::logfile::{self, Record, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
 
-/// Upper bound on the bytes one batch reads; at least one whole record. Small enough that
-/// the server's encoded copy of a batch per stream stays modest with many streams, large
-/// enough that per-message costs vanish next to the bytes.
-const BATCH_BYTES: u64 = 256 * 1024;
-const _: () = assert!(BATCH_BYTES as usize >= RECORD_HEADER_LEN + MAX_RECORD_DATA);
+/// Bounds on the bytes one batch reads. A batch is the budget's fair share among the
+/// readers that exist: one reader replaying a log gets large batches (few messages), a
+/// thousand followers get small ones, so the copies the server keeps per stream (the
+/// encoded message waiting for the client) stay bounded too. Always room for one record.
+const MIN_BATCH_BYTES: usize = 64 * 1024;
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+const _: () = assert!(MIN_BATCH_BYTES >= RECORD_HEADER_LEN + MAX_RECORD_DATA);
+
+/// Readers alive in this process, for the fair share above.
+static READERS: AtomicUsize = AtomicUsize::new(0);
+
+fn batch_bytes() -> usize {
+    let readers = READERS.load(Ordering::Relaxed).max(1);
+    (READ_BUDGET_BYTES / readers).clamp(MIN_BATCH_BYTES, MAX_BATCH_BYTES)
+}
 
 /// Bytes of batch buffers that may exist at once in this process, over all readers.
 pub const READ_BUDGET_BYTES: usize = 32 * 1024 * 1024;
@@ -53,8 +65,15 @@ pub struct LogReader {
     snapshot: Option<u64>,
 }
 
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        READERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl LogReader {
     pub(crate) fn new(file: File, progress: watch::Receiver<Progress>, follow: bool) -> Self {
+        READERS.fetch_add(1, Ordering::Relaxed);
         let snapshot = (!follow).then(|| progress.borrow().committed);
         LogReader {
             file: Arc::new(file),
@@ -84,7 +103,7 @@ impl LogReader {
     }
 
     async fn read_batch(&mut self, end: u64) -> Result<Vec<Record>, Error> {
-        let len = (end - self.pos).min(BATCH_BYTES) as usize;
+        let len = (end - self.pos).min(batch_bytes() as u64) as usize;
         let permit = READ_BUDGET
             .acquire_many(len as u32)
             .await
