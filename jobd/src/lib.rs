@@ -6,6 +6,7 @@ pub mod authz;
 pub mod cli;
 mod convert;
 pub mod identity;
+mod oversized;
 pub mod pki;
 pub mod server;
 pub mod service;

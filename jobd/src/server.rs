@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use worker::Worker;
 
+use crate::oversized;
 use crate::pki;
 use crate::service::{Service, ServiceLimits};
 use crate::tls::{self, TransportLimits};
@@ -203,6 +204,7 @@ impl Server {
         tonic::transport::Server::builder()
             .max_concurrent_streams(config.max_streams_per_connection)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(tower::util::MapResponseLayer::new(oversized::map_response))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
