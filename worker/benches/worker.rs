@@ -19,9 +19,11 @@
 //! 4. **Fan-out**: 1,000 followers of one job writing 100 MiB, to show that readers share
 //!    nothing with the writer and that peak memory stays bounded with many of them.
 //!
-//! All scratch files live in one temporary directory under Cargo's target tmp dir (or
-//! `/var/tmp` if that is a tmpfs), deleted at the end; every job started here runs to its
-//! end before the scenario returns.
+//! Jobs run without cgroups, like the baselines. The run ends with how much CPU other
+//! processes used during each scenario: on a shared machine a figure means little
+//! without it. All scratch files live in one temporary directory under Cargo's target tmp
+//! dir (or `/var/tmp` if that is a tmpfs), deleted at the end; every job started here
+//! runs to its end before the scenario returns.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
