@@ -4,12 +4,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
 use crate::cgroup::Usage;
 use crate::error::Error;
+use crate::logfile::{from_unix_nanos, to_unix_nanos};
 use crate::processes::Processes;
 use crate::spawn::{Credentials, ExitStatus};
 use crate::spec::{JobId, JobSpec};
@@ -124,12 +125,12 @@ impl Job {
                 .map(|(uid, gid)| Credentials { uid, gid }),
             pid: record.pid,
             start_ticks: record.start_ticks,
-            started_at: from_nanos(record.started_at_unix_nanos),
+            started_at: from_unix_nanos(record.started_at_unix_nanos),
             dir,
             processes: Processes::Gone,
             run: Mutex::new(RunState {
                 state,
-                ended_at: record.ended_at_unix_nanos.map(from_nanos),
+                ended_at: record.ended_at_unix_nanos.map(from_unix_nanos),
                 stop_requested: record.stop_requested,
                 output_error: record.output_error,
                 usage: Usage {
@@ -156,7 +157,6 @@ impl Job {
     /// The record that describes the job now.
     pub(crate) fn record(&self) -> JobRecord {
         let info = self.info();
-        let run = self.run();
         JobRecord {
             version: store::RECORD_VERSION,
             id: self.id,
@@ -169,18 +169,18 @@ impl Job {
             pid: self.pid,
             start_ticks: self.start_ticks,
             cgroup: self.processes.cgroup_path(),
-            started_at_unix_nanos: to_nanos(self.started_at),
+            started_at_unix_nanos: to_unix_nanos(self.started_at),
             state: match info.state {
                 JobState::Running => StoredState::Running,
                 JobState::Finished { exit_code } => StoredState::Finished { exit_code },
                 JobState::Stopped { signal } => StoredState::Stopped { signal },
             },
-            ended_at_unix_nanos: info.ended_at.map(to_nanos),
+            ended_at_unix_nanos: info.ended_at.map(to_unix_nanos),
             stop_requested: info.stop_requested,
             oom_killed: info.oom_killed,
             cpu_usage_usec: info.cpu_usage_usec,
             memory_peak_bytes: info.memory_peak_bytes,
-            server_lost: run.server_lost,
+            server_lost: info.server_lost,
             output_error: info.output_error,
         }
     }
@@ -348,14 +348,4 @@ impl Job {
     pub(crate) fn finish_output(&self) {
         self.progress.send_modify(|p| p.done = true);
     }
-}
-
-fn to_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-fn from_nanos(n: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64)
 }

@@ -74,8 +74,7 @@ pub struct Record {
 
 impl Record {
     pub fn time(&self) -> SystemTime {
-        let nanos = self.time_unix_nanos.max(0) as u64;
-        UNIX_EPOCH + Duration::from_nanos(nanos)
+        from_unix_nanos(self.time_unix_nanos)
     }
 }
 
@@ -86,11 +85,19 @@ pub fn file_header() -> [u8; FILE_HEADER_LEN as usize] {
     h
 }
 
-pub fn now_unix_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// Times are stored as nanoseconds since the Unix epoch, in records and job records.
+pub fn to_unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+pub fn from_unix_nanos(nanos: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
+}
+
+pub fn now_unix_nanos() -> i64 {
+    to_unix_nanos(SystemTime::now())
 }
 
 /// Fills the header in `buf[..RECORD_HEADER_LEN]` for the payload that follows it, so that

@@ -6,11 +6,9 @@
 //! pieces of the cap, and a last line without a newline is emitted when the output ends.
 //! Bytes that are not UTF-8 are replaced (U+FFFD); `--raw` is for exact bytes.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde::Serialize;
 
-use crate::logfile::{Record, Stream};
+use crate::logfile::{self, Record, Stream};
 
 /// Default longest line emitted as one JSON object, in bytes (Docker uses 16 KiB too).
 pub const DEFAULT_LINE_CAP: usize = 16 * 1024;
@@ -107,8 +105,7 @@ fn emit(partial: &mut Partial, stream: Stream, out: &mut Vec<u8>) {
 
 /// RFC 3339 in UTC with nanoseconds, e.g. `2026-01-24T10:00:00.000000000Z`.
 pub fn format_time(unix_nanos: i64) -> String {
-    let t: SystemTime = UNIX_EPOCH + Duration::from_nanos(unix_nanos.max(0) as u64);
-    humantime::format_rfc3339_nanos(t).to_string()
+    humantime::format_rfc3339_nanos(logfile::from_unix_nanos(unix_nanos)).to_string()
 }
 
 #[cfg(test)]

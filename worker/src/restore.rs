@@ -8,7 +8,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::cgroup::JobCgroup;
 use crate::job::Job;
@@ -69,12 +69,7 @@ fn restore_job(mut record: JobRecord, dir: &Path) -> Job {
             signal: libc::SIGKILL,
         };
         record.server_lost = true;
-        record.ended_at_unix_nanos = Some(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0),
-        );
+        record.ended_at_unix_nanos = Some(logfile::now_unix_nanos());
         tracing::warn!(job = %record.id, "job was running when the server went away; killed and recorded as stopped");
         changed = true;
     }
