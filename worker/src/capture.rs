@@ -6,7 +6,8 @@
 //! file or pipe operation, and the thread keeps them off the server's runtime.
 //!
 //! Each wake-up drains a pipe into one buffer before writing, so a job that writes in
-//! small pieces still makes records of up to `MAX_RECORD_DATA`.
+//! small pieces still makes records of up to `MAX_RECORD_DATA`: a busy job costs two
+//! syscalls per 256 KiB.
 //!
 //! When the pidfd reports the exit, the job is reaped and whatever is still in the pipes
 //! is drained; the log ends when both pipes reach EOF, or are empty once the job's
@@ -19,6 +20,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use crate::job::Job;
 use crate::logfile::{self, Stream, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
 use crate::spawn::{self, Child};
+
+/// Payload room a job's buffer starts with, before its output shows it needs more.
+const FIRST_RECORD_DATA: usize = 16 * 1024;
 
 /// What the capture thread owns for one job.
 pub(crate) struct Capture {
@@ -58,7 +62,8 @@ pub(crate) fn run(job: &Job, capture: Capture) {
         cap: max_output,
         storing: true,
     };
-    let mut buf = vec![0u8; RECORD_HEADER_LEN + MAX_RECORD_DATA];
+    // Quiet jobs keep a small buffer; one that fills it gets the largest record size.
+    let mut buf = vec![0u8; RECORD_HEADER_LEN + FIRST_RECORD_DATA];
 
     loop {
         let mut fds: [libc::pollfd; 3] = [libc::pollfd {
@@ -101,6 +106,9 @@ pub(crate) fn run(job: &Job, capture: Capture) {
             let (filled, end) = drain(fd, &mut buf[RECORD_HEADER_LEN..]);
             if filled > 0 {
                 sink.store(job, *stream, &mut buf[..RECORD_HEADER_LEN + filled]);
+            }
+            if RECORD_HEADER_LEN + filled == buf.len() {
+                buf.resize(RECORD_HEADER_LEN + MAX_RECORD_DATA, 0);
             }
             match end {
                 Drained::Open => {}

@@ -278,6 +278,13 @@ impl Job {
         self.info()
     }
 
+    /// Waits until the job's output is complete: it has ended, and every byte it wrote is
+    /// in the log and visible to readers. Output can trail the exit by what the pipes held.
+    pub async fn output_complete(&self) {
+        let mut progress = self.progress.subscribe();
+        let _ = progress.wait_for(|p| p.done).await;
+    }
+
     /// A reader of the job's output from the beginning; with `follow`, it also waits for
     /// output still to come until the job has ended and every byte was delivered.
     pub fn logs(&self, follow: bool) -> Result<LogReader, Error> {

@@ -20,11 +20,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 pub const MAGIC: &[u8; 6] = b"JWLOG\0";
-pub const VERSION: u16 = 1;
+/// Version 2 allows records of up to 256 KiB; version 1 (32 KiB) files are read alike.
+/// The bump makes an older jobworker refuse a newer log rather than cut its large records
+/// off as torn.
+pub const VERSION: u16 = 2;
+const READABLE_VERSIONS: std::ops::RangeInclusive<u16> = 1..=VERSION;
 pub const FILE_HEADER_LEN: u64 = 8;
 pub const RECORD_HEADER_LEN: usize = 20;
 /// Largest payload the writer produces; bounds the smallest batch a reader can take.
-pub const MAX_RECORD_DATA: usize = 32 * 1024;
+pub const MAX_RECORD_DATA: usize = 256 * 1024;
 
 /// Which of the job's output streams a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -171,7 +175,7 @@ pub fn valid_len(file: &File) -> io::Result<u64> {
         ));
     }
     let version = u16::from_le_bytes([header[6], header[7]]);
-    if version != VERSION {
+    if !READABLE_VERSIONS.contains(&version) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("output log format version {version} is not supported"),
@@ -279,6 +283,20 @@ mod tests {
         g.write_all(&bad).unwrap();
         assert_eq!(
             valid_len(&File::open(&f2).unwrap()).unwrap(),
+            FILE_HEADER_LEN + a.len() as u64
+        );
+    }
+
+    #[test]
+    fn version_1_logs_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut h = file_header();
+        h[6..].copy_from_slice(&1u16.to_le_bytes());
+        let a = record(Stream::Stdout, 1, b"from an older jobworker\n");
+        std::fs::write(&path, [&h[..], &a].concat()).unwrap();
+        assert_eq!(
+            valid_len(&File::open(&path).unwrap()).unwrap(),
             FILE_HEADER_LEN + a.len() as u64
         );
     }

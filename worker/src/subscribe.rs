@@ -26,10 +26,10 @@ use crate::logfile::{self, Record, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEAD
 /// Bounds on the bytes one batch reads. A batch is the budget's fair share among the
 /// readers that exist: one reader replaying a log gets large batches (few messages), a
 /// thousand followers get small ones, so the copies the server keeps per stream (the
-/// encoded message waiting for the client) stay bounded too. Always room for one record.
-const MIN_BATCH_BYTES: usize = 64 * 1024;
-const MAX_BATCH_BYTES: usize = 1024 * 1024;
-const _: () = assert!(MIN_BATCH_BYTES >= RECORD_HEADER_LEN + MAX_RECORD_DATA);
+/// encoded message waiting for the client) stay bounded too. The smallest batch holds one
+/// largest record; the largest holds four, with no tail of a fifth to read twice.
+const MIN_BATCH_BYTES: usize = RECORD_HEADER_LEN + MAX_RECORD_DATA;
+const MAX_BATCH_BYTES: usize = 4 * MIN_BATCH_BYTES;
 
 /// Readers alive in this process, for the fair share above.
 static READERS: AtomicUsize = AtomicUsize::new(0);
