@@ -140,27 +140,83 @@ fn decode_header(h: &[u8]) -> Option<Header> {
     })
 }
 
-/// Splits a buffer read from a committed region into whole records, sharing its memory.
-/// Returns the records and how many bytes they span; a trailing partial record is left
-/// for the next read. Fails on framing that cannot come from our writer.
-pub fn split_records(buf: Bytes) -> io::Result<(Vec<Record>, usize)> {
+/// The rest of a record whose payload went on past the end of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continued {
+    pub stream: Stream,
+    pub time_unix_nanos: i64,
+    /// Payload bytes still to come.
+    pub remaining: usize,
+}
+
+/// What [`split_records`] found in a buffer.
+#[derive(Debug)]
+pub struct Split {
+    pub records: Vec<Record>,
+    /// Bytes consumed; a trailing fragment of a record header is left for the next read.
+    pub used: usize,
+    /// Set when the last record's payload continues past the buffer.
+    pub continued: Option<Continued>,
+}
+
+/// Splits a buffer read from a committed region into records that share its memory.
+/// `continued` says where the buffer starts inside a record's payload (from the previous
+/// split). A record cut by the end of the buffer yields its part as a record of its own,
+/// so a reader's batch size need not be a record size. Fails on framing that cannot come
+/// from our writer.
+pub fn split_records(buf: Bytes, continued: Option<Continued>) -> io::Result<Split> {
     let mut records = Vec::new();
     let mut pos = 0;
+    let mut push = |stream, time_unix_nanos, data: Bytes| {
+        if !data.is_empty() {
+            records.push(Record {
+                stream,
+                time_unix_nanos,
+                data,
+            });
+        }
+    };
+    if let Some(c) = continued {
+        let take = c.remaining.min(buf.len());
+        push(c.stream, c.time_unix_nanos, buf.slice(..take));
+        if take < c.remaining {
+            let continued = Continued {
+                remaining: c.remaining - take,
+                ..c
+            };
+            return Ok(Split {
+                records,
+                used: take,
+                continued: Some(continued),
+            });
+        }
+        pos = take;
+    }
     while buf.len() - pos >= RECORD_HEADER_LEN {
         let header = decode_header(&buf[pos..pos + RECORD_HEADER_LEN])
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "corrupt output record"))?;
-        let end = pos + RECORD_HEADER_LEN + header.len;
+        let start = pos + RECORD_HEADER_LEN;
+        let end = start + header.len;
         if end > buf.len() {
-            break;
+            push(header.stream, header.time_unix_nanos, buf.slice(start..));
+            return Ok(Split {
+                records,
+                used: buf.len(),
+                continued: Some(Continued {
+                    stream: header.stream,
+                    time_unix_nanos: header.time_unix_nanos,
+                    remaining: end - buf.len(),
+                }),
+            });
         }
-        records.push(Record {
-            stream: header.stream,
-            time_unix_nanos: header.time_unix_nanos,
-            data: buf.slice(pos + RECORD_HEADER_LEN..end),
-        });
+        push(header.stream, header.time_unix_nanos, buf.slice(start..end));
         pos = end;
     }
-    Ok((records, pos))
+    Ok(Split {
+        records,
+        used: pos,
+        continued: None,
+    })
 }
 
 /// Checks a log file's header and returns the length of its valid prefix: the file header
@@ -233,13 +289,15 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_partial_tail_is_left() {
+    fn records_round_trip_and_header_fragment_is_left() {
         let mut buf = record(Stream::Stdout, 5, b"hello\n");
         buf.extend(record(Stream::Stderr, 7, b"\xff\x00bin"));
         let whole = buf.len();
         buf.extend(&record(Stream::Stdout, 9, b"partial")[..10]);
-        let (records, used) = split_records(Bytes::from(buf)).unwrap();
-        assert_eq!(used, whole);
+        let split = split_records(Bytes::from(buf), None).unwrap();
+        assert_eq!(split.used, whole);
+        assert_eq!(split.continued, None);
+        let records = split.records;
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].stream, Stream::Stdout);
         assert_eq!(records[0].time_unix_nanos, 5);
@@ -249,10 +307,49 @@ mod tests {
     }
 
     #[test]
+    fn a_record_cut_by_the_buffer_continues_in_the_next() {
+        let mut log = record(Stream::Stdout, 1, b"a\n");
+        log.extend(record(Stream::Stderr, 2, b"0123456789"));
+        log.extend(record(Stream::Stdout, 3, b"z"));
+        let log = Bytes::from(log);
+        // Cut inside the second record's payload, then again inside what is left of it.
+        let cut = (RECORD_HEADER_LEN + 2) + RECORD_HEADER_LEN + 4;
+        let first = split_records(log.slice(..cut), None).unwrap();
+        assert_eq!(first.used, cut);
+        let data: Vec<_> = first.records.iter().map(|r| &r.data[..]).collect();
+        assert_eq!(data, [&b"a\n"[..], b"0123"]);
+        let c = first.continued.unwrap();
+        assert_eq!(
+            (c.stream, c.time_unix_nanos, c.remaining),
+            (Stream::Stderr, 2, 6)
+        );
+
+        let second = split_records(log.slice(cut..cut + 2), Some(c)).unwrap();
+        assert_eq!(second.used, 2);
+        assert_eq!(&second.records[0].data[..], b"45");
+        assert_eq!(second.records[0].stream, Stream::Stderr);
+        let c = second.continued.unwrap();
+        assert_eq!(c.remaining, 4);
+
+        let third = split_records(log.slice(cut + 2..), Some(c)).unwrap();
+        assert_eq!(third.used, log.len() - cut - 2);
+        assert_eq!(third.continued, None);
+        let got: Vec<_> = third
+            .records
+            .iter()
+            .map(|r| (r.stream, r.time_unix_nanos, &r.data[..]))
+            .collect();
+        assert_eq!(
+            got,
+            [(Stream::Stderr, 2, &b"6789"[..]), (Stream::Stdout, 3, b"z")]
+        );
+    }
+
+    #[test]
     fn corrupt_framing_is_an_error() {
         let mut buf = record(Stream::Stdout, 1, b"x");
         buf[4] = 9;
-        assert!(split_records(Bytes::from(buf)).is_err());
+        assert!(split_records(Bytes::from(buf), None).is_err());
     }
 
     #[test]

@@ -21,15 +21,15 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::error::Error;
 use crate::job::Progress;
-use crate::logfile::{self, Record, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
+use crate::logfile::{self, Continued, Record, FILE_HEADER_LEN};
 
 /// Bounds on the bytes one batch reads. A batch is the budget's fair share among the
 /// readers that exist: one reader replaying a log gets large batches (few messages), a
 /// thousand followers get small ones, so the copies the server keeps per stream (the
-/// encoded message waiting for the client) stay bounded too. The smallest batch holds one
-/// largest record; the largest holds four, with no tail of a fifth to read twice.
-const MIN_BATCH_BYTES: usize = RECORD_HEADER_LEN + MAX_RECORD_DATA;
-const MAX_BATCH_BYTES: usize = 4 * MIN_BATCH_BYTES;
+/// encoded message waiting for the client) stay bounded too. A batch may end inside a
+/// record: the reader hands out the part it has and continues the record next time.
+const MIN_BATCH_BYTES: usize = 64 * 1024;
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Readers alive in this process, for the fair share above.
 static READERS: AtomicUsize = AtomicUsize::new(0);
@@ -63,6 +63,8 @@ pub struct LogReader {
     progress: watch::Receiver<Progress>,
     /// For a non-following read, the committed length when the read began.
     snapshot: Option<u64>,
+    /// Set when `pos` is inside a record's payload.
+    continued: Option<Continued>,
 }
 
 impl Drop for LogReader {
@@ -80,6 +82,7 @@ impl LogReader {
             pos: FILE_HEADER_LEN,
             progress,
             snapshot,
+            continued: None,
         }
     }
 
@@ -120,17 +123,17 @@ impl LogReader {
             buf,
             _permit: permit,
         });
-        let (records, used) =
-            logfile::split_records(buf).map_err(|e| Error::io("cannot read job output", e))?;
-        if used == 0 {
+        let split = logfile::split_records(buf, self.continued)
+            .map_err(|e| Error::io("cannot read job output", e))?;
+        if split.used == 0 {
+            // Committed data ends on a record boundary, so a batch always makes progress.
             return Err(Error::io(
                 "cannot read job output",
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "record larger than a batch",
-                ),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated output record"),
             ));
         }
+        let (records, used) = (split.records, split.used);
+        self.continued = split.continued;
         self.pos += used as u64;
         Ok(records)
     }

@@ -112,7 +112,8 @@ pub struct Worker {
     cgroups: Option<Arc<Cgroups>>,
     /// Jobs started and not yet reaped, counted without walking the table.
     running: Arc<AtomicUsize>,
-    _lock: Arc<StateLock>,
+    /// Held by each capture thread too, until its job's final record is written.
+    state_lock: Arc<StateLock>,
 }
 
 impl Worker {
@@ -138,7 +139,7 @@ impl Worker {
             jobs: Arc::new(RwLock::new(table)),
             cgroups,
             running: Arc::new(AtomicUsize::new(0)),
-            _lock: Arc::new(lock),
+            state_lock: Arc::new(lock),
         };
         if let Some(retention) = worker.config.retention {
             worker.prune(retention);
@@ -289,6 +290,8 @@ impl Worker {
         let jobs = Arc::clone(&self.jobs);
         let max_output = self.config.max_output_bytes;
         let program_name = spec.argv[0].clone();
+        // No other worker may open the state dir while this job's final record is unwritten.
+        let state_lock = Arc::clone(&self.state_lock);
         let thread = std::thread::Builder::new()
             .name(format!("job-{}", &id.to_string()[..8]))
             .stack_size(256 * 1024)
@@ -350,6 +353,7 @@ impl Worker {
                     },
                 );
                 job.settle();
+                drop(state_lock);
             });
         if let Err(e) = thread {
             return Err(Error::io("cannot start a capture thread", e));
@@ -383,7 +387,8 @@ impl Worker {
         infos
     }
 
-    /// Stops every running job, each with the default grace period, concurrently.
+    /// Stops every running job, each with the default grace period, concurrently, and
+    /// returns once every job's final record is written, so a restart finds them ended.
     pub async fn shutdown(&self) {
         let jobs: Vec<Arc<Job>> = self
             .jobs
@@ -398,7 +403,9 @@ impl Worker {
             stops.spawn(async move {
                 if let Err(e) = job.stop(grace).await {
                     tracing::error!(job = %job.id(), error = %e, "cannot stop job at shutdown");
+                    return;
                 }
+                job.settled().await;
             });
         }
         while stops.join_next().await.is_some() {}
