@@ -57,12 +57,16 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
 /// By default glibc gives each thread its own arena, so a burst of readers leaves its
 /// peak RSS behind in dozens of arenas; four arenas bound that. Buffers stay below the
 /// (fixed) mmap threshold, so freed ones are reused from the heap instead of being
-/// mapped, faulted in and unmapped for every batch. Called before any thread exists.
+/// mapped, faulted in and unmapped for every batch, and an arena keeps up to 8 MiB of free
+/// memory at its top rather than handing it back to the kernel after each batch (a
+/// profile of a 200 MiB log read showed a quarter of jobd's time in page faults, page
+/// clearing and `madvise`). Called before any thread exists.
 fn tune_malloc() {
     // SAFETY: mallopt only adjusts allocator parameters; no other thread runs yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 4);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 * 1024 * 1024);
     }
 }
 

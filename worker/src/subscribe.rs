@@ -11,7 +11,7 @@
 //! holding a buffer.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,13 +112,10 @@ impl LogReader {
             .await
             .map_err(|e| Error::io("output reader budget closed", std::io::Error::other(e)))?;
         let (file, pos) = (Arc::clone(&self.file), self.pos);
-        let buf = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, pos).map(|()| buf)
-        })
-        .await
-        .map_err(|e| Error::io("output reader task failed", std::io::Error::other(e)))?
-        .map_err(|e| Error::io("cannot read job output", e))?;
+        let buf = tokio::task::spawn_blocking(move || read_exact_at(&file, len, pos))
+            .await
+            .map_err(|e| Error::io("output reader task failed", std::io::Error::other(e)))?
+            .map_err(|e| Error::io("cannot read job output", e))?;
         let buf = Bytes::from_owner(BudgetedBuffer {
             buf,
             _permit: permit,
@@ -137,4 +134,36 @@ impl LogReader {
         self.pos += used as u64;
         Ok(records)
     }
+}
+
+/// Reads `len` bytes at `pos` into a new buffer without zero-filling it first: the page
+/// cache copy is the only pass over the bytes.
+fn read_exact_at(file: &File, len: usize, pos: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let at = pos + done as u64;
+        let spare = &mut buf.spare_capacity_mut()[..len - done];
+        // SAFETY: pread writes at most `spare.len()` bytes into memory the Vec owns.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                at as libc::off_t,
+            )
+        };
+        if n > 0 {
+            // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+        } else if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    Ok(buf)
 }
