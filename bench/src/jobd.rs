@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +16,9 @@ use crate::binaries::Binaries;
 pub struct Jobd {
     child: Child,
     pub port: u16,
+    /// `elapsed_us` of every successful Start jobd has logged: its own time from the
+    /// handler's entry to the program's exec.
+    start_times: Arc<Mutex<Vec<u64>>>,
     jobc_bin: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -79,7 +82,8 @@ impl Jobd {
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start jobd")?;
-        let port = match wait_listening(&mut child) {
+        let start_times = Arc::new(Mutex::new(Vec::new()));
+        let port = match wait_listening(&mut child, Arc::clone(&start_times)) {
             Ok(port) => port,
             Err(e) => {
                 signal(&child, libc::SIGKILL);
@@ -90,9 +94,15 @@ impl Jobd {
         Ok(Jobd {
             child,
             port,
+            start_times,
             jobc_bin: bins.jobc.clone(),
             dir,
         })
+    }
+
+    /// Takes the Start timings jobd has logged since the last call, in microseconds.
+    pub fn take_start_times(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.start_times.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -169,8 +179,9 @@ fn signal(child: &Child, sig: i32) {
 }
 
 /// Reads jobd's log until it names its address; keeps draining the log afterwards so
-/// jobd never blocks writing it. jobd logs every request, so the rest is discarded.
-fn wait_listening(child: &mut Child) -> Result<u16> {
+/// jobd never blocks writing it. jobd logs every request: the Start timings are kept,
+/// errors and warnings echoed, the rest discarded.
+fn wait_listening(child: &mut Child, start_times: Arc<Mutex<Vec<u64>>>) -> Result<u16> {
     let stderr = child.stderr.take().context("jobd's stderr is not piped")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -187,6 +198,11 @@ fn wait_listening(child: &mut Child) -> Result<u16> {
                 seen.push(line);
             } else if line.contains(" ERROR ") || line.contains(" WARN ") {
                 eprintln!("jobd: {line}");
+            } else if let Some(us) = start_elapsed_us(&line) {
+                start_times
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(us);
             }
         }
         if !told {
@@ -198,6 +214,19 @@ fn wait_listening(child: &mut Child) -> Result<u16> {
         Ok(Err(log)) => bail!("jobd exited before listening:\n{log}"),
         Err(_) => bail!("jobd did not say where it listens within 30 s"),
     }
+}
+
+/// The `elapsed_us` of a successful Start in a jobd request log line.
+fn start_elapsed_us(line: &str) -> Option<u64> {
+    if !line.contains("jobd::service: ok ") || !line.contains(r#" method="Start" "#) {
+        return None;
+    }
+    line.split("elapsed_us=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn port_in(line: &str) -> Option<u16> {

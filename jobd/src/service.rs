@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use proto::v1 as pb;
@@ -80,15 +80,23 @@ fn caller<T>(req: &Request<T>) -> Result<Arc<Identity>, Status> {
         .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
 }
 
-/// Logs one request's outcome.
-fn log<T>(caller: &Identity, method: &str, job: &str, result: &Result<T, Status>) {
+/// Logs one request's outcome and how long the server took over it (for Logs: to open
+/// the stream), measured from the handler's entry.
+fn log<T>(
+    caller: &Identity,
+    method: &str,
+    job: &str,
+    started: Instant,
+    result: &Result<T, Status>,
+) {
+    let elapsed_us = started.elapsed().as_micros() as u64;
     match result {
-        Ok(_) => tracing::info!(caller = %caller, method, job, "ok"),
+        Ok(_) => tracing::info!(caller = %caller, method, job, elapsed_us, "ok"),
         Err(s) if s.code() == tonic::Code::Internal => {
-            tracing::error!(caller = %caller, method, job, code = ?s.code(), error = s.message(), "failed")
+            tracing::error!(caller = %caller, method, job, elapsed_us, code = ?s.code(), error = s.message(), "failed")
         }
         Err(s) => {
-            tracing::info!(caller = %caller, method, job, code = ?s.code(), error = s.message(), "refused")
+            tracing::info!(caller = %caller, method, job, elapsed_us, code = ?s.code(), error = s.message(), "refused")
         }
     }
 }
@@ -101,6 +109,7 @@ impl JobService for Service {
         &self,
         req: Request<pb::StartRequest>,
     ) -> Result<Response<pb::StartResponse>, Status> {
+        let started = Instant::now();
         let caller = caller(&req)?;
         let req = req.into_inner();
         let result = async {
@@ -124,7 +133,13 @@ impl JobService for Service {
             Ok(job.id().to_string())
         }
         .await;
-        log(&caller, "Start", result.as_deref().unwrap_or(""), &result);
+        log(
+            &caller,
+            "Start",
+            result.as_deref().unwrap_or(""),
+            started,
+            &result,
+        );
         result.map(|job_id| Response::new(pb::StartResponse { job_id }))
     }
 
@@ -132,6 +147,7 @@ impl JobService for Service {
         &self,
         req: Request<pb::StopRequest>,
     ) -> Result<Response<pb::StopResponse>, Status> {
+        let started = Instant::now();
         let caller = caller(&req)?;
         let req = req.into_inner();
         let result = async {
@@ -150,7 +166,7 @@ impl JobService for Service {
             Ok(convert::status(&info))
         }
         .await;
-        log(&caller, "Stop", &req.job_id, &result);
+        log(&caller, "Stop", &req.job_id, started, &result);
         result.map(|status| {
             Response::new(pb::StopResponse {
                 status: Some(status),
@@ -162,12 +178,13 @@ impl JobService for Service {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let started = Instant::now();
         let caller = caller(&req)?;
         let req = req.into_inner();
         let result = self
             .job_for(&caller, Action::Status, &req.job_id)
             .map(|job| convert::status(&job.info()));
-        log(&caller, "Status", &req.job_id, &result);
+        log(&caller, "Status", &req.job_id, started, &result);
         result.map(|status| {
             Response::new(pb::StatusResponse {
                 status: Some(status),
@@ -178,6 +195,7 @@ impl JobService for Service {
     type LogsStream = LogStream;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let started = Instant::now();
         let caller = caller(&req)?;
         let req = req.into_inner();
         let result = (|| {
@@ -192,7 +210,7 @@ impl JobService for Service {
             let reader = job.logs(req.follow).map_err(convert::error)?;
             Ok(log_stream(reader, self.shutdown.clone(), permit))
         })();
-        log(&caller, "Logs", &req.job_id, &result);
+        log(&caller, "Logs", &req.job_id, started, &result);
         result.map(Response::new)
     }
 
@@ -200,6 +218,7 @@ impl JobService for Service {
         &self,
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let started = Instant::now();
         let caller = caller(&req)?;
         let req = req.into_inner();
         let result = async {
@@ -207,7 +226,7 @@ impl JobService for Service {
             self.worker.remove(&job.id()).await.map_err(convert::error)
         }
         .await;
-        log(&caller, "Remove", &req.job_id, &result);
+        log(&caller, "Remove", &req.job_id, started, &result);
         result.map(|()| Response::new(pb::RemoveResponse {}))
     }
 
@@ -215,6 +234,7 @@ impl JobService for Service {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let started = Instant::now();
         let caller = caller(&req)?;
         let result = authz::authorize(&caller, Action::List, None)
             .map_err(denied(""))
@@ -225,7 +245,7 @@ impl JobService for Service {
                     .map(convert::status)
                     .collect::<Vec<_>>()
             });
-        log(&caller, "List", "", &result);
+        log(&caller, "List", "", started, &result);
         result.map(|jobs| Response::new(pb::ListResponse { jobs }))
     }
 }
