@@ -28,7 +28,7 @@ use crate::logfile::{self, Continued, Record, FILE_HEADER_LEN};
 /// thousand followers get small ones, so the copies the server keeps per stream (the
 /// encoded message waiting for the client) stay bounded too. A batch may end inside a
 /// record: the reader hands out the part it has and continues the record next time.
-const MIN_BATCH_BYTES: usize = 64 * 1024;
+const MIN_BATCH_BYTES: usize = 32 * 1024;
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Readers alive in this process, for the fair share above.

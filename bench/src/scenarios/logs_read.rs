@@ -1,7 +1,7 @@
 //! Scenario 5: reading back a big log. `jobc logs --raw ID > /dev/null` for a finished job
 //! with 200 MiB of output, against an in-process TLS relay of the same size (see
-//! [`crate::relay`]), with jobd's peak RSS growth during the read: a reader must stream
-//! from the file, not load it. With pueue: `pueue log --full` of the same output, read
+//! [`crate::relay`]), medians of five each, with jobd's peak RSS growth during the reads:
+//! a reader must stream from the file, not load it. With pueue: `pueue log --full` of the same output, read
 //! from disk by the client (pueue's default) and served by pueued.
 
 use std::fs::File;
@@ -16,7 +16,7 @@ use crate::pueue::Pueued;
 use crate::relay;
 use crate::report::{Goal, Row};
 use crate::rpc;
-use crate::stats::mib_per_s;
+use crate::stats::{median, mib_per_s};
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let size = ctx.pick(200 * MIB, 50 * MIB);
@@ -30,14 +30,23 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let pid = ctx.jobd.pid();
     procfs::reset_peak(pid)?;
     let before = procfs::mem(pid)?;
-    let took = blocking(|| time_jobc_logs(ctx, &id))?;
+    let reps = ctx.pick(5, 2);
+    let mut reads = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        reads.push(blocking(|| time_jobc_logs(ctx, &id))?);
+    }
     let after = procfs::mem(pid)?;
     let growth = mib(after.hwm_kib.saturating_sub(before.rss_kib));
-    let relay = relay::tls_relay(&ctx.jobd.target(), &ctx.jobd.pki(), size).await?;
+    let mut relays = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        relays.push(relay::tls_relay(&ctx.jobd.target(), &ctx.jobd.pki(), size).await?);
+    }
+    let (took, relay) = (median(&mut reads), median(&mut relays));
     let (rate, relay_rate) = (mib_per_s(size, took), mib_per_s(size, relay));
     println!(
-        "  jobc logs --raw: {} MiB in {:.3} s = {rate:.0} MiB/s; TLS relay {relay_rate:.0} MiB/s; \
-         jobd RSS {:.1} MiB before, peak {:.1} MiB during",
+        "  jobc logs --raw: {} MiB, median of {reps} reads {:.3} s = {rate:.0} MiB/s; TLS relay \
+         (median of {reps}) {relay_rate:.0} MiB/s; jobd RSS {:.1} MiB before, peak {:.1} MiB \
+         during the reads",
         size / MIB,
         took.as_secs_f64(),
         mib(before.rss_kib),
