@@ -112,6 +112,15 @@ async fn tcp_connect(server: &str) -> std::io::Result<TcpStream> {
     TcpStream::connect(server).await
 }
 
+/// HTTP/2 settings this client offers jobd. Log batches are up to 1 MiB: with the default
+/// 16 KiB frames and small windows, jobd sends each batch as 64 frames and stalls for
+/// window updates. 1 MiB frames and windows of a few batches took a 200 MiB `logs --raw`
+/// from 0.28 s to 0.23-0.27 s (medians of 8 reads, 5 runs). The windows bound what jobc
+/// buffers before it writes out.
+const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// Connects to jobd; fails if the server cannot be reached or the TLS handshake fails.
 pub async fn connect(target: &Target) -> Result<JobServiceClient<Channel>, ConnectError> {
     let config = tls_config(target)?;
@@ -127,7 +136,10 @@ pub async fn connect_with(
     let server = target.server.clone();
     let endpoint = Endpoint::from_shared(format!("http://{server}"))
         .map_err(|_| ConnectError::Config(format!("{server:?}: expected HOST:PORT")))?
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     let connector = TlsConnector::from(config);
     let addr = server.clone();
     let channel = endpoint
