@@ -323,9 +323,12 @@ impl Job {
         self.run().reapable
     }
 
-    /// Writes the final record and marks the job's folder as no longer in use.
-    pub(crate) fn settle(&self) {
+    /// Writes the final record and marks the job's folder as no longer in use. `release`
+    /// runs in between: the capture thread lets go of the state dir there, so whoever
+    /// waits for [`Job::settled`] finds the state dir free to open again.
+    pub(crate) fn settle(&self, release: impl FnOnce()) {
         self.persist(true);
+        release();
         self.settled.send_replace(true);
     }
 

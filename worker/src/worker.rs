@@ -352,8 +352,7 @@ impl Worker {
                         max_output,
                     },
                 );
-                job.settle();
-                drop(state_lock);
+                job.settle(|| drop(state_lock));
             });
         if let Err(e) = thread {
             return Err(Error::io("cannot start a capture thread", e));

@@ -145,6 +145,28 @@ async fn a_second_worker_on_the_same_state_dir_is_refused() {
     reopen(dir.path());
 }
 
+/// A graceful shutdown returns only once every job's final record is on disk, so the next
+/// worker finds the jobs ended by the stop, not lost with the server.
+#[tokio::test]
+async fn shutdown_returns_with_final_records_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::new(config(dir.path())).unwrap();
+    let job = w
+        .start(JobSpec::new("alice", vec!["sleep".into(), "60".into()]))
+        .await
+        .unwrap();
+    let id = job.id();
+    w.shutdown().await;
+    let record = store::read_record(&dir.path().join("jobs").join(id.to_string())).unwrap();
+    assert_eq!(record.state, StoredState::Stopped { signal: 15 });
+    assert!(record.stop_requested && !record.server_lost);
+    drop((job, w));
+    let w = reopen(dir.path());
+    let info = w.job(&id).unwrap().info();
+    assert_eq!(info.state, JobState::Stopped { signal: 15 });
+    assert!(!info.server_lost);
+}
+
 /// A job an earlier jobd was running when it was killed: its record says running, its
 /// process lives on in its own session, and its log ends in a torn record.
 #[tokio::test]
