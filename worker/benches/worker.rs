@@ -651,8 +651,8 @@ fn fanout(rt: &Runtime, worker: &Worker, summary: &mut Summary) {
         mib(after.hwm_kib)
     );
     println!(
-        "  threads in this process: {} before, peak {peak_threads} (tokio's blocking pool \
-         serves every batch read)",
+        "  threads in this process: {} before, peak {peak_threads} (only reads that would \
+         wait for the disk use tokio's blocking pool)",
         before.threads
     );
     summary.row(

@@ -2,8 +2,10 @@
 //!
 //! A reader holds an open file, a position and a `watch` receiver of the committed length:
 //! O(1) memory however long the log, no buffer in the writer, and a reader that stops
-//! reading costs nobody anything. Each batch is read with one `pread` (off the async
-//! runtime) and split into records that share that buffer.
+//! reading costs nobody anything. Each batch is read into one buffer and split into
+//! records that share it. What the page cache holds is read right on the async runtime
+//! (`preadv2` with `RWF_NOWAIT`, a memory copy); only a read that would wait for the disk
+//! takes a trip to the blocking pool.
 //!
 //! Memory across readers is bounded too: every batch buffer holds permits of one
 //! process-wide [`READ_BUDGET`] until its last record is dropped (once the server has
@@ -111,11 +113,21 @@ impl LogReader {
             .acquire_many(len as u32)
             .await
             .map_err(|e| Error::io("output reader budget closed", std::io::Error::other(e)))?;
-        let (file, pos) = (Arc::clone(&self.file), self.pos);
-        let buf = tokio::task::spawn_blocking(move || read_exact_at(&file, len, pos))
+        // Followers at the head of a live job and warm replays find their bytes in the
+        // page cache: read those here. Only what would wait for the disk goes to the
+        // blocking pool.
+        let mut buf = Vec::with_capacity(len);
+        fill(&self.file, &mut buf, len, self.pos, Wait::No)
+            .map_err(|e| Error::io("cannot read job output", e))?;
+        if buf.len() < len {
+            let (file, pos) = (Arc::clone(&self.file), self.pos);
+            buf = tokio::task::spawn_blocking(move || {
+                fill(&file, &mut buf, len, pos, Wait::Yes).map(|()| buf)
+            })
             .await
             .map_err(|e| Error::io("output reader task failed", std::io::Error::other(e)))?
             .map_err(|e| Error::io("cannot read job output", e))?;
+        }
         let buf = Bytes::from_owner(BudgetedBuffer {
             buf,
             _permit: permit,
@@ -136,34 +148,88 @@ impl LogReader {
     }
 }
 
-/// Reads `len` bytes at `pos` into a new buffer without zero-filling it first: the page
-/// cache copy is the only pass over the bytes.
-fn read_exact_at(file: &File, len: usize, pos: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
+/// Whether [`fill`] may wait for the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// Only what the page cache holds (`RWF_NOWAIT`); stop at the first byte that is not.
+    No,
+}
+
+/// Reads the bytes from `pos + buf.len()` up to `pos + len` into `buf`'s spare capacity,
+/// with no zero-filling first: the page cache copy is the only pass over the bytes. With
+/// `Wait::No` it may stop early, also where the filesystem cannot tell (`EOPNOTSUPP`).
+fn fill(file: &File, buf: &mut Vec<u8>, len: usize, pos: u64, wait: Wait) -> std::io::Result<()> {
+    let flags = if wait == Wait::No {
+        libc::RWF_NOWAIT
+    } else {
+        0
+    };
     while buf.len() < len {
         let done = buf.len();
-        let at = pos + done as u64;
         let spare = &mut buf.spare_capacity_mut()[..len - done];
-        // SAFETY: pread writes at most `spare.len()` bytes into memory the Vec owns.
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: the kernel writes at most `iov_len` bytes into memory the Vec owns.
         let n = unsafe {
-            libc::pread(
+            libc::preadv2(
                 file.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-                at as libc::off_t,
+                &iov,
+                1,
+                (pos + done as u64) as libc::off_t,
+                flags,
             )
         };
         if n > 0 {
-            // SAFETY: pread initialised the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n as usize) };
-        } else if n == 0 {
+            // SAFETY: preadv2 initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(done + n as usize) };
+            continue;
+        }
+        if n == 0 {
+            // Only committed bytes are read, so the file cannot end before them.
             return Err(std::io::ErrorKind::UnexpectedEof.into());
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN | libc::EOPNOTSUPP) if wait == Wait::No => return Ok(()),
+            _ => return Err(e),
         }
     }
-    Ok(buf)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_read_that_stops_at_uncached_bytes_is_finished_by_a_waiting_one() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        // Evict the (clean) pages, so the non-waiting read finds some or none cached.
+        // SAFETY: advice on a descriptor we own.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let (pos, len) = (1000, data.len() - 2000);
+        let mut buf = Vec::with_capacity(len);
+        fill(&f, &mut buf, len, pos, Wait::No).unwrap();
+        assert!(buf.len() <= len);
+        fill(&f, &mut buf, len, pos, Wait::Yes).unwrap();
+        assert!(buf == data[1000..data.len() - 1000]);
+    }
+
+    #[test]
+    fn reading_past_the_end_is_an_error() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"short").unwrap();
+        let mut buf = Vec::with_capacity(10);
+        let err = fill(&f, &mut buf, 10, 0, Wait::Yes).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(buf, b"short");
+    }
 }
