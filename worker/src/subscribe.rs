@@ -160,30 +160,29 @@ enum Wait {
 /// with no zero-filling first: the page cache copy is the only pass over the bytes. With
 /// `Wait::No` it may stop early, also where the filesystem cannot tell (`EOPNOTSUPP`).
 fn fill(file: &File, buf: &mut Vec<u8>, len: usize, pos: u64, wait: Wait) -> std::io::Result<()> {
-    let flags = if wait == Wait::No {
-        libc::RWF_NOWAIT
-    } else {
-        0
-    };
     while buf.len() < len {
         let done = buf.len();
         let spare = &mut buf.spare_capacity_mut()[..len - done];
-        let iov = libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: spare.len(),
-        };
-        // SAFETY: the kernel writes at most `iov_len` bytes into memory the Vec owns.
-        let n = unsafe {
-            libc::preadv2(
-                file.as_raw_fd(),
-                &iov,
-                1,
-                (pos + done as u64) as libc::off_t,
-                flags,
-            )
+        let (ptr, room, at) = (
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            (pos + done as u64) as libc::off_t,
+        );
+        let fd = file.as_raw_fd();
+        let n = match wait {
+            // SAFETY: the kernel writes at most `room` bytes into memory the Vec owns.
+            Wait::Yes => unsafe { libc::pread(fd, ptr, room, at) },
+            Wait::No => {
+                let iov = libc::iovec {
+                    iov_base: ptr,
+                    iov_len: room,
+                };
+                // SAFETY: as above, through one iovec.
+                unsafe { libc::preadv2(fd, &iov, 1, at, libc::RWF_NOWAIT) }
+            }
         };
         if n > 0 {
-            // SAFETY: preadv2 initialised the first `n` bytes of the spare capacity.
+            // SAFETY: the read initialised the first `n` bytes of the spare capacity.
             unsafe { buf.set_len(done + n as usize) };
             continue;
         }
@@ -192,9 +191,13 @@ fn fill(file: &File, buf: &mut Vec<u8>, len: usize, pos: u64, wait: Wait) -> std
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EAGAIN | libc::EOPNOTSUPP) if wait == Wait::No => return Ok(()),
+        match (e.raw_os_error(), wait) {
+            (Some(libc::EINTR), _) => {}
+            // Not cached, or a kernel or filesystem without RWF_NOWAIT: the waiting read
+            // does the rest (and reports any real error).
+            (Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS), Wait::No) => {
+                return Ok(())
+            }
             _ => return Err(e),
         }
     }
