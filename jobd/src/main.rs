@@ -19,8 +19,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_logging();
             tune_malloc();
-            // Blocking threads do file reads for log streams; their buffers are bounded by
-            // the worker's read budget, and more threads than this would only add stacks.
+            // Blocking threads do the log reads that must wait for the disk; their buffers
+            // are bounded by the worker's read budget, and more threads would only add stacks.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .max_blocking_threads(64)
