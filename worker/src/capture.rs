@@ -11,11 +11,13 @@
 //!
 //! When the pidfd reports the exit, the job is reaped and whatever is still in the pipes
 //! is drained; the log ends when both pipes reach EOF, or are empty once the job's
-//! processes are dead (a process that escaped the job may keep a pipe open forever).
+//! processes are dead (a process that escaped the job may keep a pipe open forever). The
+//! job is shown as ended only then, so its status never runs ahead of its output.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use crate::job::Job;
 use crate::logfile::{self, Stream, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
@@ -34,11 +36,17 @@ pub(crate) struct Capture {
     pub max_output: Option<u64>,
 }
 
-/// Marks the output finished even if the loop below panics, so no follower waits forever.
+/// How long output may keep coming after the job's processes are gone (from a process
+/// that escaped the job and still holds a pipe) before the end is shown anyway.
+const MAX_DRAIN_BEFORE_END: Duration = Duration::from_secs(2);
+
+/// Shows the end and marks the output finished even if the loop below panics, so no
+/// waiter or follower waits forever.
 struct FinishGuard<'a>(&'a Job);
 
 impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
+        self.0.publish_end();
         self.0.finish_output();
     }
 }
@@ -54,7 +62,7 @@ pub(crate) fn run(job: &Job, capture: Capture) {
     } = capture;
     let pipes = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)];
     let mut open = [true, true];
-    let mut exited = false;
+    let mut exited: Option<Instant> = None;
     let mut sink = Sink {
         log,
         committed: FILE_HEADER_LEN,
@@ -76,14 +84,14 @@ pub(crate) fn run(job: &Job, capture: Capture) {
                 fds[i].fd = fd.as_raw_fd();
             }
         }
-        if !exited {
+        if exited.is_none() {
             fds[2].fd = child.pidfd.as_raw_fd();
         }
         if fds.iter().all(|p| p.fd < 0) {
             break;
         }
         // Once the job has exited, only drain what is already there: never wait.
-        let timeout = if exited { 0 } else { -1 };
+        let timeout = if exited.is_some() { 0 } else { -1 };
         // SAFETY: `fds` is a valid array; negative fds are ignored by poll.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if ready < 0 {
@@ -94,7 +102,7 @@ pub(crate) fn run(job: &Job, capture: Capture) {
             tracing::error!(job = %job.id(), error = %e, "poll failed; output capture ends");
             break;
         }
-        if ready == 0 && exited {
+        if ready == 0 && exited.is_some() {
             break;
         }
 
@@ -124,11 +132,16 @@ pub(crate) fn run(job: &Job, capture: Capture) {
         }
         if fds[2].revents != 0 {
             job.reap(|| spawn::wait(child.pidfd.as_fd()));
-            exited = true;
+            exited = Some(Instant::now());
+        }
+        if exited.is_some_and(|t| t.elapsed() > MAX_DRAIN_BEFORE_END) {
+            job.publish_end();
         }
     }
 
-    // Readers may finish now; making the log durable need not hold them up.
+    // All output is in the log: the end may show. Readers may finish now; making the log
+    // durable need not hold them up.
+    job.publish_end();
     job.finish_output();
     if let Err(e) = sink.log.sync_data() {
         job.set_output_error(format!("output could not be synced to disk: {e}"));

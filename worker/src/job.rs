@@ -39,6 +39,8 @@ struct RunState {
     /// False once the leader is reaped: from then on its pid may belong to someone else,
     /// so nothing may be signalled through it.
     reapable: bool,
+    /// How and when the leader ended, from its reaping until the output is complete.
+    pending_end: Option<(JobState, SystemTime)>,
 }
 
 /// A job known to the worker. Shared by the capture thread, stop calls and readers.
@@ -91,6 +93,7 @@ impl Job {
                 usage: Usage::default(),
                 server_lost: false,
                 reapable: true,
+                pending_end: None,
             }),
             ended: watch::Sender::new(false),
             settled: watch::Sender::new(false),
@@ -140,6 +143,7 @@ impl Job {
                 },
                 server_lost: record.server_lost,
                 reapable: false,
+                pending_end: None,
             }),
             ended: watch::Sender::new(true),
             settled: watch::Sender::new(true),
@@ -241,12 +245,11 @@ impl Job {
     /// Returns once the job has ended; stopping an ended job is not an error.
     pub async fn stop(&self, grace: Duration) -> Result<JobInfo, Error> {
         let mut ended = self.ended.subscribe();
-        if !self.signal_if_running(libc::SIGTERM, true)? {
-            return Ok(self.info());
-        }
-        if tokio::time::timeout(grace, ended.wait_for(|e| *e))
-            .await
-            .is_err()
+        // A job already reaped may still be draining its output: wait for its end below.
+        if self.signal_if_running(libc::SIGTERM, true)?
+            && tokio::time::timeout(grace, ended.wait_for(|e| *e))
+                .await
+                .is_err()
         {
             self.signal_if_running(libc::SIGKILL, true)?;
         }
@@ -295,7 +298,10 @@ impl Job {
 
     // ---- called by the capture thread ----
 
-    /// Records the leader's exit, once whatever it left behind is gone too.
+    /// Reaps the leader, once whatever it left behind is gone too. The end is kept back
+    /// until [`Job::publish_end`], which the capture thread calls once the output is
+    /// complete: whoever sees the job ended then also finds all of its output (Docker
+    /// likewise waits for a container's streams before it reports the exit).
     pub(crate) fn reap(&self, wait: impl FnOnce() -> std::io::Result<ExitStatus>) {
         let mut run = self.run();
         let ended_at = SystemTime::now();
@@ -310,10 +316,20 @@ impl Job {
                 }
             }
         };
-        run.state = state;
-        run.ended_at = Some(ended_at);
+        run.pending_end = Some((state, ended_at));
         run.usage = usage;
         run.reapable = false;
+    }
+
+    /// Shows the end that [`Job::reap`] recorded; does nothing before the reaping or after
+    /// an earlier call.
+    pub(crate) fn publish_end(&self) {
+        let mut run = self.run();
+        let Some((state, ended_at)) = run.pending_end.take() else {
+            return;
+        };
+        run.state = state;
+        run.ended_at = Some(ended_at);
         drop(run);
         tracing::debug!(job = %self.id, %state, "job ended");
         self.ended.send_replace(true);

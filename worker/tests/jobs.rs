@@ -53,6 +53,21 @@ fn gone(pid: i32) -> bool {
     }
 }
 
+/// A job seen ended has all of its output readable: the end is shown only once the pipes
+/// are drained, so a non-following read right after `wait()` (or a Status saying
+/// "finished") misses nothing, even when the job exits with its pipe full.
+#[tokio::test]
+async fn a_job_is_shown_ended_only_once_all_its_output_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path());
+    for _ in 0..10 {
+        let (job, state) = run_to_end(&w, spec(&["head", "-c", "3000000", "/dev/zero"])).await;
+        assert_eq!(state, JobState::Finished { exit_code: 0 });
+        let (out, _) = collect(job.logs(false).unwrap()).await;
+        assert_eq!(out.len(), 3_000_000);
+    }
+}
+
 #[tokio::test]
 async fn exit_codes_are_reported() {
     let dir = tempfile::tempdir().unwrap();
