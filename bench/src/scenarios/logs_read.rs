@@ -79,18 +79,19 @@ fn devnull() -> Result<Stdio> {
 }
 
 fn time_jobc_logs(ctx: &Ctx, id: &str) -> Result<Duration> {
+    let mut cmd = ctx.jobd.jobc();
+    cmd.args(["logs", "--raw", id]);
+    time_to_devnull(cmd, "jobc logs")
+}
+
+/// Runs `cmd` with its output to /dev/null; returns how long it took, or its error.
+fn time_to_devnull(mut cmd: Command, what: &str) -> Result<Duration> {
     let t = Instant::now();
-    let out = ctx
-        .jobd
-        .jobc()
-        .args(["logs", "--raw", id])
-        .stdout(devnull()?)
-        .stderr(Stdio::piped())
-        .output()?;
+    let out = cmd.stdout(devnull()?).stderr(Stdio::piped()).output()?;
     let took = t.elapsed();
     ensure!(
         out.status.success(),
-        "jobc logs failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(took)
@@ -136,17 +137,6 @@ fn pueue_log(p: &Pueued, size: u64) -> Result<Vec<Row>> {
 }
 
 fn time_pueue_log(mut cmd: Command, id: &str) -> Result<Duration> {
-    let t = Instant::now();
-    let out = cmd
-        .args(["log", "--full", id])
-        .stdout(devnull()?)
-        .stderr(Stdio::piped())
-        .output()?;
-    let took = t.elapsed();
-    ensure!(
-        out.status.success(),
-        "pueue log failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(took)
+    cmd.args(["log", "--full", id]);
+    time_to_devnull(cmd, "pueue log")
 }
