@@ -12,6 +12,7 @@ mod error;
 mod job;
 mod limits;
 pub mod logfile;
+mod netns;
 mod processes;
 pub mod render;
 mod restore;

@@ -54,10 +54,11 @@ pub enum Stage {
     LoopbackUp,
     Credentials,
     NoNewPrivs,
+    JoinNetns,
 }
 
 impl Stage {
-    const ALL: [Stage; 10] = [
+    const ALL: [Stage; 11] = [
         Stage::Setsid,
         Stage::Stdio,
         Stage::Chdir,
@@ -68,6 +69,7 @@ impl Stage {
         Stage::LoopbackUp,
         Stage::Credentials,
         Stage::NoNewPrivs,
+        Stage::JoinNetns,
     ];
 
     fn code(self) -> u32 {
@@ -95,6 +97,7 @@ impl fmt::Display for Stage {
             Stage::LoopbackUp => "bring up loopback",
             Stage::Credentials => "switch user",
             Stage::NoNewPrivs => "set no_new_privs",
+            Stage::JoinNetns => "enter its network namespace",
         })
     }
 }
@@ -141,6 +144,8 @@ pub struct Command {
     envp: Vec<CString>,
     cwd: CString,
     namespaces: Namespaces,
+    /// A network namespace made ahead (see [`crate::netns`]) to enter instead of a new one.
+    netns: Option<OwnedFd>,
     credentials: Option<Credentials>,
 }
 
@@ -153,12 +158,20 @@ impl Command {
             envp,
             cwd,
             namespaces: Namespaces::default(),
+            netns: None,
             credentials: None,
         }
     }
 
     pub fn namespaces(mut self, namespaces: Namespaces) -> Self {
         self.namespaces = namespaces;
+        self
+    }
+
+    /// With `namespaces.net`, enters `netns` (fresh, unused, `lo` up) instead of creating
+    /// a namespace in `clone3`.
+    pub fn netns(mut self, netns: Option<OwnedFd>) -> Self {
+        self.netns = netns;
         self
     }
 
@@ -305,9 +318,13 @@ pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
     let envp = pointers(&cmd.envp);
     let (report_r, report_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
 
+    let mut flags = CLONE_PIDFD | cmd.namespaces.clone_flags();
+    if cmd.namespaces.net && cmd.netns.is_some() {
+        flags &= !CLONE_NEWNET; // the child enters the one made ahead
+    }
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD | cmd.namespaces.clone_flags(),
+        flags,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
@@ -415,6 +432,13 @@ unsafe fn child_after_clone(
         fail(report, Stage::Setsid);
     }
     let ns = cmd.namespaces;
+    let made_ahead = cmd.netns.as_ref().filter(|_| ns.net);
+    // First, so /sys below shows this namespace's devices.
+    if let Some(netns) = made_ahead {
+        if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
+            fail(report, Stage::JoinNetns);
+        }
+    }
     if ns.mount {
         // Nothing the job mounts may propagate back to the host.
         let private = libc::MS_REC | libc::MS_PRIVATE;
@@ -438,7 +462,7 @@ unsafe fn child_after_clone(
             fail(report, Stage::MountSys);
         }
     }
-    if ns.net && !loopback_up() {
+    if ns.net && made_ahead.is_none() && !loopback_up() {
         fail(report, Stage::LoopbackUp);
     }
     for (fd, target) in [
@@ -516,8 +540,9 @@ unsafe fn mount(
     )
 }
 
-/// Brings up `lo` in the child's new network namespace (the only interface it has).
-unsafe fn loopback_up() -> bool {
+/// Brings up `lo` in the caller's network namespace (the only interface a new one has).
+/// Async-signal-safe, for the child; errno tells why it failed.
+pub(crate) unsafe fn loopback_up() -> bool {
     let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
     if sock < 0 {
         return false;

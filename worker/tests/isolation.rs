@@ -85,6 +85,52 @@ async fn an_isolated_job_has_only_loopback_and_cannot_reach_the_host() {
     assert_eq!(lines, vec!["lo", "lo", "unreachable"], "{out}");
 }
 
+/// More jobs than the server keeps network namespaces ready for, all alive at once (so no
+/// namespace number can be reused): those made ahead and those made by `clone3` alike are
+/// each a job's own, new, with `lo` up.
+#[tokio::test]
+async fn every_job_gets_a_new_network_namespace_with_loopback_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), Some(NOBODY));
+    let host = fs::read_link("/proc/self/ns/net").unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..20 {
+        let script = "readlink /proc/self/ns/net; cat /sys/class/net/lo/flags; exec sleep 60";
+        jobs.push(w.start(sh(script)).await.unwrap());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for job in &jobs {
+        let mut reader = job.logs(true).unwrap();
+        let mut out = Vec::new();
+        while out.iter().filter(|&&b| b == b'\n').count() < 2 {
+            let batch = tokio::time::timeout(Duration::from_secs(30), reader.next_batch())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("the job ended before printing its namespace");
+            batch.iter().for_each(|r| out.extend_from_slice(&r.data));
+        }
+        let out = String::from_utf8(out).unwrap();
+        let (netns, flags) = out.trim().split_once('\n').unwrap();
+        assert_ne!(
+            netns,
+            host.to_str().unwrap(),
+            "a job shares the server's namespace"
+        );
+        assert!(seen.insert(netns.to_string()), "two jobs share {netns}");
+        let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(
+            flags & libc::IFF_UP as u32,
+            1,
+            "lo is down in {netns}: flags {flags:#x}"
+        );
+    }
+    for job in &jobs {
+        // sleep as PID 1 ignores SIGTERM: straight to SIGKILL.
+        job.stop(Duration::ZERO).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn host_network_reaches_the_host_loopback() {
     let dir = tempfile::tempdir().unwrap();
