@@ -6,6 +6,7 @@
 //! Readers ([`LogReader`]) replay that file and follow the progress notifications, so
 //! any number of them cost the writer nothing. No gRPC or TLS here.
 
+mod ahead;
 mod capture;
 pub mod cgroup;
 mod error;

@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::ahead::Ahead;
 use crate::capture::{self, Capture};
 use crate::cgroup::{self, CgroupLimits, CgroupMode, Cgroups};
 use crate::error::Error;
 use crate::job::Job;
 use crate::limits::LimitPolicy;
 use crate::logfile;
-use crate::netns::NetnsPool;
+use crate::netns;
 use crate::processes::Processes;
 use crate::restore;
 use crate::spawn::{self, SpawnError, Stage};
@@ -120,7 +121,7 @@ pub struct Worker {
     /// Held by each capture thread too, until its job's final record is written.
     state_lock: Arc<StateLock>,
     /// Network namespaces made ahead, when jobs get one by default.
-    netns: Option<Arc<NetnsPool>>,
+    netns: Option<Arc<Ahead<OwnedFd>>>,
 }
 
 impl Worker {
@@ -142,7 +143,7 @@ impl Worker {
         let default_isolation = supported_isolation(config.isolation);
         let netns = default_isolation
             .net
-            .then(|| match NetnsPool::start(SPARE_NETNS) {
+            .then(|| match netns::pool(SPARE_NETNS) {
                 Ok(pool) => Some(Arc::new(pool)),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot make network namespaces ahead: each start makes its own");
