@@ -10,6 +10,7 @@ mod ahead;
 mod capture;
 pub mod cgroup;
 mod error;
+mod folder;
 mod job;
 mod limits;
 pub mod logfile;

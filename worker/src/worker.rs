@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use crate::ahead::Ahead;
 use crate::capture::{self, Capture};
 use crate::cgroup::{self, CgroupLimits, CgroupMode, Cgroups};
 use crate::error::Error;
+use crate::folder::{self, Spare};
 use crate::job::Job;
 use crate::limits::LimitPolicy;
 use crate::logfile;
@@ -27,7 +28,7 @@ use crate::spawn::{self, SpawnError, Stage};
 use crate::spawn::{Credentials, Namespaces};
 use crate::spec::{Isolation, JobId, JobSpec};
 use crate::status::JobInfo;
-use crate::store::{self, StateLock};
+use crate::store::StateLock;
 
 /// The search path and the whole environment a job gets: like systemd services, jobs do
 /// not inherit the server's environment.
@@ -36,6 +37,9 @@ pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Network namespaces kept ready for starts: enough for a burst of starts, while each idle
 /// one holds a little kernel memory.
 const SPARE_NETNS: usize = 8;
+
+/// Job folders kept ready for starts.
+const SPARE_FOLDERS: usize = 8;
 
 /// Pipe capacity asked for per stream: fewer wake-ups for chatty jobs. Best effort.
 const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
@@ -122,6 +126,8 @@ pub struct Worker {
     state_lock: Arc<StateLock>,
     /// Network namespaces made ahead, when jobs get one by default.
     netns: Option<Arc<Ahead<OwnedFd>>>,
+    /// Job folders made ahead.
+    folders: Option<Arc<Ahead<Spare>>>,
 }
 
 impl Worker {
@@ -151,8 +157,16 @@ impl Worker {
                 }
             })
             .flatten();
+        let folders = match folder::spares(&config.state_dir, SPARE_FOLDERS) {
+            Ok(pool) => Some(Arc::new(pool)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make job folders ahead: each start makes its own");
+                None
+            }
+        };
         let worker = Worker {
             netns,
+            folders,
             default_isolation,
             config: Arc::new(config),
             jobs: Arc::new(RwLock::new(table)),
@@ -289,7 +303,9 @@ impl Worker {
 
         let id = JobId::new();
         let dir = self.config.state_dir.join("jobs").join(id.to_string());
-        let prepared = prepare_files(&dir).and_then(|log| Ok((log, Pipes::new()?)));
+        let prepared = self
+            .job_folder(&dir)
+            .and_then(|log| Ok((log, Pipes::new()?)));
         let (log, pipes) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -384,6 +400,14 @@ impl Worker {
         }
         rx.await
             .map_err(|_| Error::io("job start failed", io::Error::other("capture thread died")))?
+    }
+
+    /// A new folder at `dir` for a job, made ahead if one is ready; returns its log.
+    fn job_folder(&self, dir: &Path) -> io::Result<File> {
+        match self.folders.as_ref().and_then(|pool| pool.take()) {
+            Some(spare) => spare.claim(dir),
+            None => folder::create(dir),
+        }
     }
 
     /// The job with this id.
@@ -490,17 +514,6 @@ fn setup_cgroups(config: &Config) -> Result<Option<Cgroups>, Error> {
 fn cstring(bytes: &[u8]) -> Result<CString, Error> {
     CString::new(bytes)
         .map_err(|_| Error::InvalidArgument("arguments cannot contain NUL bytes".into()))
-}
-
-/// Creates the job's folder and its output log with the format header.
-fn prepare_files(dir: &Path) -> io::Result<File> {
-    fs::create_dir(dir)?;
-    let mut log = File::options()
-        .write(true)
-        .create_new(true)
-        .open(dir.join(store::LOG_FILE))?;
-    log.write_all(&logfile::file_header())?;
-    Ok(log)
 }
 
 /// The job's three standard streams: /dev/null and two pipes (read end, write end).
