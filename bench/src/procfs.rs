@@ -95,6 +95,14 @@ pub fn busy(sample: std::time::Duration) -> (f64, Vec<(String, f64)>) {
     (share, hogs)
 }
 
+/// Waits, up to `max`, until the machine is nearly idle (under a tenth of all CPUs busy
+/// over 200 ms): the kernel tears down namespaces and writes back files for a while
+/// after a burst of jobs, and a phase measured during that pays for the one before.
+pub fn settle(max: std::time::Duration) {
+    let t = std::time::Instant::now();
+    while busy(std::time::Duration::from_millis(200)).0 >= 0.10 && t.elapsed() < max {}
+}
+
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -56,7 +56,10 @@ impl<T: Send + 'static> Ahead<T> {
             .spawn({
                 let shared = Arc::clone(&shared);
                 let name = name.to_string();
-                move || shared.fill(&name, make)
+                move || {
+                    lower_priority();
+                    shared.fill(&name, make)
+                }
             })?;
         Ok(Ahead {
             shared,
@@ -88,6 +91,15 @@ impl<T: Send + 'static> Drop for Ahead<T> {
             let _ = filler.join();
         }
         self.shared.lock().ready.clear();
+    }
+}
+
+/// The filler works ahead of starts, not against them: at nice 10 it yields the CPU to
+/// starts and jobs. Best effort; on Linux `setpriority` with `who = 0` sets this thread's.
+fn lower_priority() {
+    // SAFETY: setpriority has no memory effects.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Scenario 2: the server's share of a start. Start RPCs for `true`, one after another
 //! over one established connection, against the cheapest way to start the same program
 //! (`std::process::Command::spawn`, timed up to its return, reaped outside the timing).
+//! Each series starts once the machine has settled after the one before.
 //! The target figure is jobd's own: the `elapsed_us` it logs for each Start, from the
 //! handler's entry to the program's exec; the RPC round trip is reported beside it.
 //! Measured with the server's default isolation (new PID, mount and network namespaces)
@@ -14,6 +15,7 @@ use anyhow::Result;
 use proto::v1 as pb;
 
 use super::{blocking, wait_all_ended, Ctx};
+use crate::procfs;
 use crate::report::{Goal, Row};
 use crate::rpc::{self, Client};
 use crate::stats::{median, median_f64, p90, us};
@@ -33,6 +35,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         ("default isolation", None),
         ("isolate none", rpc::isolate_none()),
     ] {
+        blocking(|| procfs::settle(Duration::from_secs(10)));
         describe_isolation(&mut c, isolation).await?;
         ctx.jobd.take_start_times();
         let mut samples = start_latencies(&mut c, n, isolation).await?;

@@ -10,7 +10,8 @@ use anyhow::Result;
 use proto::v1 as pb;
 use tokio::task::JoinSet;
 
-use super::{wait_all_ended, Ctx};
+use super::{blocking, wait_all_ended, Ctx};
+use crate::procfs;
 use crate::report::{Goal, Row};
 use crate::rpc::{self, Client};
 
@@ -31,6 +32,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         ("default isolation", None),
         ("isolate none", rpc::isolate_none()),
     ] {
+        // The kernel tears down the previous burst's namespaces for a while after it.
+        blocking(|| procfs::settle(Duration::from_secs(10)));
         let burst = burst(&c, total, isolation).await;
         let rate = burst.started as f64 / burst.took.as_secs_f64();
         println!(
