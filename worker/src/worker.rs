@@ -8,8 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use crate::ahead::Ahead;
 use crate::capture::{self, Capture};
@@ -325,29 +327,61 @@ impl Worker {
             _ => None,
         };
 
-        // The capture thread comes first, so that a failure to create it leaves no process
-        // behind; it waits for its job below.
-        let (hand_over, handed) = mpsc::sync_channel::<(spawn::Child, Arc<Job>)>(1);
+        let (tx, rx) = oneshot::channel();
+        let jobs = Arc::clone(&self.jobs);
         let max_output = self.config.max_output_bytes;
+        let program_name = spec.argv[0].clone();
         // No other worker may open the state dir while this job's final record is unwritten.
         let state_lock = Arc::clone(&self.state_lock);
-        let Pipes {
-            devnull,
-            stdout: (stdout, stdout_w),
-            stderr: (stderr, stderr_w),
-        } = pipes;
         let thread = std::thread::Builder::new()
             .name(format!("job-{}", &id.to_string()[..8]))
             .stack_size(256 * 1024)
             .spawn(move || {
-                // Sent unless the spawn failed, in which case there is no job.
-                let Ok((child, job)) = handed.recv() else {
-                    return;
+                let stdio = spawn::Stdio {
+                    stdin: pipes.devnull.as_fd(),
+                    stdout: pipes.stdout.1.as_fd(),
+                    stderr: pipes.stderr.1.as_fd(),
+                    cgroup: cgroup.as_ref().and_then(|c| c.dir_fd()),
                 };
+                let child = match spawn::spawn(&command, &stdio) {
+                    Ok(child) => child,
+                    Err(e) => {
+                        if let Some(c) = &cgroup {
+                            let _ = c.remove();
+                        }
+                        let _ = fs::remove_dir_all(&dir);
+                        let _ = tx.send(Err(spawn_error(&program_name, e)));
+                        return;
+                    }
+                };
+                let Pipes {
+                    stdout: (stdout, _),
+                    stderr: (stderr, _),
+                    ..
+                } = pipes; // the write ends close here: EOF comes when the job's side closes
+                let processes = match cgroup {
+                    Some(cgroup) => Processes::Cgroup { cgroup },
+                    None => Processes::Group { pgid: child.pid },
+                };
+                let job = Arc::new(Job::new(
+                    id,
+                    spec,
+                    credentials,
+                    child.pid,
+                    dir,
+                    processes,
+                    logfile::FILE_HEADER_LEN,
+                ));
+                // Registered before the caller hears of it, so a cancelled Start call
+                // cannot leave a running job that nobody can see or stop.
+                jobs.write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, Arc::clone(&job));
+                let _ = tx.send(Ok(Arc::clone(&job)));
                 // Recorded before any output is taken in (the pipes buffer it); not flushed
                 // to the device, so a short job's end is seen without waiting for a disk.
                 job.persist(false);
-                // Counted as running until this thread has reaped it.
+                // Counted as running until the capture thread has reaped it.
                 let _slot = slot;
                 capture::run(
                     &job,
@@ -362,61 +396,10 @@ impl Worker {
                 job.settle(|| drop(state_lock));
             });
         if let Err(e) = thread {
-            if let Some(c) = &cgroup {
-                let _ = c.remove();
-            }
-            let _ = fs::remove_dir_all(&dir);
             return Err(Error::io("cannot start a capture thread", e));
         }
-
-        // On this thread, as tokio spawns processes: the call returns once the program is
-        // exec'd, in a few hundred microseconds, and handing it to another thread would
-        // add that thread's wake-up and ours to every start.
-        let spawned = spawn::spawn(
-            &command,
-            &spawn::Stdio {
-                stdin: devnull.as_fd(),
-                stdout: stdout_w.as_fd(),
-                stderr: stderr_w.as_fd(),
-                cgroup: cgroup.as_ref().and_then(|c| c.dir_fd()),
-            },
-        );
-        // The write ends close here: EOF comes when the job's side closes.
-        drop((devnull, stdout_w, stderr_w));
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) => {
-                if let Some(c) = &cgroup {
-                    let _ = c.remove();
-                }
-                let _ = fs::remove_dir_all(&dir);
-                return Err(spawn_error(&spec.argv[0], e));
-            }
-        };
-        let pid = child.pid;
-        let processes = match cgroup {
-            Some(cgroup) => Processes::Cgroup { cgroup },
-            None => Processes::Group { pgid: pid },
-        };
-        let job = Arc::new(Job::new(
-            id,
-            spec,
-            credentials,
-            pid,
-            dir,
-            processes,
-            logfile::FILE_HEADER_LEN,
-        ));
-        // Registered before the caller hears of it. Nothing below awaits, so a cancelled
-        // Start call cannot leave a running job that nobody can see or stop.
-        self.jobs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::clone(&job));
-        // Cannot fail: the thread returns only after receiving, or once this sender is
-        // dropped, and the channel has room.
-        let _ = hand_over.send((child, Arc::clone(&job)));
-        Ok(job)
+        rx.await
+            .map_err(|_| Error::io("job start failed", io::Error::other("capture thread died")))?
     }
 
     /// A new folder at `dir` for a job, made ahead if one is ready; returns its log.
