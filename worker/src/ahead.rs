@@ -33,23 +33,23 @@ struct State<T> {
 }
 
 impl<T: Send + 'static> Ahead<T> {
-    /// Makes the first item here, so a `make` that cannot work fails now rather than in a
-    /// thread nobody reads, then starts the thread `name` that keeps `capacity` ready.
+    /// Starts the thread `name` that keeps `capacity` items ready, and returns once it has
+    /// made the first, so a `make` that cannot work fails here rather than in a thread
+    /// nobody reads. `make` only ever runs on that thread: making a namespace moves the
+    /// making thread into it for a moment, and that must never be a caller's thread.
     pub fn start<F>(name: &str, capacity: usize, mut make: F) -> io::Result<Self>
     where
         F: FnMut() -> io::Result<T> + Send + 'static,
     {
-        let first = make()?;
-        let mut ready = Vec::with_capacity(capacity);
-        ready.push(first);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                ready,
+                ready: Vec::with_capacity(capacity),
                 closed: false,
             }),
             changed: Condvar::new(),
             capacity,
         });
+        let (first_tx, first_rx) = std::sync::mpsc::sync_channel(1);
         let filler = std::thread::Builder::new()
             .name(name.into())
             .stack_size(64 * 1024)
@@ -58,9 +58,25 @@ impl<T: Send + 'static> Ahead<T> {
                 let name = name.to_string();
                 move || {
                     lower_priority();
-                    shared.fill(&name, make)
+                    match make() {
+                        Ok(first) => {
+                            shared.lock().ready.push(first);
+                            let _ = first_tx.send(Ok(()));
+                            shared.fill(&name, make);
+                        }
+                        Err(e) => {
+                            let _ = first_tx.send(Err(e));
+                        }
+                    }
                 }
             })?;
+        let first = first_rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the filler thread died")));
+        if let Err(e) = first {
+            let _ = filler.join();
+            return Err(e);
+        }
         Ok(Ahead {
             shared,
             filler: Some(filler),

@@ -89,7 +89,7 @@ mod tests {
             assert!(seen.insert(ino), "namespace {ino} handed out twice");
             taken.push(fd);
         }
-        // The first was made on this thread, which went back home.
+        // Namespaces are made on the filler thread only: this one never moved.
         assert_eq!(own_netns_inode(), before);
     }
 }
