@@ -175,6 +175,11 @@ impl Command {
         self
     }
 
+    /// The namespace made ahead that the child enters, if it gets a network namespace.
+    fn netns_to_join(&self) -> Option<&OwnedFd> {
+        self.netns.as_ref().filter(|_| self.namespaces.net)
+    }
+
     pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
         self.credentials = credentials;
         self
@@ -319,7 +324,7 @@ pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
     let (report_r, report_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
 
     let mut flags = CLONE_PIDFD | cmd.namespaces.clone_flags();
-    if cmd.namespaces.net && cmd.netns.is_some() {
+    if cmd.netns_to_join().is_some() {
         flags &= !CLONE_NEWNET; // the child enters the one made ahead
     }
     let mut pidfd: RawFd = -1;
@@ -432,7 +437,7 @@ unsafe fn child_after_clone(
         fail(report, Stage::Setsid);
     }
     let ns = cmd.namespaces;
-    let made_ahead = cmd.netns.as_ref().filter(|_| ns.net);
+    let made_ahead = cmd.netns_to_join();
     // First, so /sys below shows this namespace's devices.
     if let Some(netns) = made_ahead {
         if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {

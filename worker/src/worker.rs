@@ -149,21 +149,12 @@ impl Worker {
         let default_isolation = supported_isolation(config.isolation);
         let netns = default_isolation
             .net
-            .then(|| match netns::pool(SPARE_NETNS) {
-                Ok(pool) => Some(Arc::new(pool)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot make network namespaces ahead: each start makes its own");
-                    None
-                }
-            })
-            .flatten();
-        let folders = match folder::spares(&config.state_dir, SPARE_FOLDERS) {
-            Ok(pool) => Some(Arc::new(pool)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot make job folders ahead: each start makes its own");
-                None
-            }
-        };
+            .then(|| netns::pool(SPARE_NETNS))
+            .and_then(|pool| made_ahead("network namespaces", pool));
+        let folders = made_ahead(
+            "job folders",
+            folder::spares(&config.state_dir, SPARE_FOLDERS),
+        );
         let worker = Worker {
             netns,
             folders,
@@ -457,6 +448,17 @@ impl Worker {
             });
         }
         while stops.join_next().await.is_some() {}
+    }
+}
+
+/// The pool, or `None` (and a warning) if it cannot work here: starts then make their own.
+fn made_ahead<T: Send>(what: &str, pool: io::Result<Ahead<T>>) -> Option<Arc<Ahead<T>>> {
+    match pool {
+        Ok(pool) => Some(Arc::new(pool)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make {what} ahead: each start makes its own");
+            None
+        }
     }
 }
 
