@@ -39,7 +39,8 @@ fn fresh(home: &File) -> io::Result<OwnedFd> {
     })();
     // SAFETY: setns to a namespace fd we hold; it affects only this thread.
     if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-        // This thread is stranded in the new namespace: stop using it for anything.
+        // The namespace just made is not handed out: this thread is now in it, and a
+        // job given it would share it with the filler. Each retry fails the same way.
         let e = io::Error::last_os_error();
         return Err(io::Error::new(
             e.kind(),
