@@ -81,6 +81,8 @@ pub fn tls_config(target: &Target) -> Result<Arc<ClientConfig>, ConnectError> {
         .with_client_auth_cert(certs(&target.cert, "certificate")?, key(&target.key)?)
         .map_err(|e| ConnectError::Config(format!("bad client certificate or key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // One connection per run: nothing could be resumed, and jobd issues no tickets.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -66,6 +66,12 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<S
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(cert)?, load_key(key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session skips the client certificate check, so a
+    // certificate is checked against the CA on every connection, and the server keeps no
+    // session (with its certificate chain) per client. jobc could not resume anyway: it
+    // makes one connection per run.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 

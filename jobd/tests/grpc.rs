@@ -12,6 +12,8 @@ use jobd::pki::{self, PkiOptions, User};
 use jobd::server::{ServerConfig, TlsFiles};
 use proto::v1 as pb;
 use proto::v1::job_service_client::JobServiceClient;
+use rustls::client::{Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -367,7 +369,7 @@ async fn handshake_verdict(
 ) -> Result<(), String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector
         .connect(name, tcp)
         .await
@@ -466,6 +468,71 @@ async fn handshakes_are_refused_for_bad_clients() {
         Ok(mut c) => c.list(pb::ListRequest {}).await.is_err(),
     };
     assert!(outcome, "an expired certificate got a reply");
+    server.shutdown().await;
+}
+
+/// A client session store that remembers, and counts, the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct TicketCounter {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl TicketCounter {
+    fn new() -> Self {
+        TicketCounter {
+            inner: rustls::client::ClientSessionMemoryCache::new(8),
+            tickets: Default::default(),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketCounter {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(&self, name: ServerName<'static>, v: Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(name, v)
+    }
+    fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, v: Tls13ClientSessionValue) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, v)
+    }
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// A resumed TLS session would skip the client certificate check, so jobd offers none: a
+/// client that would gladly resume gets no ticket.
+#[tokio::test]
+async fn the_server_offers_no_session_resumption() {
+    let server = TestServer::start(|_| {}).await;
+    let target = server.target("alice");
+    let store = Arc::new(TicketCounter::new());
+    let mut config = (*client::tls_config(&target).unwrap()).clone();
+    config.resumption = rustls::client::Resumption::store(store.clone());
+    let mut c = client::connect_with(&target, Arc::new(config))
+        .await
+        .unwrap();
+    // Tickets would come right after the handshake, before any reply.
+    c.list(pb::ListRequest {}).await.unwrap();
+    c.list(pb::ListRequest {}).await.unwrap();
+    assert_eq!(
+        store.tickets.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the server sent session tickets"
+    );
     server.shutdown().await;
 }
 
@@ -616,7 +683,7 @@ async fn health_and_reflection_are_served() {
             let connector = connector.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let name = ServerName::try_from("localhost").unwrap();
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
