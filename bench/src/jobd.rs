@@ -118,6 +118,11 @@ impl Jobd {
         self.dir.path()
     }
 
+    /// Where jobd keeps a job's files (its record and its output log).
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join("state").join("jobs").join(id)
+    }
+
     pub fn server(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

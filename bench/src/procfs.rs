@@ -2,6 +2,8 @@
 //! (with the peak reset through `clear_refs`), thread counts, and the machine's load, so
 //! that memory targets can be checked and a busy machine is visible in the report.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 
 /// Resident memory of a process, in KiB.
@@ -73,7 +75,7 @@ fn process_jiffies() -> Vec<(u32, String, u64)> {
 
 /// How busy the machine is over `sample` while this benchmark does nothing: the share
 /// of all CPUs in use, and the processes using more than a tenth of one CPU.
-pub fn busy(sample: std::time::Duration) -> (f64, Vec<(String, f64)>) {
+pub fn busy(sample: Duration) -> (f64, Vec<(String, f64)>) {
     let (before, procs_before) = (cpu_jiffies(), process_jiffies());
     std::thread::sleep(sample);
     let (after, procs_after) = (cpu_jiffies(), process_jiffies());
@@ -98,9 +100,40 @@ pub fn busy(sample: std::time::Duration) -> (f64, Vec<(String, f64)>) {
 /// Waits, up to `max`, until the machine is nearly idle (under a tenth of all CPUs busy
 /// over 200 ms): the kernel tears down namespaces and writes back files for a while
 /// after a burst of jobs, and a phase measured during that pays for the one before.
-pub fn settle(max: std::time::Duration) {
+pub fn settle(max: Duration) {
     let t = std::time::Instant::now();
-    while busy(std::time::Duration::from_millis(200)).0 >= 0.10 && t.elapsed() < max {}
+    while busy(Duration::from_millis(200)).0 >= 0.10 && t.elapsed() < max {}
+}
+
+/// User and system CPU time a process has used so far, all its threads together.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("odd /proc/pid/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64> {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .context("odd /proc/pid/stat")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64(
+        (field(11)? + field(12)?) as f64 / hz,
+    ))
+}
+
+/// User and system CPU time of this process (`RUSAGE_SELF`) or of its children that
+/// have been waited for (`RUSAGE_CHILDREN`).
+pub fn rusage_cpu(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage fills the zeroed struct; `who` is one of the two constants.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.

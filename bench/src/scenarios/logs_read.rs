@@ -1,8 +1,11 @@
 //! Scenario 5: reading back a big log. `jobc logs --raw ID > /dev/null` for a finished job
-//! with 200 MiB of output, against an in-process TLS relay of the same size (see
-//! [`crate::relay`]), medians of five each, with jobd's peak RSS growth during the reads:
-//! a reader must stream from the file, not load it. With pueue: `pueue log --full` of the same output, read
-//! from disk by the client (pueue's default) and served by pueued.
+//! with 200 MiB of output, medians of five, against two in-process TLS relays (see
+//! [`crate::relay`]): one of the same size from memory, the target's baseline, and one of
+//! the log file itself. Beside the rates: jobd's peak RSS growth during the reads (a
+//! reader must stream from the file, not load it) and the CPU each side spends per read,
+//! since on two cores a read is bound by the CPU both ends need together. With pueue:
+//! `pueue log --full` of the same output, read from disk by the client (pueue's default)
+//! and served by pueued.
 
 use std::fs::File;
 use std::process::{Command, Stdio};
@@ -13,10 +16,10 @@ use anyhow::{ensure, Result};
 use super::{blocking, Ctx, MIB};
 use crate::procfs::{self, mib};
 use crate::pueue::Pueued;
-use crate::relay;
+use crate::relay::{self, Source};
 use crate::report::{Goal, Row};
 use crate::rpc;
-use crate::stats::{median, mib_per_s};
+use crate::stats::{median, median_f64, mib_per_s};
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let size = ctx.pick(200 * MIB, 50 * MIB);
@@ -32,26 +35,36 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let before = procfs::mem(pid)?;
     let reps = ctx.pick(5, 2);
     let mut reads = Vec::with_capacity(reps);
+    let jobd_cpu = procfs::cpu_time(pid)?;
+    let jobc_cpu = procfs::rusage_cpu(libc::RUSAGE_CHILDREN);
     for _ in 0..reps {
         reads.push(blocking(|| time_jobc_logs(ctx, &id))?);
     }
+    let jobd_cpu = (procfs::cpu_time(pid)? - jobd_cpu) / reps as u32;
+    let jobc_cpu = (procfs::rusage_cpu(libc::RUSAGE_CHILDREN) - jobc_cpu) / reps as u32;
     let after = procfs::mem(pid)?;
     let growth = mib(after.hwm_kib.saturating_sub(before.rss_kib));
-    let mut relays = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        relays.push(relay::tls_relay(&ctx.jobd.target(), &ctx.jobd.pki(), size).await?);
-    }
-    let (took, relay) = (median(&mut reads), median(&mut relays));
-    let (rate, relay_rate) = (mib_per_s(size, took), mib_per_s(size, relay));
+
+    let memory = relay_series(ctx, reps, Source::Memory(size)).await?;
+    let log = ctx.jobd.job_dir(&id).join("output.log");
+    let file = relay_series(ctx, reps, Source::File(log)).await?;
+    let rate = mib_per_s(size, median(&mut reads));
     println!(
-        "  jobc logs --raw: {} MiB, median of {reps} reads {:.3} s = {rate:.0} MiB/s; TLS relay \
-         (median of {reps}) {relay_rate:.0} MiB/s; jobd RSS {:.1} MiB before, peak {:.1} MiB \
-         during the reads",
+        "  jobc logs --raw: {} MiB, median of {reps} reads {rate:.0} MiB/s, CPU per read: jobd \
+         {:.3} s + jobc {:.3} s; jobd RSS {:.1} MiB before, peak {:.1} MiB during the reads",
         size / MIB,
-        took.as_secs_f64(),
+        jobd_cpu.as_secs_f64(),
+        jobc_cpu.as_secs_f64(),
         mib(before.rss_kib),
         mib(after.hwm_kib)
     );
+    for (what, r) in [("in-memory", &memory), ("log-file", &file)] {
+        println!(
+            "  TLS relay, {what} (median of {reps}): {:.0} MiB/s, CPU per transfer {:.3} s",
+            r.rate,
+            r.cpu.as_secs_f64()
+        );
+    }
     rpc::remove(&mut c, &id).await?;
     let mut rows = vec![
         Row::new(
@@ -60,7 +73,14 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             "MiB/s",
             Goal::RatioAtLeast(0.8),
         )
-        .baseline(Some(relay_rate)),
+        .baseline(Some(memory.rate)),
+        Row::new(
+            "5 the same read vs a TLS relay of the log file",
+            rate,
+            "MiB/s",
+            Goal::None,
+        )
+        .baseline(Some(file.rate)),
         Row::new(
             "5 jobd peak RSS growth during that read",
             growth,
@@ -72,6 +92,27 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         rows.extend(blocking(|| pueue_log(p, size))?);
     }
     Ok(rows)
+}
+
+/// The medians of a series of relays: throughput, and this process's CPU per transfer
+/// (both ends of the relay run in it).
+struct RelayFigures {
+    rate: f64,
+    cpu: Duration,
+}
+
+async fn relay_series(ctx: &Ctx, reps: usize, source: Source) -> Result<RelayFigures> {
+    let mut rates = Vec::with_capacity(reps);
+    let cpu = procfs::rusage_cpu(libc::RUSAGE_SELF);
+    for _ in 0..reps {
+        let (bytes, took) =
+            relay::tls_relay(&ctx.jobd.target(), &ctx.jobd.pki(), source.clone()).await?;
+        rates.push(mib_per_s(bytes, took));
+    }
+    Ok(RelayFigures {
+        rate: median_f64(&mut rates),
+        cpu: (procfs::rusage_cpu(libc::RUSAGE_SELF) - cpu) / reps as u32,
+    })
 }
 
 fn devnull() -> Result<Stdio> {
