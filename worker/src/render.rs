@@ -5,20 +5,18 @@
 //! lines; each stream keeps its own partial line. A line longer than the cap is emitted in
 //! pieces of the cap, and a last line without a newline is emitted when the output ends.
 //! Bytes that are not UTF-8 are replaced (U+FFFD); `--raw` is for exact bytes.
+//!
+//! This runs once per line of output, millions of times for a big log, so nothing here
+//! allocates per line: a line that lies whole in one record is written straight from it,
+//! the lines of a record share one formatted time, and the JSON is written by hand (with
+//! serde_json's escapes, byte for byte).
 
-use serde::Serialize;
+use std::borrow::Cow;
 
 use crate::logfile::{self, Record, Stream};
 
 /// Default longest line emitted as one JSON object, in bytes (Docker uses 16 KiB too).
 pub const DEFAULT_LINE_CAP: usize = 16 * 1024;
-
-#[derive(Serialize)]
-struct Line<'a> {
-    log: &'a str,
-    stream: Stream,
-    time: &'a str,
-}
 
 #[derive(Default)]
 struct Partial {
@@ -27,10 +25,29 @@ struct Partial {
     time_unix_nanos: i64,
 }
 
+/// The last time formatted. Every line of a record has the record's time, so a record of
+/// thousands of lines formats it once.
+#[derive(Default)]
+struct TimeText {
+    unix_nanos: Option<i64>,
+    text: String,
+}
+
+impl TimeText {
+    fn of(&mut self, unix_nanos: i64) -> &str {
+        if self.unix_nanos != Some(unix_nanos) {
+            self.text = format_time(unix_nanos);
+            self.unix_nanos = Some(unix_nanos);
+        }
+        &self.text
+    }
+}
+
 /// Turns a sequence of records into JSON lines.
 pub struct JsonLines {
     cap: usize,
     partial: [Partial; 3],
+    time: TimeText,
 }
 
 impl Default for JsonLines {
@@ -44,38 +61,46 @@ impl JsonLines {
         JsonLines {
             cap: cap.max(1),
             partial: Default::default(),
+            time: TimeText::default(),
         }
     }
 
     /// Appends to `out` every line that `record` completes.
     pub fn push(&mut self, record: &Record, out: &mut Vec<u8>) {
-        let cap = self.cap;
-        let partial = &mut self.partial[record.stream as usize];
+        let JsonLines { cap, partial, time } = self;
+        let stream = record.stream;
+        let partial = &mut partial[stream as usize];
         let mut rest: &[u8] = &record.data;
         while !rest.is_empty() {
-            if partial.bytes.is_empty() {
-                partial.time_unix_nanos = record.time_unix_nanos;
-            }
             // Look one byte past the room left, so a line of exactly `cap` bytes followed
             // by its newline is one line, not a full line and an empty one.
-            let room = cap - partial.bytes.len();
+            let room = *cap - partial.bytes.len();
             let window = &rest[..rest.len().min(room + 1)];
-            match window.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    partial.bytes.extend_from_slice(&window[..nl]);
-                    emit(partial, record.stream, out);
-                    rest = &rest[nl + 1..];
-                }
-                None if window.len() > room => {
-                    partial.bytes.extend_from_slice(&window[..room]);
-                    emit(partial, record.stream, out);
-                    rest = &rest[room..];
-                }
+            let (end, skip) = match memchr::memchr(b'\n', window) {
+                Some(nl) => (nl, nl + 1),
+                None if window.len() > room => (room, room),
                 None => {
+                    if partial.bytes.is_empty() {
+                        partial.time_unix_nanos = record.time_unix_nanos;
+                    }
                     partial.bytes.extend_from_slice(window);
-                    rest = &[];
+                    return;
                 }
+            };
+            if partial.bytes.is_empty() {
+                // The whole line is in this record: written from it, not copied first.
+                line(&rest[..end], stream, time.of(record.time_unix_nanos), out);
+            } else {
+                partial.bytes.extend_from_slice(&rest[..end]);
+                line(
+                    &partial.bytes,
+                    stream,
+                    time.of(partial.time_unix_nanos),
+                    out,
+                );
+                partial.bytes.clear();
             }
+            rest = &rest[skip..];
         }
     }
 
@@ -84,23 +109,86 @@ impl JsonLines {
         for stream in [Stream::Stdout, Stream::Stderr, Stream::System] {
             let partial = &mut self.partial[stream as usize];
             if !partial.bytes.is_empty() {
-                emit(partial, stream, out);
+                line(
+                    &partial.bytes,
+                    stream,
+                    self.time.of(partial.time_unix_nanos),
+                    out,
+                );
+                partial.bytes.clear();
             }
         }
     }
 }
 
-fn emit(partial: &mut Partial, stream: Stream, out: &mut Vec<u8>) {
-    let text = String::from_utf8_lossy(&partial.bytes);
-    let time = format_time(partial.time_unix_nanos);
-    let line = Line {
-        log: &text,
-        stream,
-        time: &time,
+/// Appends one JSON object and its newline, fields in Docker's order.
+fn line(bytes: &[u8], stream: Stream, time: &str, out: &mut Vec<u8>) {
+    // `from_utf8` checks ASCII many bytes at a time; the lossy decoder goes byte by byte.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     };
-    serde_json::to_writer(&mut *out, &line).expect("serializing strings to a Vec cannot fail");
-    out.push(b'\n');
-    partial.bytes.clear();
+    out.extend_from_slice(b"{\"log\":\"");
+    escape(&text, out);
+    out.extend_from_slice(b"\",\"stream\":\"");
+    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"time\":\"");
+    // RFC 3339 is digits, '-', ':', 'T', '.' and 'Z': nothing to escape.
+    out.extend_from_slice(time.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+}
+
+/// What a JSON string must escape: the quote, the backslash and control characters.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Appends `text` escaped for a JSON string, exactly as serde_json escapes it. Runs that
+/// need nothing are found 16 bytes at a time (the compiler turns that test into vector
+/// compares) and copied whole.
+fn escape(text: &str, out: &mut Vec<u8>) {
+    let bytes = text.as_bytes();
+    let mut copied = 0;
+    let mut escape_in = |part: &[u8], at: usize, out: &mut Vec<u8>| {
+        for (i, &b) in part.iter().enumerate() {
+            if needs_escape(b) {
+                out.extend_from_slice(&bytes[copied..at + i]);
+                push_escape(b, out);
+                copied = at + i + 1;
+            }
+        }
+    };
+    let mut chunks = bytes.chunks_exact(16);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |any, &b| any | needs_escape(b)) {
+            escape_in(chunk, at, out);
+        }
+        at += 16;
+    }
+    escape_in(chunks.remainder(), at, out);
+    out.extend_from_slice(&bytes[copied..]);
+}
+
+/// serde_json's escape for one byte: a short form where JSON has one, else `\u00xx`.
+fn push_escape(b: u8, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short: &[u8] = match b {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        0x08 => b"\\b",
+        0x0c => b"\\f",
+        _ => {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+            return;
+        }
+    };
+    out.extend_from_slice(short);
 }
 
 /// RFC 3339 in UTC with nanoseconds, e.g. `2026-01-24T10:00:00.000000000Z`.
@@ -219,6 +307,144 @@ z",
     fn non_utf8_is_replaced_and_escapes_are_valid_json() {
         let lines = render(64, &[rec(Stream::Stdout, 0, b"\xff\"quote\"\t\x01\n")]);
         assert_eq!(lines[0]["log"], "\u{fffd}\"quote\"\t\u{1}");
+    }
+
+    /// A small deterministic generator, so a failure can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn escapes_are_serde_jsons_byte_for_byte() {
+        let mut cases: Vec<String> = (0u32..0x80)
+            .chain([0xe9, 0x7ff, 0x20ac, 0xfffd, 0x1f600])
+            .filter_map(char::from_u32)
+            .map(String::from)
+            .collect();
+        // Escapes at every position around the 16-byte steps, runs of them, and
+        // multi-byte characters across the steps.
+        let alphabet = [
+            'a', ' ', '"', '\\', '\n', '\t', '\u{1}', '\u{1f}', '\u{7f}', 'é', '€', '😀',
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..2000 {
+            let len = rng.below(70);
+            cases.push(
+                (0..len)
+                    .map(|_| alphabet[rng.below(alphabet.len())])
+                    .collect(),
+            );
+        }
+        for case in cases {
+            let mut ours = b"\"".to_vec();
+            escape(&case, &mut ours);
+            ours.push(b'"');
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&case).unwrap(),
+                "escaping {case:?}"
+            );
+        }
+    }
+
+    /// The renderer written the plain way, byte by byte through serde_json: what the fast
+    /// one must match exactly.
+    fn reference(cap: usize, records: &[Record]) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            log: &'a str,
+            stream: Stream,
+            time: &'a str,
+        }
+        fn emit(bytes: &[u8], stream: Stream, time: i64, out: &mut Vec<u8>) {
+            let line = Line {
+                log: &String::from_utf8_lossy(bytes),
+                stream,
+                time: &format_time(time),
+            };
+            serde_json::to_writer(&mut *out, &line).unwrap();
+            out.push(b'\n');
+        }
+        let mut pending: [(Vec<u8>, i64); 3] = Default::default();
+        let mut out = Vec::new();
+        for r in records {
+            let (line, time) = &mut pending[r.stream as usize];
+            for &b in r.data.iter() {
+                if b != b'\n' && line.len() == cap {
+                    emit(line, r.stream, *time, &mut out);
+                    line.clear();
+                }
+                if line.is_empty() {
+                    *time = r.time_unix_nanos;
+                }
+                if b == b'\n' {
+                    emit(line, r.stream, *time, &mut out);
+                    line.clear();
+                } else {
+                    line.push(b);
+                }
+            }
+        }
+        for stream in [Stream::Stdout, Stream::Stderr, Stream::System] {
+            let (line, time) = &pending[stream as usize];
+            if !line.is_empty() {
+                emit(line, stream, *time, &mut out);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn renders_exactly_as_the_plain_reference() {
+        let bytes = [
+            b'a', b'b', b' ', b'\n', b'\n', b'"', b'\\', b'\t', 0x01, 0xc3, 0xa9, 0xff, 0xe2, 0x82,
+            0xac,
+        ];
+        let streams = [
+            Stream::Stdout,
+            Stream::Stdout,
+            Stream::Stderr,
+            Stream::System,
+        ];
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..3000 {
+            let cap = [1, 2, 3, 5, 16, 17, 40, DEFAULT_LINE_CAP][round % 8];
+            let records: Vec<Record> = (0..1 + rng.below(12))
+                .map(|_| {
+                    let data: Vec<u8> = (0..rng.below(50))
+                        .map(|_| bytes[rng.below(bytes.len())])
+                        .collect();
+                    rec(
+                        streams[rng.below(streams.len())],
+                        rng.below(3) as i64,
+                        &data,
+                    )
+                })
+                .collect();
+            let mut fast = JsonLines::new(cap);
+            let mut out = Vec::new();
+            for r in &records {
+                fast.push(r, &mut out);
+            }
+            fast.finish(&mut out);
+            let want = reference(cap, &records);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&want),
+                "cap {cap}, records {records:?}"
+            );
+        }
     }
 
     #[test]
