@@ -7,13 +7,12 @@
 //! `pueue log --full` of the same output, read from disk by the client (pueue's default)
 //! and served by pueued.
 
-use std::fs::File;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
-use super::{blocking, Ctx, MIB};
+use super::{blocking, time_to_devnull, Ctx, MIB};
 use crate::procfs::{self, mib};
 use crate::pueue::Pueued;
 use crate::relay::{self, Source};
@@ -115,27 +114,10 @@ async fn relay_series(ctx: &Ctx, reps: usize, source: Source) -> Result<RelayFig
     })
 }
 
-fn devnull() -> Result<Stdio> {
-    Ok(Stdio::from(File::create("/dev/null")?))
-}
-
 fn time_jobc_logs(ctx: &Ctx, id: &str) -> Result<Duration> {
     let mut cmd = ctx.jobd.jobc();
     cmd.args(["logs", "--raw", id]);
     time_to_devnull(cmd, "jobc logs")
-}
-
-/// Runs `cmd` with its output to /dev/null; returns how long it took, or its error.
-fn time_to_devnull(mut cmd: Command, what: &str) -> Result<Duration> {
-    let t = Instant::now();
-    let out = cmd.stdout(devnull()?).stderr(Stdio::piped()).output()?;
-    let took = t.elapsed();
-    ensure!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(took)
 }
 
 /// `pueue log --full` of the same amount of output, read locally and through pueued.

@@ -9,9 +9,10 @@ pub mod rpc_start;
 pub mod throughput;
 pub mod write_path;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use proto::v1 as pb;
 
 use crate::jobd::Jobd;
@@ -124,4 +125,18 @@ pub fn time_each(
         samples.push(t.elapsed());
     }
     Ok(samples)
+}
+
+/// Runs `cmd` with its output to /dev/null; returns how long it took, or its error.
+pub fn time_to_devnull(mut cmd: Command, what: &str) -> Result<Duration> {
+    let devnull = std::fs::File::create("/dev/null")?;
+    let t = Instant::now();
+    let out = cmd.stdout(devnull).stderr(Stdio::piped()).output()?;
+    let took = t.elapsed();
+    ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
 }

@@ -9,13 +9,16 @@
 //!
 //! jobd syncs a job's log to disk after the job ends, so the baseline's own `fsync` is
 //! timed separately and printed.
+//!
+//! Last, the log of one such job is read back with `jobc logs` as JSON lines, two million
+//! of them, against `jobc logs --raw` of the same log: what rendering a line costs.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use super::{blocking, Ctx, MIB};
+use super::{blocking, time_to_devnull, Ctx, MIB};
 use crate::report::{Goal, Row};
 use crate::rpc::{self, Client};
 use crate::stats::{median, ms};
@@ -40,6 +43,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         direct.push(d);
         sync.push(s);
     }
+    let (json, raw) = read_back(ctx, &mut c, &script, size).await?;
     let (alone, finished, streamed) = (
         median(&mut alone),
         median(&mut finished),
@@ -56,6 +60,14 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         ms(streamed),
         ms(direct),
         ms(sync)
+    );
+    let lines = size / 100;
+    println!(
+        "  `jobc logs` of one such log, medians of {reps}: JSON lines {:.0} ms ({:.1} M lines/s), \
+         --raw {:.0} ms",
+        ms(json),
+        lines as f64 / json.as_secs_f64() / 1e6,
+        ms(raw)
     );
     Ok(vec![
         Row::new(
@@ -81,7 +93,38 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             ms(finished),
             ms(streamed)
         )),
+        Row::new(
+            format!(
+                "7 `jobc logs` of such a log as JSON lines ({:.1} M lines; vs --raw)",
+                lines as f64 / 1e6
+            ),
+            ms(json),
+            "ms",
+            Goal::None,
+        )
+        .baseline(Some(ms(raw))),
     ])
+}
+
+/// Runs the job once more and reads its log back with `jobc logs`, as JSON lines and with
+/// `--raw`, alternately; returns the medians.
+async fn read_back(
+    ctx: &Ctx,
+    c: &mut Client,
+    script: &str,
+    size: u64,
+) -> Result<(Duration, Duration)> {
+    let run = under_jobd(c, script, size, false).await?;
+    let (mut json, mut raw) = (vec![], vec![]);
+    for _ in 0..ctx.pick(5, 2) {
+        for (args, times) in [(&["logs"][..], &mut json), (&["logs", "--raw"], &mut raw)] {
+            let mut cmd = ctx.jobd.jobc();
+            cmd.args(args).arg(&run.id);
+            times.push(blocking(|| time_to_devnull(cmd, "jobc logs"))?);
+        }
+    }
+    rpc::remove(c, &run.id).await?;
+    Ok((median(&mut json), median(&mut raw)))
 }
 
 /// When, counted from the Start call, the job was seen finished and (with a follower)
