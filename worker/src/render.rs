@@ -25,6 +25,14 @@ struct Partial {
     time_unix_nanos: i64,
 }
 
+impl Partial {
+    /// Emits the pending line and starts a new one.
+    fn emit(&mut self, stream: Stream, time: &mut TimeText, out: &mut Vec<u8>) {
+        line(&self.bytes, stream, time.of(self.time_unix_nanos), out);
+        self.bytes.clear();
+    }
+}
+
 /// The last time formatted. Every line of a record has the record's time, so a record of
 /// thousands of lines formats it once.
 #[derive(Default)]
@@ -92,13 +100,7 @@ impl JsonLines {
                 line(&rest[..end], stream, time.of(record.time_unix_nanos), out);
             } else {
                 partial.bytes.extend_from_slice(&rest[..end]);
-                line(
-                    &partial.bytes,
-                    stream,
-                    time.of(partial.time_unix_nanos),
-                    out,
-                );
-                partial.bytes.clear();
+                partial.emit(stream, time, out);
             }
             rest = &rest[skip..];
         }
@@ -109,13 +111,7 @@ impl JsonLines {
         for stream in [Stream::Stdout, Stream::Stderr, Stream::System] {
             let partial = &mut self.partial[stream as usize];
             if !partial.bytes.is_empty() {
-                line(
-                    &partial.bytes,
-                    stream,
-                    self.time.of(partial.time_unix_nanos),
-                    out,
-                );
-                partial.bytes.clear();
+                partial.emit(stream, &mut self.time, out);
             }
         }
     }
