@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use worker::{CgroupMode, Config, DeviceRate, Error, JobSpec, JobState, Limits, Stream, Worker};
 
-/// A worker whose jobd subtree lives in a fresh cgroup of its own; on drop, the test
-/// process moves back to the root and every cgroup the test made must be gone.
+mod support;
+
+/// A worker whose jobd subtree lives in a fresh cgroup of its own; on drop, its jobs are
+/// settled, the test process moves back to the root and every cgroup the test made must
+/// be gone.
 struct Fixture {
     worker: Worker,
     root: PathBuf,
@@ -57,6 +60,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        support::settle(&self.worker);
         fs::write(
             self.root.join("cgroup.procs"),
             std::process::id().to_string(),
@@ -433,11 +437,9 @@ async fn required_cgroups_refuse_to_start_without_a_hierarchy() {
 
 #[tokio::test]
 async fn auto_runs_without_limits_and_refuses_jobs_that_ask_for_them() {
-    let state = tempfile::tempdir().unwrap();
     let not_a_cgroup = tempfile::tempdir().unwrap();
-    let mut config = Config::new(state.path());
-    config.cgroup_root = Some(not_a_cgroup.path().to_path_buf());
-    let worker = Worker::new(config).unwrap();
+    let worker =
+        support::TestWorker::with(|c| c.cgroup_root = Some(not_a_cgroup.path().to_path_buf()));
     assert!(worker.cgroup_jobs_dir().is_none());
     let err = worker
         .start(limited(JobSpec::new("alice", vec!["true".into()]), |l| {

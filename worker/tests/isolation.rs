@@ -7,18 +7,21 @@ use std::fs;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use worker::{Config, Credentials, Error, Isolation, JobSpec, JobState, Stream, Worker};
+use worker::{Credentials, Error, Isolation, JobSpec, JobState, Stream, Worker};
+
+mod support;
+use support::TestWorker;
 
 const NOBODY: Credentials = Credentials {
     uid: 65534,
     gid: 65534,
 };
 
-fn worker(dir: &std::path::Path, user: Option<Credentials>) -> Worker {
-    let mut config = Config::new(dir);
-    config.isolation = Isolation::ALL;
-    config.job_user = user;
-    Worker::new(config).unwrap()
+fn worker(user: Option<Credentials>) -> TestWorker {
+    TestWorker::with(|config| {
+        config.isolation = Isolation::ALL;
+        config.job_user = user;
+    })
 }
 
 fn sh(script: &str) -> JobSpec {
@@ -51,8 +54,7 @@ async fn run(w: &Worker, spec: JobSpec) -> (JobState, String, String) {
 
 #[tokio::test]
 async fn an_isolated_job_is_pid_1_and_sees_only_its_own_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let (state, out, err) = run(
         &w,
         sh("sleep 100 & echo $$; ps -e -o pid= | wc -l; ls -d /proc/[0-9]* | wc -l; kill $!"),
@@ -69,8 +71,7 @@ async fn an_isolated_job_is_pid_1_and_sees_only_its_own_processes() {
 
 #[tokio::test]
 async fn an_isolated_job_has_only_loopback_and_cannot_reach_the_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (_, out, _) = run(
@@ -90,8 +91,7 @@ async fn an_isolated_job_has_only_loopback_and_cannot_reach_the_host() {
 /// each a job's own, new, with `lo` up.
 #[tokio::test]
 async fn every_job_gets_a_new_network_namespace_with_loopback_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let host = fs::read_link("/proc/self/ns/net").unwrap();
     let mut jobs = Vec::new();
     for _ in 0..20 {
@@ -133,8 +133,7 @@ async fn every_job_gets_a_new_network_namespace_with_loopback_up() {
 
 #[tokio::test]
 async fn host_network_reaches_the_host_loopback() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let spec = sh(&format!(
@@ -159,10 +158,9 @@ async fn host_network_reaches_the_host_loopback() {
 
 #[tokio::test]
 async fn mounts_made_by_a_job_stay_in_its_namespace() {
-    let dir = tempfile::tempdir().unwrap();
     let target = tempfile::tempdir().unwrap();
     // Root inside the job, to be allowed to mount at all.
-    let w = worker(dir.path(), None);
+    let w = worker(None);
     let t = target.path().display();
     let (state, out, err) = run(
         &w,
@@ -181,8 +179,7 @@ async fn mounts_made_by_a_job_stay_in_its_namespace() {
 
 #[tokio::test]
 async fn jobs_run_as_the_configured_user_without_groups_or_new_privileges() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let (_, out, _) = run(
         &w,
         sh("id -u; id -g; grep -E '^(Groups|NoNewPrivs):' /proc/self/status"),
@@ -205,19 +202,17 @@ async fn jobs_run_as_the_configured_user_without_groups_or_new_privileges() {
 
 #[tokio::test]
 async fn root_jobs_are_refused_unless_the_server_allows_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let mut spec = sh("id -u");
     spec.as_root = true;
     let err = w.start(spec.clone()).await.unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
-    config.isolation = Isolation::ALL;
-    config.job_user = Some(NOBODY);
-    config.allow_root = true;
-    let w = Worker::new(config).unwrap();
+    let w = TestWorker::with(|config| {
+        config.isolation = Isolation::ALL;
+        config.job_user = Some(NOBODY);
+        config.allow_root = true;
+    });
     let (_, out, _) = run(&w, spec).await;
     assert_eq!(out, "0\n");
 }
@@ -244,8 +239,7 @@ fn pid_namespace_members(pid: i32) -> Vec<i32> {
 
 #[tokio::test]
 async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let job = w
         .start(sh("(sleep 1000 &); sleep 1000 & echo started; wait"))
         .await
@@ -274,8 +268,7 @@ async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
 
 #[tokio::test]
 async fn a_pid_1_with_a_sigterm_handler_stops_gracefully() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path(), Some(NOBODY));
+    let w = worker(Some(NOBODY));
     let job = w
         .start(sh(
             "trap 'echo bye; exit 0' TERM; echo ready; while :; do sleep 0.1; done",

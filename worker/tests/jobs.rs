@@ -1,14 +1,12 @@
 //! The worker with real processes: lifecycle, signals, process trees and output capture.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use worker::{Config, Error, Job, JobSpec, JobState, LogReader, Stream, Worker};
+use worker::{Error, Job, JobSpec, JobState, LogReader, Stream, Worker};
 
-fn worker(dir: &Path) -> Worker {
-    Worker::new(Config::new(dir)).unwrap()
-}
+mod support;
+use support::TestWorker;
 
 fn spec(argv: &[&str]) -> JobSpec {
     JobSpec::new("alice", argv.iter().map(|s| s.to_string()).collect())
@@ -58,8 +56,7 @@ fn gone(pid: i32) -> bool {
 /// "finished") misses nothing, even when the job exits with its pipe full.
 #[tokio::test]
 async fn a_job_is_shown_ended_only_once_all_its_output_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     for _ in 0..10 {
         let (job, state) = run_to_end(&w, spec(&["head", "-c", "3000000", "/dev/zero"])).await;
         assert_eq!(state, JobState::Finished { exit_code: 0 });
@@ -70,8 +67,7 @@ async fn a_job_is_shown_ended_only_once_all_its_output_is_stored() {
 
 #[tokio::test]
 async fn exit_codes_are_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     for code in [0, 1, 42, 255] {
         let (_, state) = run_to_end(&w, sh(&format!("exit {code}"))).await;
         assert_eq!(state, JobState::Finished { exit_code: code });
@@ -83,8 +79,7 @@ async fn exit_codes_are_reported() {
 
 #[tokio::test]
 async fn death_by_signal_is_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let (job, state) = run_to_end(&w, sh("kill -SEGV $$")).await;
     assert_eq!(state, JobState::Stopped { signal: 11 });
     assert_eq!(job.info().state.to_string(), "stopped (signal: 11)");
@@ -93,8 +88,7 @@ async fn death_by_signal_is_stopped() {
 
 #[tokio::test]
 async fn a_job_killed_from_outside_is_seen_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let job = w.start(spec(&["sleep", "60"])).await.unwrap();
     assert_eq!(job.info().state, JobState::Running);
     // SAFETY: signalling the process this test started, by pid.
@@ -108,8 +102,7 @@ async fn a_job_killed_from_outside_is_seen_at_once() {
 
 #[tokio::test]
 async fn stop_terminates_and_stopping_again_is_fine() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let job = w.start(spec(&["sleep", "60"])).await.unwrap();
     let info = job.stop(Duration::from_secs(5)).await.unwrap();
     assert_eq!(info.state, JobState::Stopped { signal: 15 });
@@ -120,8 +113,7 @@ async fn stop_terminates_and_stopping_again_is_fine() {
 
 #[tokio::test]
 async fn a_job_that_traps_sigterm_is_killed_after_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let job = w
         .start(sh("trap '' TERM; echo ready; while :; do sleep 0.05; done"))
         .await
@@ -157,8 +149,7 @@ async fn wait_for_output(job: &Job, needle: &[u8]) {
 
 #[tokio::test]
 async fn stop_kills_background_children_of_the_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let job = w
         .start(sh("sleep 1000 & echo $!; sleep 1000 & echo $!; wait"))
         .await
@@ -185,8 +176,7 @@ async fn stop_kills_background_children_of_the_process_group() {
 
 #[tokio::test]
 async fn children_left_behind_die_when_the_main_process_exits() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let (job, state) = run_to_end(&w, sh("sleep 1000 & echo $!")).await;
     assert_eq!(state, JobState::Finished { exit_code: 0 });
     let (out, _) = collect(job.logs(false).unwrap()).await;
@@ -200,8 +190,7 @@ async fn children_left_behind_die_when_the_main_process_exits() {
 
 #[tokio::test]
 async fn stdout_and_stderr_are_captured_and_labelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let (job, _) = run_to_end(&w, sh("echo to-out; echo to-err >&2; echo more-out")).await;
     let (out, err) = collect(job.logs(true).unwrap()).await;
     assert_eq!(out, b"to-out\nmore-out\n");
@@ -210,10 +199,9 @@ async fn stdout_and_stderr_are_captured_and_labelled() {
 
 #[tokio::test]
 async fn binary_output_and_a_partial_last_line_are_stored_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let all_bytes: Vec<u8> = (0..=255u8).collect();
-    let input = dir.path().join("bytes");
+    let input = w.path().join("bytes");
     let mut content = all_bytes.repeat(100);
     content.extend_from_slice(b"no newline at the end");
     std::fs::write(&input, &content).unwrap();
@@ -225,8 +213,7 @@ async fn binary_output_and_a_partial_last_line_are_stored_exactly() {
 
 #[tokio::test]
 async fn a_50_mb_line_is_stored_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let (job, state) = run_to_end(&w, sh("head -c 52428800 /dev/zero | tr '\\0' x; echo")).await;
     assert_eq!(state, JobState::Finished { exit_code: 0 });
     let (out, _) = collect(job.logs(false).unwrap()).await;
@@ -237,8 +224,7 @@ async fn a_50_mb_line_is_stored_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_concurrent_readers_one_slow_replay_200_mb_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     // Pseudo-random content, so misplaced or repeated chunks cannot compare equal.
     let mut content = vec![0u8; 200 * 1024 * 1024];
     let mut x: u64 = 0x9e3779b97f4a7c15;
@@ -248,7 +234,7 @@ async fn three_concurrent_readers_one_slow_replay_200_mb_exactly() {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
-    let input = dir.path().join("input");
+    let input = w.path().join("input");
     std::fs::write(&input, &content).unwrap();
     let content = Arc::new(content);
 
@@ -290,8 +276,7 @@ async fn three_concurrent_readers_one_slow_replay_200_mb_exactly() {
 
 #[tokio::test]
 async fn a_reader_that_joins_after_the_end_gets_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let (job, _) = run_to_end(&w, sh("for i in 1 2 3; do echo line $i; done")).await;
     let (out, _) = collect(job.logs(true).unwrap()).await;
     assert_eq!(out, b"line 1\nline 2\nline 3\n");
@@ -299,8 +284,7 @@ async fn a_reader_that_joins_after_the_end_gets_everything() {
 
 #[tokio::test]
 async fn a_follower_sees_live_output_and_ends_with_the_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let job = w
         .start(sh("echo first; sleep 0.3; echo second"))
         .await
@@ -317,9 +301,8 @@ async fn a_follower_sees_live_output_and_ends_with_the_job() {
 
 #[tokio::test]
 async fn failed_starts_are_clear_and_leave_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
-    let not_exec = dir.path().join("script");
+    let w = TestWorker::new();
+    let not_exec = w.path().join("script");
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
     let cases: Vec<(JobSpec, &str)> = vec![
         (
@@ -347,16 +330,15 @@ async fn failed_starts_are_clear_and_leave_nothing_behind() {
         );
     }
     assert!(w.list(None).is_empty());
-    let left = std::fs::read_dir(dir.path().join("jobs")).unwrap().count();
+    let left = std::fs::read_dir(w.path().join("jobs")).unwrap().count();
     assert_eq!(left, 0);
 }
 
 #[tokio::test]
 async fn exec_failure_in_the_child_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     // Executable bits but no valid format or interpreter: only execve can tell.
-    let bad = dir.path().join("bad-interpreter");
+    let bad = w.path().join("bad-interpreter");
     std::fs::write(&bad, "#!/no/such/interpreter\n").unwrap();
     std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let err = w.start(spec(&[bad.to_str().unwrap()])).await.unwrap_err();
@@ -370,8 +352,7 @@ async fn exec_failure_in_the_child_is_reported() {
 
 #[tokio::test]
 async fn jobs_list_by_owner() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let a = w
         .start(JobSpec::new("alice", vec!["true".into()]))
         .await
@@ -393,8 +374,7 @@ async fn jobs_list_by_owner() {
 
 #[tokio::test]
 async fn the_job_runs_with_a_clean_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let (job, _) = run_to_end(
         &w,
         sh("env; pwd; cat; grep -E 'SigBlk|SigIgn' /proc/self/status; echo done"),
@@ -417,8 +397,7 @@ fn worker_path() -> &'static str {
 
 #[tokio::test]
 async fn limits_are_refused_without_cgroups() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = worker(dir.path());
+    let w = TestWorker::new();
     let limited = spec(&["true"]).with_limits(worker::Limits {
         pids: Some(8),
         ..Default::default()
@@ -429,10 +408,7 @@ async fn limits_are_refused_without_cgroups() {
 
 #[tokio::test]
 async fn starts_past_the_running_limit_are_refused_until_a_job_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
-    config.max_running_jobs = 1;
-    let w = Worker::new(config).unwrap();
+    let w = TestWorker::with(|c| c.max_running_jobs = 1);
     let first = w.start(spec(&["sleep", "60"])).await.unwrap();
     let err = w.start(spec(&["true"])).await.unwrap_err();
     assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");

@@ -11,6 +11,9 @@ use worker::logfile::{self, Stream as LogStream};
 use worker::store::{self, JobRecord, StoredState};
 use worker::{Config, Error, JobSpec, JobState, Stream, Worker};
 
+mod support;
+use support::Settling;
+
 fn config(dir: &Path) -> Config {
     Config::new(dir)
 }
@@ -253,7 +256,7 @@ async fn output_past_the_cap_is_dropped_with_a_marker_and_the_job_runs_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.max_output_bytes = Some(1000);
-    let w = Worker::new(c).unwrap();
+    let w = Settling(Worker::new(c).unwrap());
     let job = w
         .start(JobSpec::new(
             "alice",
@@ -284,7 +287,7 @@ async fn output_past_the_cap_is_dropped_with_a_marker_and_the_job_runs_on() {
 #[tokio::test]
 async fn remove_deletes_ended_jobs_only_and_retention_prunes() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Worker::new(config(dir.path())).unwrap();
+    let w = Settling(Worker::new(config(dir.path())).unwrap());
     let running = w
         .start(JobSpec::new("alice", vec!["sleep".into(), "60".into()]))
         .await
