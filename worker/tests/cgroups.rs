@@ -60,12 +60,14 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        support::settle(&self.worker);
         fs::write(
             self.root.join("cgroup.procs"),
             std::process::id().to_string(),
         )
         .unwrap();
+        // After the move: a thread settle starts in the server's cgroup could still be
+        // exiting there when that cgroup is removed below.
+        support::settle(&self.worker);
         let jobs = self.base.join("jobd/jobs");
         // Job cgroups are the subfolders; the rest are the cgroup's own control files.
         let left: Vec<_> = fs::read_dir(&jobs)
