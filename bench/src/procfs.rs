@@ -56,6 +56,24 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// A process's name and the user plus system CPU time it has used, in clock ticks, from
+/// `/proc/<pid>/stat`; `None` if it is gone.
+fn stat_jiffies(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name is in parentheses and may hold spaces and parentheses itself.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let jiffies = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((name, jiffies))
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat` times.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// CPU time of each process now, in jiffies, by pid (with its name).
 fn process_jiffies() -> Vec<(u32, String, u64)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -63,11 +81,7 @@ fn process_jiffies() -> Vec<(u32, String, u64)> {
     };
     dir.filter_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1.to_string();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let jiffies = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let (name, jiffies) = stat_jiffies(pid)?;
         Some((pid, name, jiffies))
     })
     .collect()
@@ -83,8 +97,7 @@ pub fn busy(sample: Duration) -> (f64, Vec<(String, f64)>) {
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
         _ => 0.0,
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = ticks_per_second();
     let mut hogs: Vec<(String, f64)> = procs_after
         .iter()
         .filter_map(|(pid, name, j1)| {
@@ -107,20 +120,9 @@ pub fn settle(max: Duration) {
 
 /// User and system CPU time a process has used so far, all its threads together.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("odd /proc/pid/stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> Result<u64> {
-        f.get(i)
-            .and_then(|v| v.parse().ok())
-            .context("odd /proc/pid/stat")
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(Duration::from_secs_f64(
-        (field(11)? + field(12)?) as f64 / hz,
-    ))
+    let (_, jiffies) =
+        stat_jiffies(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    Ok(Duration::from_secs_f64(jiffies as f64 / ticks_per_second()))
 }
 
 /// User and system CPU time of this process (`RUSAGE_SELF`) or of its children that
