@@ -105,6 +105,9 @@ pub enum PkiCommand {
         user: User,
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Replace the user's existing certificate and key.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -265,13 +268,22 @@ pub fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        PkiCommand::AddUser { dir, user, days } => {
+        PkiCommand::AddUser {
+            dir,
+            user,
+            days,
+            force,
+        } => {
+            if days == 0 || days > 36500 {
+                return Err(pki::PkiError::Days.into());
+            }
             let now = time::OffsetDateTime::now_utc();
             pki::add_user(
                 &dir,
                 &user,
                 now - time::Duration::minutes(5),
                 now + time::Duration::days(days.into()),
+                force,
             )?;
             println!(
                 "wrote {0}.pem and {0}-key.pem to {1}",

@@ -35,24 +35,66 @@ impl std::str::FromStr for User {
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, roles) = s
             .split_once(':')
-            .ok_or_else(|| format!("{s:?}: expected NAME:ROLE[,ROLE]"))?;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(format!(
-                "{name:?}: a username uses letters, digits, '.', '_' and '-'"
-            ));
-        }
+            .ok_or_else(|| format!("{}: expected NAME:ROLE[,ROLE]", quote(s)))?;
+        check_username(name)?;
         let roles = roles
             .split(',')
-            .map(|r| Role::parse(r).ok_or_else(|| format!("{r:?}: roles are admin and user")))
+            .map(|r| {
+                Role::parse(r).ok_or_else(|| format!("{}: roles are admin and user", quote(r)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(User {
             name: name.to_string(),
             roles,
         })
+    }
+}
+
+/// X.509's upper bound for a CommonName (RFC 5280, `ub-common-name`).
+const MAX_USERNAME_LEN: usize = 64;
+
+/// A username becomes a certificate's CN and two file names (`NAME.pem`, `NAME-key.pem`)
+/// beside the CA's and the server's, so it must fit a CN and must not name another file of
+/// the PKI: `ca`, `server` and any `X-key` would overwrite the CA, the server's files or
+/// user X's key.
+fn check_username(name: &str) -> Result<(), String> {
+    let shown = quote(name);
+    if name.is_empty() {
+        return Err("a username cannot be empty".into());
+    }
+    if name.len() > MAX_USERNAME_LEN {
+        return Err(format!(
+            "{shown}: a username has at most {MAX_USERNAME_LEN} characters (X.509's limit for a CN)"
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(format!(
+            "{shown}: a username uses letters, digits, '.', '_' and '-'"
+        ));
+    }
+    if name.starts_with(['.', '-']) {
+        return Err(format!(
+            "{shown}: a username starts with a letter, a digit or '_'"
+        ));
+    }
+    if name == "ca" || name == "server" || name.ends_with("-key") {
+        return Err(format!(
+            "{shown}: that name is taken by the PKI's own files (ca, server, NAME-key)"
+        ));
+    }
+    Ok(())
+}
+
+/// A value from the command line, shown in an error: debug-quoted (so control characters
+/// stay inert) and cut to a length a terminal line can hold.
+fn quote(value: &str) -> String {
+    const SHOWN: usize = 80;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &value[..end], value.len()),
+        None => format!("{value:?}"),
     }
 }
 
@@ -98,6 +140,8 @@ pub fn default_users() -> Vec<User> {
 pub enum PkiError {
     #[error("{0} already exists (use --force to replace it)")]
     Exists(PathBuf),
+    #[error("user {0:?} is named twice")]
+    DuplicateUser(String),
     #[error("{path}: {source}")]
     Write {
         path: PathBuf,
@@ -118,10 +162,16 @@ pub fn init(opts: &PkiOptions) -> Result<(), PkiError> {
         path: opts.out.clone(),
         source,
     })?;
+    let mut names = vec!["ca".to_string(), "server".to_string()];
+    for user in &opts.users {
+        if names[2..].contains(&user.name) {
+            return Err(PkiError::DuplicateUser(user.name.clone()));
+        }
+        names.push(user.name.clone());
+    }
     if !opts.force {
-        let ca = opts.out.join("ca.pem");
-        if ca.exists() {
-            return Err(PkiError::Exists(ca));
+        for name in &names {
+            refuse_existing(&opts.out, name)?;
         }
     }
     let now = OffsetDateTime::now_utc();
@@ -166,12 +216,18 @@ pub fn init(opts: &PkiOptions) -> Result<(), PkiError> {
 /// Issues a client certificate for `user` from the CA in `dir` (`ca.pem`, `ca-key.pem`),
 /// valid from `not_before` to `not_after`, and writes `NAME.pem` and `NAME-key.pem`
 /// there. Used to add users to an existing PKI (and by tests, for expired certificates).
+/// An existing user's files are replaced only with `force`: silently issuing a new key
+/// would lock out whoever holds the old one.
 pub fn add_user(
     dir: &Path,
     user: &User,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    force: bool,
 ) -> Result<(), PkiError> {
+    if !force {
+        refuse_existing(dir, &user.name)?;
+    }
     let read = |name: &str| {
         let path = dir.join(name);
         fs::read_to_string(&path).map_err(|source| PkiError::Write { path, source })
@@ -185,6 +241,17 @@ pub fn add_user(
     let (cert, key) = client_certificate(&issuer, user, &validity)?;
     write(dir, &format!("{}.pem", user.name), &cert, false)?;
     write(dir, &format!("{}-key.pem", user.name), &key, true)
+}
+
+/// Fails if `NAME.pem` or `NAME-key.pem` is already in `dir`.
+fn refuse_existing(dir: &Path, name: &str) -> Result<(), PkiError> {
+    for file in [format!("{name}.pem"), format!("{name}-key.pem")] {
+        let path = dir.join(file);
+        if path.symlink_metadata().is_ok() {
+            return Err(PkiError::Exists(path));
+        }
+    }
+    Ok(())
 }
 
 /// Issues one client certificate; returns (certificate PEM, key PEM).
@@ -226,4 +293,132 @@ fn write(dir: &Path, name: &str, contents: &str, private: bool) -> Result<(), Pk
         f.sync_all()
     })();
     result.map_err(|source| PkiError::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> User {
+        User {
+            name: name.into(),
+            roles: vec![Role::User],
+        }
+    }
+
+    fn valid_for_a_day() -> (OffsetDateTime, OffsetDateTime) {
+        let now = OffsetDateTime::now_utc();
+        (now - Duration::minutes(5), now + Duration::days(1))
+    }
+
+    fn small_pki() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let mut opts = PkiOptions::new(&out);
+        opts.users = vec![user("alice")];
+        init(&opts).unwrap();
+        (dir, out)
+    }
+
+    #[test]
+    fn usernames_must_fit_a_cn_and_a_file_name() {
+        let longest = "a".repeat(64);
+        for ok in [
+            "alice",
+            "bob.smith",
+            "_svc",
+            "a-b_c.d",
+            "x1",
+            longest.as_str(),
+        ] {
+            assert!(format!("{ok}:user").parse::<User>().is_ok(), "{ok}");
+        }
+        let too_long = "a".repeat(65);
+        for bad in [
+            "",
+            too_long.as_str(),
+            "../etc",
+            "a/b",
+            ".hidden",
+            "-rf",
+            "caf\u{e9}",
+            "\u{1b}[2J",
+            "ca",
+            "server",
+            "alice-key",
+            "a b",
+        ] {
+            let err = format!("{bad}:user").parse::<User>().unwrap_err();
+            assert!(
+                !err.contains('\u{1b}'),
+                "the error shows control characters raw: {err}"
+            );
+        }
+        let err = format!("{}:user", "x".repeat(10_000))
+            .parse::<User>()
+            .unwrap_err();
+        assert!(
+            err.len() < 200,
+            "a long name is echoed whole: {} bytes",
+            err.len()
+        );
+        assert!(err.contains("64"), "{err}");
+    }
+
+    #[test]
+    fn add_user_refuses_to_replace_a_user_without_force() {
+        let (_dir, pki) = small_pki();
+        let (from, to) = valid_for_a_day();
+        let key = pki.join("alice-key.pem");
+        let before = fs::read_to_string(&key).unwrap();
+
+        let err = add_user(&pki, &user("alice"), from, to, false).unwrap_err();
+        assert!(
+            matches!(&err, PkiError::Exists(p) if p.ends_with("alice.pem")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert_eq!(
+            fs::read_to_string(&key).unwrap(),
+            before,
+            "the old key was replaced"
+        );
+
+        add_user(&pki, &user("alice"), from, to, true).unwrap();
+        assert_ne!(
+            fs::read_to_string(&key).unwrap(),
+            before,
+            "--force kept the old key"
+        );
+
+        add_user(&pki, &user("carol"), from, to, false).unwrap();
+        assert!(pki.join("carol-key.pem").exists());
+    }
+
+    #[test]
+    fn init_refuses_existing_files_and_repeated_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("bob-key.pem"), "someone's key").unwrap();
+        let mut opts = PkiOptions::new(&out);
+        let err = init(&opts).unwrap_err();
+        assert!(
+            matches!(&err, PkiError::Exists(p) if p.ends_with("bob-key.pem")),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(out.join("bob-key.pem")).unwrap(),
+            "someone's key"
+        );
+        assert!(!out.join("ca.pem").exists(), "a refused init wrote files");
+
+        opts.users = vec![user("carol"), user("carol")];
+        opts.force = true;
+        let err = init(&opts).unwrap_err();
+        assert!(
+            matches!(err, PkiError::DuplicateUser(ref n) if n == "carol"),
+            "{err}"
+        );
+    }
 }

@@ -455,6 +455,7 @@ async fn handshakes_are_refused_for_bad_clients() {
         },
         now - time::Duration::days(30),
         now - time::Duration::days(1),
+        false,
     )
     .unwrap();
     let expired = client_config(&server, tls13, Some((&server.pki, "expired")));
