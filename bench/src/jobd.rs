@@ -135,6 +135,7 @@ impl Jobd {
             ca: pki.join("ca.pem"),
             cert: pki.join("admin.pem"),
             key: pki.join("admin-key.pem"),
+            connect_timeout: jobc::client::DEFAULT_CONNECT_TIMEOUT,
         }
     }
 

@@ -35,6 +35,22 @@ pub struct ConnArgs {
     /// The private key of your client certificate.
     #[arg(long, global = true, env = "JOBC_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// How long connecting and the TLS handshake may take, e.g. 10s or 500ms [default: 10s].
+    #[arg(long, global = true, env = "JOBC_CONNECT_TIMEOUT", value_name = "DURATION",
+          value_parser = parse_timeout)]
+    pub connect_timeout: Option<std::time::Duration>,
+}
+
+/// A duration with a unit (`10s`, `500ms`), or bare seconds; never zero.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string())?,
+    };
+    if d.is_zero() {
+        return Err("the timeout must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 impl ConnArgs {
@@ -52,6 +68,9 @@ impl ConnArgs {
                 .key
                 .clone()
                 .unwrap_or_else(|| pki.join("admin-key.pem")),
+            connect_timeout: self
+                .connect_timeout
+                .unwrap_or(crate::client::DEFAULT_CONNECT_TIMEOUT),
         }
     }
 }

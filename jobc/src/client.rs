@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use proto::v1::job_service_client::JobServiceClient;
@@ -23,7 +24,14 @@ pub struct Target {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How long the TCP connect and the TLS handshake may take together: a server that
+    /// accepts and never answers (stopped, overloaded, a black-holed route) must not hang
+    /// a script forever.
+    pub connect_timeout: Duration,
 }
+
+/// The default of [`Target::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -144,20 +152,36 @@ pub async fn connect_with(
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     let connector = TlsConnector::from(config);
     let addr = server.clone();
+    let limit = target.connect_timeout;
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let (connector, name, addr) = (connector.clone(), name.clone(), addr.clone());
-            async move {
+            let handshake = async move {
                 let tcp = tcp_connect(&addr).await?;
                 tcp.set_nodelay(true)?;
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
+            };
+            async move {
+                tokio::time::timeout(limit, handshake)
+                    .await
+                    .unwrap_or_else(|_| Err(handshake_timed_out(limit)))
             }
         }))
         .await
         .map_err(|source| ConnectError::Connect { server, source })?;
     // Output batches can be up to a few MiB once encoded.
     Ok(JobServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+fn handshake_timed_out(limit: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no TLS handshake within {} (--connect-timeout)",
+            humantime::format_duration(limit)
+        ),
+    )
 }
 
 /// Finds out why a connection failed without a reason, typically a TLS alert that
@@ -181,5 +205,48 @@ pub async fn diagnose(target: &Target) -> Option<String> {
                 .unwrap_or_else(|| e.to_string()),
         ),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that accepts TCP and never answers must not hang jobc past its timeout.
+    #[tokio::test]
+    async fn a_silent_server_times_out_the_handshake() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap().to_string();
+        let target = Target {
+            server,
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            connect_timeout: Duration::from_millis(300),
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = ClientConfig::builder()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let started = std::time::Instant::now();
+        let attempt = connect_with(&target, Arc::new(config));
+        let result = tokio::time::timeout(Duration::from_secs(20), attempt)
+            .await
+            .expect("connect_with outlived its own timeout by 20 s");
+        let elapsed = started.elapsed();
+        let Err(ConnectError::Connect { source, .. }) = result else {
+            panic!("a silent server was not an error");
+        };
+        let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        let mut timed_out = false;
+        while let Some(e) = chain {
+            timed_out |= e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            chain = e.source();
+        }
+        assert!(timed_out, "not a time-out: {source:?}");
+        assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+        drop(listener);
     }
 }

@@ -83,6 +83,7 @@ fn target_in(ca_dir: &Path, user_dir: &Path, user: &str, addr: std::net::SocketA
         ca: ca_dir.join("ca.pem"),
         cert: user_dir.join(format!("{user}.pem")),
         key: user_dir.join(format!("{user}-key.pem")),
+        connect_timeout: jobc::client::DEFAULT_CONNECT_TIMEOUT,
     }
 }
 
