@@ -47,9 +47,11 @@ fn tune_malloc() {
     }
 }
 
+/// Prints the failure as one line: its text may quote the server, which quotes callers,
+/// so control characters are shown escaped rather than sent to the terminal.
 fn exit(failure: Failure) -> ! {
     if !failure.message.is_empty() {
-        eprintln!("jobc: {}", failure.message);
+        eprintln!("jobc: {}", worker::inert::Inert(&failure.message));
     }
     std::process::exit(failure.exit_code)
 }

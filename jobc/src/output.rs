@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proto::v1 as pb;
 use serde::Serialize;
+use worker::inert::Inert;
 
 /// `running`, `finished (exit code: N)` or `stopped (signal: N)`.
 pub fn status_line(s: &pb::JobStatus) -> String {
@@ -132,7 +133,9 @@ pub fn list_to_json(jobs: &[pb::JobStatus]) -> String {
     serde_json::to_string_pretty(&all).expect("a status always serializes")
 }
 
-/// The `jobc list` table: id, owner, status, start time, command.
+/// The `jobc list` table: id, owner, status, start time, command. Owners and argv are
+/// other people's text: an ESC or a newline in them would repaint the screen or draw
+/// fake rows, so every cell is shown [`Inert`].
 pub fn list_table(jobs: &[pb::JobStatus]) -> String {
     let rows: Vec<[String; 5]> = jobs
         .iter()
@@ -140,13 +143,13 @@ pub fn list_table(jobs: &[pb::JobStatus]) -> String {
             let started = time(&j.started_at)
                 .map(|t| t.get(..19).unwrap_or(&t).replace('T', " "))
                 .unwrap_or_default();
-            let mut command = j.argv.join(" ");
+            let mut command = Inert(&j.argv.join(" ")).to_string();
             if command.chars().count() > 60 {
                 command = command.chars().take(59).collect::<String>() + "…";
             }
             [
-                j.job_id.clone(),
-                j.owner.clone(),
+                Inert(&j.job_id).to_string(),
+                Inert(&j.owner).to_string(),
                 status_line(j),
                 started,
                 command,
@@ -277,5 +280,32 @@ impl Write for Unbuffered {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_table_shows_hostile_argv_and_owners_inert() {
+        let job = |owner: &str, argv: &[&str]| pb::JobStatus {
+            job_id: "a62dfccc-2ff9-411d-a9ef-d4812ed3d867".into(),
+            owner: owner.into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        let fake_row = "\nfeedface-0000-0000-0000-000000000000  admin  running";
+        let jobs = [
+            job("mallory\u{1b}[2J\u{1b}[H", &["sh", "-c", fake_row]),
+            job("bob", &["printf", "\u{9b}31mred\r\u{7}"]),
+        ];
+        let table = list_table(&jobs);
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(
+            !table.chars().any(|c| c != '\n' && c.is_control()),
+            "{table:?}"
+        );
+        assert!(table.contains("mallory\\u{1b}[2J"), "{table}");
     }
 }

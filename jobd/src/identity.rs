@@ -74,9 +74,11 @@ impl Identity {
     }
 }
 
+/// The username as logs and messages show it: a CN may carry any character, and one with
+/// a newline or an ESC must not forge or repaint a line of jobd's log.
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
+        write!(f, "{}", worker::inert::Brief(&self.name))
     }
 }
 
@@ -88,4 +90,21 @@ pub enum IdentityError {
     NoCommonName,
     #[error("the client certificate has more than one subject common name")]
     SeveralCommonNames,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_cn_is_shown_inert_and_short() {
+        let forged = "alice\n2026-12-02T00:00:00Z  INFO caller=admin method=\"Stop\" ok\u{1b}[2J";
+        let shown = Identity::new(forged, vec![Role::User]).to_string();
+        assert_eq!(
+            shown,
+            "alice\\u{a}2026-12-02T00:00:00Z  INFO caller=admin method=\"Stop\" ok\\u{1b}[2J"
+        );
+        let long = Identity::new("x".repeat(5000), vec![Role::User]).to_string();
+        assert!(long.len() < 200, "{} bytes", long.len());
+    }
 }

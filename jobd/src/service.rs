@@ -90,13 +90,15 @@ fn log<T>(
     result: &Result<T, Status>,
 ) {
     let elapsed_us = started.elapsed().as_micros() as u64;
+    // The job id is the caller's text until it parsed: shown inert and short.
+    let job = worker::inert::Brief(job);
     match result {
-        Ok(_) => tracing::info!(caller = %caller, method, job, elapsed_us, "ok"),
+        Ok(_) => tracing::info!(caller = %caller, method, %job, elapsed_us, "ok"),
         Err(s) if s.code() == tonic::Code::Internal => {
-            tracing::error!(caller = %caller, method, job, elapsed_us, code = ?s.code(), error = s.message(), "failed")
+            tracing::error!(caller = %caller, method, %job, elapsed_us, code = ?s.code(), error = s.message(), "failed")
         }
         Err(s) => {
-            tracing::info!(caller = %caller, method, job, elapsed_us, code = ?s.code(), error = s.message(), "refused")
+            tracing::info!(caller = %caller, method, %job, elapsed_us, code = ?s.code(), error = s.message(), "refused")
         }
     }
 }

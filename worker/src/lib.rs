@@ -11,6 +11,7 @@ mod capture;
 pub mod cgroup;
 mod error;
 mod folder;
+pub mod inert;
 mod job;
 mod limits;
 pub mod logfile;

@@ -2,6 +2,7 @@
 //! maxima it may not exceed, and refusal of values that make no sense.
 
 use crate::error::Error;
+use crate::inert::{Brief, Quoted};
 use crate::spec::Limits;
 
 /// Bounds no configuration can widen: beyond them a value is a mistake, not a wish.
@@ -80,21 +81,21 @@ impl LimitPolicy {
         {
             if !rate.device.starts_with('/') {
                 return Err(invalid(format!(
-                    "device {:?} must be an absolute path such as /dev/sda",
-                    rate.device
+                    "device {} must be an absolute path such as /dev/sda",
+                    Quoted(&rate.device)
                 )));
             }
             let bps = rate.bytes_per_second;
             if !(1..=MAX_RATE).contains(&bps) {
                 return Err(invalid(format!(
                     "the rate for {} must be from 1 byte/s to 1 TiB/s, not {bps}",
-                    rate.device
+                    Brief(&rate.device)
                 )));
             }
             if let Some(max) = self.max_device_bps.filter(|m| bps > *m) {
                 return Err(invalid(format!(
                     "the rate {bps} bytes/s for {} is above the server's maximum of {max}",
-                    rate.device
+                    Brief(&rate.device)
                 )));
             }
         }

@@ -27,9 +27,12 @@ impl FromStr for JobId {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        uuid::Uuid::try_parse(s)
-            .map(JobId)
-            .map_err(|_| Error::InvalidArgument(format!("malformed job id {s:?}: expected a UUID")))
+        uuid::Uuid::try_parse(s).map(JobId).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "malformed job id {}: expected a UUID",
+                crate::inert::Quoted(s)
+            ))
+        })
     }
 }
 
@@ -149,6 +152,16 @@ mod tests {
             err.to_string(),
             "malformed job id \"1234\": expected a UUID"
         );
+        // A huge or hostile id is quoted short and inert: Python's gRPC clients fail
+        // on a status message past their 8 KB metadata limit.
+        let err = "\u{1b}[2J"
+            .repeat(2000)
+            .parse::<JobId>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 300, "{} bytes: {err}", err.len());
+        assert!(!err.contains('\u{1b}'), "{err}");
+        assert!(err.ends_with("(8000 bytes): expected a UUID"), "{err}");
     }
 
     #[test]

@@ -634,6 +634,7 @@ fn supported_isolation(wanted: Isolation) -> Isolation {
 }
 
 fn spawn_error(program: &str, e: SpawnError) -> Error {
+    let shown = crate::inert::Brief(program);
     match e {
         SpawnError::Child {
             stage: Stage::Exec,
@@ -643,13 +644,13 @@ fn spawn_error(program: &str, e: SpawnError) -> Error {
             reason: error.to_string(),
         },
         SpawnError::Child { stage, error } => {
-            Error::Unsupported(format!("cannot start {program}: cannot {stage}: {error}"))
+            Error::Unsupported(format!("cannot start {shown}: cannot {stage}: {error}"))
         }
         SpawnError::Namespaces(error) => Error::Unsupported(format!(
-            "cannot start {program}: the kernel refused the job's namespaces: {error}"
+            "cannot start {shown}: the kernel refused the job's namespaces: {error}"
         )),
         SpawnError::Clone(error) => {
-            Error::io(format!("cannot start {program}: clone3 failed"), error)
+            Error::io(format!("cannot start {shown}: clone3 failed"), error)
         }
     }
 }
