@@ -4,7 +4,7 @@
 //! where the host can, otherwise inside a VM (`scripts/cgroup-vm/`). They move the test
 //! process between cgroups, so they run one at a time (`--test-threads=1`).
 //!
-//! The last two tests need no controllers and run everywhere.
+//! The two tests near the end marked so need no controllers and run everywhere.
 
 use std::fs;
 use std::path::PathBuf;
@@ -418,6 +418,443 @@ async fn a_path_that_is_not_a_block_device_is_refused() {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     assert_eq!(err.to_string(), "/dev/null is not a block device");
     assert!(f.worker.list(None).is_empty());
+}
+
+#[tokio::test]
+#[ignore = "needs cgroup v2 with cpu, io, memory, pids: run scripts/test-cgroups.sh"]
+async fn a_memory_limit_also_forbids_swap() {
+    let f = Fixture::new("swap", |_| {});
+    let spec = limited(
+        JobSpec::new("alice", vec!["sleep".into(), "60".into()]),
+        |l| l.memory_bytes = Some(32 << 20),
+    );
+    let job = f.worker.start(spec).await.unwrap();
+    let cgroup = f.job_cgroup(&job.id());
+    let read = |file: &str| fs::read_to_string(cgroup.join(file)).unwrap();
+    let (max, swap) = (read("memory.max"), read("memory.swap.max"));
+    job.stop(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(max.trim(), (32u64 << 20).to_string());
+    // Without it the job could page out past its memory limit instead of being OOM-killed.
+    assert_eq!(swap.trim(), "0", "memory.swap.max");
+}
+
+/// Reads `count` 64 KiB blocks of `device` with O_DIRECT (past the page cache, so the
+/// disk's limit applies) as a job with `limits`; returns the job's io.max and how long the
+/// job took.
+async fn timed_direct_read(f: &Fixture, device: &str, limits: Limits) -> (String, Duration) {
+    let spec = JobSpec::new(
+        "alice",
+        vec![
+            "dd".into(),
+            format!("if={device}"),
+            "of=/dev/null".into(),
+            "bs=64k".into(),
+            "count=64".into(),
+            "iflag=direct".into(),
+        ],
+    )
+    .with_limits(limits);
+    let started = Instant::now();
+    let job = f.worker.start(spec).await.unwrap();
+    let io_max = fs::read_to_string(f.job_cgroup(&job.id()).join("io.max")).unwrap();
+    let info = tokio::time::timeout(Duration::from_secs(120), job.wait())
+        .await
+        .unwrap();
+    assert_eq!(info.state, JobState::Finished { exit_code: 0 }, "{info:?}");
+    (io_max, started.elapsed())
+}
+
+fn read_limit(device: &str, bytes_per_second: u64) -> Limits {
+    Limits {
+        device_read_bps: vec![DeviceRate {
+            device: device.into(),
+            bytes_per_second,
+        }],
+        ..Default::default()
+    }
+}
+
+/// `major:minor` of a block device node.
+fn dev_number(path: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = fs::metadata(path).unwrap().rdev();
+    format!("{}:{}", libc::major(rdev), libc::minor(rdev))
+}
+
+fn scratch_disk() -> String {
+    std::env::var("CGVM_DISK")
+        .expect("CGVM_DISK names a scratch block device; scripts/test-cgroups.sh sets it")
+}
+
+#[tokio::test]
+#[ignore = "needs cgroup v2 with cpu, io, memory, pids: run scripts/test-cgroups.sh"]
+async fn device_read_limit_slows_direct_reads() {
+    let disk = scratch_disk();
+    let f = Fixture::new("ioread", |_| {});
+    let (io_max, took) = timed_direct_read(&f, &disk, read_limit(&disk, 1 << 20)).await;
+    assert_eq!(
+        io_max.trim(),
+        format!(
+            "{} rbps=1048576 wbps=max riops=max wiops=max",
+            dev_number(&disk)
+        )
+    );
+    assert!(
+        took >= Duration::from_millis(3500),
+        "4 MiB at 1 MiB/s took only {took:?}"
+    );
+}
+
+/// The scratch disk with an MBR partition table of one partition, made with no tool but
+/// the kernel (the guest has no sfdisk); the table is wiped again on drop.
+struct Partitioned {
+    disk: String,
+    partition: String,
+}
+
+/// `_IO(0x12, 95)`: asks the kernel to re-read a disk's partition table.
+const BLKRRPART: libc::c_ulong = 0x125f;
+
+impl Partitioned {
+    fn new(disk: &str) -> Partitioned {
+        let sys = format!("/sys/dev/block/{}", dev_number(disk));
+        assert!(
+            !std::path::Path::new(&sys).join("partition").exists(),
+            "{disk} is a partition, not a disk"
+        );
+        let sectors: u64 = fs::read_to_string(format!("{sys}/size"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        const FIRST: u64 = 2048;
+        assert!(sectors > FIRST + 2048, "{disk} is too small");
+        let mut mbr = [0u8; 512];
+        let entry = &mut mbr[446..462];
+        entry[4] = 0x83; // Linux
+        entry[8..12].copy_from_slice(&(FIRST as u32).to_le_bytes());
+        entry[12..16].copy_from_slice(&((sectors - FIRST) as u32).to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        Self::write_table(disk, &mbr);
+        let disk_name = fs::canonicalize(&sys)
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let partition = format!("/dev/{disk_name}1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // devtmpfs makes the node once the kernel has read the new table.
+        while !std::path::Path::new(&partition).exists() {
+            assert!(Instant::now() < deadline, "{partition} did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Partitioned {
+            disk: disk.to_string(),
+            partition,
+        }
+    }
+
+    fn write_table(disk: &str, sector: &[u8; 512]) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        let file = fs::OpenOptions::new().write(true).open(disk).unwrap();
+        file.write_all_at(sector, 0).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: BLKRRPART takes no argument; the fd is an open block device.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART as _) };
+        assert_eq!(rc, 0, "BLKRRPART: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Partitioned {
+    fn drop(&mut self) {
+        Self::write_table(&self.disk, &[0; 512]);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs cgroup v2 with cpu, io, memory, pids: run scripts/test-cgroups.sh"]
+async fn a_partition_is_limited_through_its_whole_disk() {
+    let disk = scratch_disk();
+    let parts = Partitioned::new(&disk);
+    let f = Fixture::new("iopart", |_| {});
+    let (io_max, took) =
+        timed_direct_read(&f, &parts.partition, read_limit(&parts.partition, 1 << 20)).await;
+    assert_ne!(dev_number(&parts.partition), dev_number(&disk));
+    // io.max takes whole disks only: the limit is on the disk that holds the partition.
+    assert_eq!(
+        io_max.trim(),
+        format!(
+            "{} rbps=1048576 wbps=max riops=max wiops=max",
+            dev_number(&disk)
+        )
+    );
+    assert!(
+        took >= Duration::from_millis(3500),
+        "4 MiB at 1 MiB/s through the partition took only {took:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs cgroup v2 with cpu, io, memory, pids: run scripts/test-cgroups.sh"]
+async fn the_base_defaults_to_the_servers_own_cgroup_and_the_server_moves_to_jobd_server() {
+    let root = cgroup_root();
+    fs::write(
+        root.join("cgroup.subtree_control"),
+        "+cpu +io +memory +pids",
+    )
+    .unwrap();
+    // This process stands in for jobd started in a cgroup of its own (e.g. a systemd unit).
+    let own = root.join("jobworker-test-own");
+    fs::create_dir(&own).unwrap();
+    fs::write(own.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+    let config = |state: &std::path::Path| {
+        let mut config = Config::new(state);
+        config.cgroups = CgroupMode::Required;
+        assert!(config.cgroup_root.is_none());
+        config
+    };
+    let state = tempfile::tempdir().unwrap();
+    let worker = Worker::new(config(state.path()));
+    let f = Fixture {
+        worker: worker.unwrap(),
+        root: root.clone(),
+        base: own.clone(),
+        _state: state,
+    };
+    let server = "0::/jobworker-test-own/jobd/server\n";
+    assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), server);
+    assert_eq!(f.worker.cgroup_jobs_dir(), Some(own.join("jobd/jobs")));
+    let job = f
+        .worker
+        .start(JobSpec::new(
+            "alice",
+            vec!["cat".into(), "/proc/self/cgroup".into()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        output(&job).await,
+        format!("0::/jobworker-test-own/jobd/jobs/{}\n", job.id())
+    );
+    job.wait().await;
+    // A worker started again from jobd/server (a restart in place) keeps the same base
+    // rather than nesting a new subtree inside its server cgroup.
+    let state = tempfile::tempdir().unwrap();
+    let again = Worker::new(config(state.path())).unwrap();
+    let jobs_dir = again.cgroup_jobs_dir();
+    support::settle(&again);
+    drop(again);
+    assert_eq!(jobs_dir, Some(own.join("jobd/jobs")));
+    assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), server);
+    assert!(!own.join("jobd/server/jobd").exists());
+    drop(f);
+}
+
+/// Starts a daemon that leaves the job's session (double fork and setsid) and prints
+/// "<its pid> <its session id>", then ends the job's main process with `then`.
+fn with_daemon(then: &str) -> JobSpec {
+    sh(&format!(
+        "d=$( (setsid sh -c 'echo $$ $(cut -d\" \" -f6 /proc/$$/stat); exec sleep 1000 >/dev/null' &) ); echo $d; {then}"
+    ))
+}
+
+fn parse_daemon(line: &str) -> (i32, i32) {
+    let mut it = line.split_whitespace().map(|v| v.parse::<i32>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[tokio::test]
+#[ignore = "needs cgroup v2 with cpu, io, memory, pids: run scripts/test-cgroups.sh"]
+async fn a_daemon_dies_when_its_jobs_main_process_exits() {
+    let f = Fixture::new("leftover", |_| {});
+    let job = f.worker.start(with_daemon("exit 3")).await.unwrap();
+    let cgroup = f.job_cgroup(&job.id());
+    let leader = job.info().pid;
+    let info = tokio::time::timeout(Duration::from_secs(30), job.wait())
+        .await
+        .expect("the job did not end with its main process");
+    assert_eq!(info.state, JobState::Finished { exit_code: 3 });
+    let (daemon, sid) = parse_daemon(&output(&job).await);
+    assert_eq!(sid, daemon, "the daemon did not get a session of its own");
+    assert_ne!(sid, leader);
+    // The end is shown only once the cgroup is empty: no wait needed here.
+    assert!(gone(daemon), "daemon {daemon} outlived its job");
+    assert!(!cgroup.exists(), "cgroup not removed after the job ended");
+}
+
+/// The crash tests' worker runs in a child process of this test binary (this test, run
+/// with the variable set): it starts a job with a daemon, says so in a file, and waits to
+/// be killed with SIGKILL. As an ordinary test it does nothing.
+const CRASH_CHILD: &str = "JOBWORKER_TEST_CRASH_CHILD";
+const CRASH_READY: &str = "crashed-job";
+
+#[tokio::test]
+#[ignore = "the crash tests run it in a child process"]
+async fn crash_child() {
+    let Some(args) = std::env::var_os(CRASH_CHILD) else {
+        return;
+    };
+    let args = args.into_string().unwrap();
+    let (state, base) = args.split_once('\t').unwrap();
+    let mut config = Config::new(state);
+    config.cgroups = CgroupMode::Required;
+    config.cgroup_root = Some(base.into());
+    let worker = Worker::new(config).unwrap();
+    let job = worker.start(with_daemon("exec sleep 1000")).await.unwrap();
+    let mut reader = job.logs(true).unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(30), reader.next_batch())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let daemon = String::from_utf8(batch[0].data.to_vec()).unwrap();
+    let ready = PathBuf::from(state).join(CRASH_READY);
+    let tmp = ready.with_extension("tmp");
+    fs::write(
+        &tmp,
+        format!("{} {} {}", job.id(), job.info().pid, daemon.trim()),
+    )
+    .unwrap();
+    fs::rename(&tmp, &ready).unwrap();
+    // Killed long before this; should the parent be gone, do not leave the job behind.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    worker.shutdown().await;
+}
+
+/// A job left running by a worker that was killed with SIGKILL.
+struct Crashed {
+    id: worker::JobId,
+    leader: i32,
+    daemon: i32,
+    cgroup: PathBuf,
+}
+
+/// Runs [`crash_child`]'s worker with its cgroups under `base`, and kills it once its job
+/// and the job's daemon run.
+fn crash_a_worker(state: &std::path::Path, base: &std::path::Path) -> Crashed {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--include-ignored", "--nocapture"])
+        .env(
+            CRASH_CHILD,
+            format!("{}\t{}", state.display(), base.display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = state.join(CRASH_READY);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        if let Ok(text) = fs::read_to_string(&ready) {
+            break text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the crash child ended before its job ran: {status}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the crash child's job did not start within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The crash. wait() returns at once: SIGKILL cannot be caught or blocked.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fs::remove_file(&ready).unwrap();
+    let mut fields = text.split_whitespace();
+    let id: worker::JobId = fields.next().unwrap().parse().unwrap();
+    let leader: i32 = fields.next().unwrap().parse().unwrap();
+    let (daemon, sid) = parse_daemon(&fields.collect::<Vec<_>>().join(" "));
+    assert_ne!(sid, leader, "the daemon is still in the job's session");
+    let cgroup = base.join("jobd/jobs").join(id.to_string());
+    let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    let procs: Vec<i32> = procs.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        procs.contains(&leader) && procs.contains(&daemon),
+        "the job's processes outlive the crash in its cgroup: {procs:?}"
+    );
+    let record = worker::store::read_record(&state.join("jobs").join(id.to_string())).unwrap();
+    assert_eq!(record.state, worker::store::StoredState::Running);
+    assert_eq!(record.cgroup.as_ref(), Some(&cgroup));
+    Crashed {
+        id,
+        leader,
+        daemon,
+        cgroup,
+    }
+}
+
+/// What the worker after the crash must have done, whatever its cgroup set-up.
+fn assert_recovered(worker: &Worker, state: &std::path::Path, crashed: &Crashed) {
+    // Worker::new returns once the cgroup is empty and removed: no wait needed.
+    assert!(gone(crashed.leader), "the job's main process survived");
+    assert!(gone(crashed.daemon), "the job's daemon survived");
+    assert!(!crashed.cgroup.exists(), "the job's cgroup was not removed");
+    let info = worker.job(&crashed.id).unwrap().info();
+    assert_eq!(info.state, JobState::Stopped { signal: 9 });
+    assert!(info.server_lost, "{info:?}");
+    let record =
+        worker::store::read_record(&state.join("jobs").join(crashed.id.to_string())).unwrap();
+    assert_eq!(
+        record.state,
+        worker::store::StoredState::Stopped { signal: 9 }
+    );
+    assert!(record.server_lost);
+}
+
+#[tokio::test]
+#[ignore = "needs cgroup v2 with cpu, io, memory, pids: run scripts/test-cgroups.sh"]
+async fn a_crashed_workers_job_and_its_daemon_are_killed_through_its_cgroup_at_restart() {
+    let root = cgroup_root();
+    fs::write(
+        root.join("cgroup.subtree_control"),
+        "+cpu +io +memory +pids",
+    )
+    .unwrap();
+    let base = root.join("jobworker-test-crash");
+    fs::create_dir(&base).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let crashed = crash_a_worker(state.path(), &base);
+    let mut config = Config::new(state.path());
+    config.cgroups = CgroupMode::Required;
+    config.cgroup_root = Some(base.clone());
+    let worker = Worker::new(config).unwrap();
+    assert_recovered(&worker, state.path(), &crashed);
+    drop(Fixture {
+        worker,
+        root,
+        base,
+        _state: state,
+    });
+}
+
+/// Restarted with cgroups off (or another base), the worker finds the job's processes
+/// through the cgroup its record names, not in a cgroup subtree of its own.
+#[tokio::test]
+#[ignore = "needs cgroup v2 with cpu, io, memory, pids: run scripts/test-cgroups.sh"]
+async fn a_crashed_workers_recorded_cgroup_is_killed_by_a_worker_without_cgroups() {
+    let root = cgroup_root();
+    fs::write(
+        root.join("cgroup.subtree_control"),
+        "+cpu +io +memory +pids",
+    )
+    .unwrap();
+    let base = root.join("jobworker-test-crash-off");
+    fs::create_dir(&base).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let crashed = crash_a_worker(state.path(), &base);
+    let mut config = Config::new(state.path());
+    config.cgroups = CgroupMode::Off;
+    let worker = Worker::new(config).unwrap();
+    assert!(worker.cgroup_jobs_dir().is_none());
+    assert_recovered(&worker, state.path(), &crashed);
+    support::settle(&worker);
+    for dir in ["jobd/jobs", "jobd/server", "jobd", ""] {
+        fs::remove_dir(base.join(dir)).unwrap();
+    }
 }
 
 // ---- these need no controllers and run everywhere ----
