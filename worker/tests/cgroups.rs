@@ -70,8 +70,10 @@ impl Drop for Fixture {
         support::settle(&self.worker);
         let jobs = self.base.join("jobd/jobs");
         // Job cgroups are the subfolders; the rest are the cgroup's own control files.
+        // (A missing jobs folder leaves the base behind too, which is asserted below.)
         let left: Vec<_> = fs::read_dir(&jobs)
-            .unwrap()
+            .into_iter()
+            .flatten()
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.path())
@@ -102,17 +104,43 @@ fn limited(spec: JobSpec, f: impl FnOnce(&mut Limits)) -> JobSpec {
     spec.with_limits(limits)
 }
 
+/// A job's stdout once it has ended; the job must end within a minute.
 async fn output(job: &worker::Job) -> String {
     let mut reader = job.logs(true).unwrap();
     let mut out = Vec::new();
-    while let Some(batch) = reader.next_batch().await.unwrap() {
-        for r in batch {
-            if r.stream == Stream::Stdout {
-                out.extend_from_slice(&r.data);
+    let all = async {
+        while let Some(batch) = reader.next_batch().await.unwrap() {
+            for r in batch {
+                if r.stream == Stream::Stdout {
+                    out.extend_from_slice(&r.data);
+                }
             }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the job's output did not end within 60 s");
     String::from_utf8(out).unwrap()
+}
+
+/// The job's end; it must come within a minute.
+async fn ended(job: &worker::Job) -> worker::JobInfo {
+    tokio::time::timeout(Duration::from_secs(60), job.wait())
+        .await
+        .expect("the job did not end within 60 s")
+}
+
+/// Waits up to 10 s for `pid` to be gone (or a zombie): a process leaves its cgroup, which
+/// may then be removed, a moment before it is a zombie.
+fn wait_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 fn gone(pid: i32) -> bool {
@@ -271,7 +299,7 @@ async fn pids_limit_contains_a_fork_bomb() {
         .unwrap();
     assert_eq!(output(&other).await, "fine\n");
     assert_eq!(
-        other.wait().await.state,
+        ended(&other).await.state,
         JobState::Finished { exit_code: 0 }
     );
     let info = job.stop(Duration::from_secs(2)).await.unwrap();
@@ -397,7 +425,16 @@ async fn stale_job_cgroups_are_killed_and_removed_at_start_up() {
         base,
         _state: state,
     };
-    let status = orphan.wait().unwrap();
+    // Worker::new returns once the stale cgroup is empty, which a dying process leaves
+    // a moment before it can be reaped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = orphan.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the orphan survived");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(!stale.exists());
@@ -639,7 +676,7 @@ async fn the_base_defaults_to_the_servers_own_cgroup_and_the_server_moves_to_job
         output(&job).await,
         format!("0::/jobworker-test-own/jobd/jobs/{}\n", job.id())
     );
-    job.wait().await;
+    ended(&job).await;
     // A worker started again from jobd/server (a restart in place) keeps the same base
     // rather than nesting a new subtree inside its server cgroup.
     let state = tempfile::tempdir().unwrap();
@@ -680,8 +717,7 @@ async fn a_daemon_dies_when_its_jobs_main_process_exits() {
     let (daemon, sid) = parse_daemon(&output(&job).await);
     assert_eq!(sid, daemon, "the daemon did not get a session of its own");
     assert_ne!(sid, leader);
-    // The end is shown only once the cgroup is empty: no wait needed here.
-    assert!(gone(daemon), "daemon {daemon} outlived its job");
+    assert!(wait_gone(daemon), "daemon {daemon} outlived its job");
     assert!(!cgroup.exists(), "cgroup not removed after the job ended");
 }
 
@@ -789,9 +825,8 @@ fn crash_a_worker(state: &std::path::Path, base: &std::path::Path) -> Crashed {
 
 /// What the worker after the crash must have done, whatever its cgroup set-up.
 fn assert_recovered(worker: &Worker, state: &std::path::Path, crashed: &Crashed) {
-    // Worker::new returns once the cgroup is empty and removed: no wait needed.
-    assert!(gone(crashed.leader), "the job's main process survived");
-    assert!(gone(crashed.daemon), "the job's daemon survived");
+    assert!(wait_gone(crashed.leader), "the job's main process survived");
+    assert!(wait_gone(crashed.daemon), "the job's daemon survived");
     assert!(!crashed.cgroup.exists(), "the job's cgroup was not removed");
     let info = worker.job(&crashed.id).unwrap().info();
     assert_eq!(info.state, JobState::Stopped { signal: 9 });
@@ -891,7 +926,7 @@ async fn auto_runs_without_limits_and_refuses_jobs_that_ask_for_them() {
         .start(JobSpec::new("alice", vec!["true".into()]))
         .await
         .unwrap();
-    assert_eq!(job.wait().await.state, JobState::Finished { exit_code: 0 });
+    assert_eq!(ended(&job).await.state, JobState::Finished { exit_code: 0 });
 }
 
 /// Changes a global sysctl, so it runs only in the VM with the other tests here.
