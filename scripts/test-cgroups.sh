@@ -3,9 +3,16 @@
 # hierarchy with the cpu, io, memory and pids controllers: directly when this host has
 # one and we are root, otherwise inside the small VM of scripts/cgroup-vm/.
 # The tests move their own process between cgroups, so they run one at a time.
+#
+# The run is bounded in time: every wait in the tests has a deadline, and should a test
+# hang anyway, the whole run is killed after CGVM_TIMEOUT seconds (default 600; a full
+# run takes about half a minute in the emulated guest here, plus up to a minute per boot
+# retry), well within CI's 90 minutes. In the VM the guest is killed (exit 125, with the
+# output so far: libtest has named the test that hung); directly, the test process is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$PWD
+export CGVM_TIMEOUT=${CGVM_TIMEOUT:-600}
 
 host_has_cgroup_v2() {
   [ "$(id -u)" = 0 ] || return 1
@@ -24,9 +31,12 @@ cargo test -p worker --test cgroups --no-run --locked
 if host_has_cgroup_v2 && [ -z "${JOBWORKER_FORCE_VM:-}" ]; then
   echo "test-cgroups: this host has cgroup v2 with cpu, io, memory and pids; running directly" >&2
   if [ -z "${CGVM_DISK:-}" ]; then
-    echo "test-cgroups: set CGVM_DISK to a scratch block device for the io.max test" >&2
+    echo "test-cgroups: set CGVM_DISK to a scratch block device for the io.max tests (they overwrite its data)" >&2
   fi
-  exec cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
+  # timeout signals its process group: cargo and the test binary (a job of a killed
+  # test runs in a session of its own and may be left; its cgroup is jobworker-test-*).
+  exec timeout --kill-after=10 "$CGVM_TIMEOUT" \
+    cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
 fi
 
 echo "test-cgroups: no usable cgroup v2 here; running the tests in the VM" >&2
