@@ -22,9 +22,13 @@ if [ "${1:-}" = run ]; then
   export PATH HOME
   cd /
   # $CGVM_RUN/cmd: the host's exported environment, cd to its $PWD, exec the command.
+  read -r up0 _ < /proc/uptime
   : > "$CGVM_RUN/started"   # for run-in-vm.sh's boot watchdog
   /bin/bash "$CGVM_RUN/cmd" </dev/null >"$CGVM_RUN/stdout" 2>"$CGVM_RUN/stderr"
   echo $? > "$CGVM_RUN/rc"
+  # The guest's clock over the command, which run-in-vm.sh compares with the host's.
+  read -r up1 _ < /proc/uptime
+  echo "$up0 $up1" > "$CGVM_RUN/clock"
   $BB sync
   $BB poweroff -f
   exit 1   # not reached; a dying PID 1 panics, which also stops QEMU (panic=-1, -no-reboot)
