@@ -574,19 +574,25 @@ impl Partitioned {
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
         Self::write_table(disk, &mbr);
-        let disk_name = fs::canonicalize(&sys)
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let partition = format!("/dev/{disk_name}1");
+        // The kernel names the partition (vda1, nvme0n1p1, ...) in the disk's sysfs folder;
+        // devtmpfs then makes its node.
+        let first_partition = || {
+            fs::read_dir(&sys).ok()?.flatten().find_map(|e| {
+                let number = fs::read_to_string(e.path().join("partition")).ok()?;
+                (number.trim() == "1").then(|| format!("/dev/{}", e.file_name().to_string_lossy()))
+            })
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        // devtmpfs makes the node once the kernel has read the new table.
-        while !std::path::Path::new(&partition).exists() {
-            assert!(Instant::now() < deadline, "{partition} did not appear");
+        let partition = loop {
+            if let Some(p) = first_partition().filter(|p| std::path::Path::new(p).exists()) {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the partition of {disk} did not appear"
+            );
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         Partitioned {
             disk: disk.to_string(),
             partition,
