@@ -4,7 +4,8 @@
 //! where the host can, otherwise inside a VM (`scripts/cgroup-vm/`). They move the test
 //! process between cgroups, so they run one at a time (`--test-threads=1`).
 //!
-//! The two tests near the end marked so need no controllers and run everywhere.
+//! The two tests after "these need no controllers" run everywhere. `crash_child` is no test
+//! of its own: the crash tests run it in a child process.
 
 use std::fs;
 use std::path::PathBuf;
