@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::ops::Deref;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use worker::{Config, Worker};
 
@@ -43,12 +44,41 @@ impl Drop for Settling {
     }
 }
 
-/// A worker on a state dir of its own, deleted once the worker has settled and its
-/// threads are gone.
+/// A state dir laid out as jobd lays out `/var/lib/jobworker`: a not-yet-existing child
+/// of a 0755 parent, so whoever opens it first (a `Worker::new`) creates it with the
+/// process umask, as jobd does. A bare `tempdir()` is 0700 and would hide a file or
+/// folder that is too open. Dropping it removes the parent and everything under it.
+pub struct StateDir {
+    parent: tempfile::TempDir,
+    state: PathBuf,
+}
+
+impl StateDir {
+    pub fn new() -> StateDir {
+        let parent = tempfile::tempdir().expect("a scratch dir");
+        std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod 0755 of the scratch dir");
+        let state = parent.path().join("state");
+        StateDir { parent, state }
+    }
+
+    /// The state dir: absent until a worker (or the test) creates it.
+    pub fn path(&self) -> &Path {
+        &self.state
+    }
+
+    /// The scratch dir around the state dir, for a test's own files.
+    pub fn scratch(&self) -> &Path {
+        self.parent.path()
+    }
+}
+
+/// A worker on a state dir of its own (see [`StateDir`]), deleted once the worker has
+/// settled and its threads are gone.
 pub struct TestWorker {
     // Fields drop in this order: the worker first, then the dir.
     worker: Settling,
-    dir: tempfile::TempDir,
+    dir: StateDir,
 }
 
 impl TestWorker {
@@ -57,7 +87,7 @@ impl TestWorker {
     }
 
     pub fn with(tune: impl FnOnce(&mut Config)) -> TestWorker {
-        let dir = tempfile::tempdir().expect("a scratch state dir");
+        let dir = StateDir::new();
         let mut config = Config::new(dir.path());
         tune(&mut config);
         let worker = Worker::new(config).expect("a worker on a fresh state dir");
@@ -67,9 +97,14 @@ impl TestWorker {
         }
     }
 
-    /// The state dir; a test may keep its own files there too.
+    /// The state dir, which the worker created.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The scratch dir around the state dir: a test keeps its own files here.
+    pub fn scratch(&self) -> &Path {
+        self.dir.scratch()
     }
 }
 
@@ -79,4 +114,28 @@ impl Deref for TestWorker {
     fn deref(&self) -> &Worker {
         &self.worker
     }
+}
+
+/// `fut`'s output, or a panic naming `what` if it takes longer than `limit`: no wait in a
+/// test is unbounded.
+pub async fn within<F: std::future::Future>(
+    limit: std::time::Duration,
+    what: &str,
+    fut: F,
+) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: not within {limit:?}"),
+    }
+}
+
+/// The start time of process `pid` in clock ticks since boot, if it is alive (not a
+/// zombie): with its pid, it names one process even if the pid is reused later.
+pub fn live_start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
