@@ -1,12 +1,13 @@
 //! The worker with real processes: lifecycle, signals, process trees and output capture.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use worker::{Error, Job, JobSpec, JobState, LogReader, Stream, Worker};
 
 mod support;
-use support::TestWorker;
+use support::{within, TestWorker};
 
 fn spec(argv: &[&str]) -> JobSpec {
     JobSpec::new("alice", argv.iter().map(|s| s.to_string()).collect())
@@ -158,7 +159,14 @@ async fn stop_kills_background_children_of_the_process_group() {
     let mut reader = job.logs(true).unwrap();
     let mut text = String::new();
     while text.lines().count() < 2 {
-        let batch = reader.next_batch().await.unwrap().unwrap();
+        let batch = within(
+            Duration::from_secs(10),
+            "the children's pids",
+            reader.next_batch(),
+        )
+        .await
+        .unwrap()
+        .expect("the job ended before printing both pids");
         for r in batch {
             text.push_str(std::str::from_utf8(&r.data).unwrap());
         }
@@ -201,7 +209,7 @@ async fn stdout_and_stderr_are_captured_and_labelled() {
 async fn binary_output_and_a_partial_last_line_are_stored_exactly() {
     let w = TestWorker::new();
     let all_bytes: Vec<u8> = (0..=255u8).collect();
-    let input = w.path().join("bytes");
+    let input = w.scratch().join("bytes");
     let mut content = all_bytes.repeat(100);
     content.extend_from_slice(b"no newline at the end");
     std::fs::write(&input, &content).unwrap();
@@ -222,6 +230,10 @@ async fn a_50_mb_line_is_stored_exactly() {
     assert_eq!(out.last(), Some(&b'\n'));
 }
 
+/// Readers are independent: a reader that stops reading holds back neither the job nor
+/// the other readers. Here the slow one reads a few MiB, then waits (holding its last
+/// batch, as a stuck client's stream would) until the job has ended and both fast readers
+/// have read everything; only then does it go on, and it too gets every byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_concurrent_readers_one_slow_replay_200_mb_exactly() {
     let w = TestWorker::new();
@@ -234,44 +246,91 @@ async fn three_concurrent_readers_one_slow_replay_200_mb_exactly() {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
-    let input = w.path().join("input");
+    let input = w.scratch().join("input");
     std::fs::write(&input, &content).unwrap();
     let content = Arc::new(content);
+    // How far the fast readers have read: the slow one starts once they are well ahead,
+    // so its one batch is as large as a batch may be, and it is far behind from then on.
+    let lead = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    const HEAD_START: usize = 32 * 1024 * 1024;
 
     let job = w
         .start(spec(&["cat", input.to_str().unwrap()]))
         .await
         .unwrap();
+    let (stuck_tx, stuck_rx) = tokio::sync::oneshot::channel::<usize>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut slow_signals = Some((stuck_tx, go_rx));
     let mut readers = Vec::new();
     for slow in [false, false, true] {
         let reader = job.logs(true).unwrap();
         let expected = Arc::clone(&content);
+        let lead = Arc::clone(&lead);
+        let mut signals = if slow { slow_signals.take() } else { None };
         readers.push(tokio::spawn(async move {
             let mut reader = reader;
             let mut offset = 0usize;
-            let mut batches = 0;
+            if slow {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while lead.load(Ordering::SeqCst) < HEAD_START {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the fast readers never got ahead"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
             while let Some(batch) = reader.next_batch().await.unwrap() {
-                for r in batch {
+                for r in &batch {
                     assert_eq!(r.stream, Stream::Stdout);
                     assert_eq!(&expected[offset..offset + r.data.len()], &r.data[..]);
                     offset += r.data.len();
                 }
-                batches += 1;
-                if slow && batches % 4 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                if !slow {
+                    lead.fetch_max(offset, Ordering::SeqCst);
                 }
+                if let Some((stuck, go)) = signals.take() {
+                    stuck.send(offset).unwrap();
+                    go.await.unwrap();
+                }
+                drop(batch);
             }
             offset
         }));
     }
-    // The slow reader must not hold the job back: it ends on its own time.
-    let info = tokio::time::timeout(Duration::from_secs(60), job.wait())
-        .await
-        .unwrap();
+    let slow = readers.pop().unwrap();
+    let slow_at = within(
+        Duration::from_secs(20),
+        "the slow reader's one batch",
+        stuck_rx,
+    )
+    .await
+    .unwrap();
+    let info = within(
+        Duration::from_secs(20),
+        "the job's end while a reader is stuck",
+        job.wait(),
+    )
+    .await;
     assert_eq!(info.state, JobState::Finished { exit_code: 0 });
     for r in readers {
-        assert_eq!(r.await.unwrap(), content.len());
+        let got = within(
+            Duration::from_secs(20),
+            "a fast reader's end while a reader is stuck",
+            r,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, content.len());
     }
+    // Still stuck where it stopped: far behind everything the others have read.
+    assert!(slow_at < content.len() / 4, "{slow_at}");
+    assert!(!slow.is_finished());
+    go_tx.send(()).unwrap();
+    let got = within(Duration::from_secs(20), "the slow reader's end", slow)
+        .await
+        .unwrap();
+    assert_eq!(got, content.len());
 }
 
 #[tokio::test]
@@ -282,27 +341,61 @@ async fn a_reader_that_joins_after_the_end_gets_everything() {
     assert_eq!(out, b"line 1\nline 2\nline 3\n");
 }
 
+/// The follower sees the first line while the job is still running: the job prints it,
+/// then waits for a file that the test creates only after the follower delivered that
+/// line. Output held back until the end would never let the job end.
 #[tokio::test]
 async fn a_follower_sees_live_output_and_ends_with_the_job() {
     let w = TestWorker::new();
+    let go = w.scratch().join("go");
     let job = w
-        .start(sh("echo first; sleep 0.3; echo second"))
+        .start(sh(&format!(
+            "echo first; while [ ! -e {} ]; do sleep 0.01; done; echo second",
+            go.display()
+        )))
         .await
         .unwrap();
-    let follower = job.logs(true).unwrap();
-    let snapshot = job.logs(false).unwrap();
-    let (snap_out, _) = collect(snapshot).await;
-    assert!(b"first\n".starts_with(&snap_out), "{snap_out:?}");
-    let (out, _) = tokio::time::timeout(Duration::from_secs(10), collect(follower))
+    let mut follower = job.logs(true).unwrap();
+    let mut out = Vec::new();
+    while out != b"first\n" {
+        let batch = within(
+            Duration::from_secs(10),
+            "the first line while the job runs",
+            follower.next_batch(),
+        )
         .await
-        .unwrap();
-    assert_eq!(out, b"first\nsecond\n");
+        .unwrap()
+        .expect("the follower ended before the job did");
+        for r in batch {
+            assert_eq!(r.stream, Stream::Stdout);
+            out.extend_from_slice(&r.data);
+        }
+        assert!(b"first\n".starts_with(&out), "{out:?}");
+    }
+    assert_eq!(job.info().state, JobState::Running);
+    // A snapshot taken now holds what was written so far, and no more.
+    let (snap_out, _) = within(
+        Duration::from_secs(10),
+        "a snapshot read",
+        collect(job.logs(false).unwrap()),
+    )
+    .await;
+    assert_eq!(snap_out, b"first\n");
+    std::fs::write(&go, b"").unwrap();
+    let (rest, _) = within(
+        Duration::from_secs(10),
+        "the follower's end with the job",
+        collect(follower),
+    )
+    .await;
+    assert_eq!(rest, b"second\n");
+    assert_eq!(job.info().state, JobState::Finished { exit_code: 0 });
 }
 
 #[tokio::test]
 async fn failed_starts_are_clear_and_leave_nothing_behind() {
     let w = TestWorker::new();
-    let not_exec = w.path().join("script");
+    let not_exec = w.scratch().join("script");
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
     let cases: Vec<(JobSpec, &str)> = vec![
         (
@@ -338,7 +431,7 @@ async fn failed_starts_are_clear_and_leave_nothing_behind() {
 async fn exec_failure_in_the_child_is_reported() {
     let w = TestWorker::new();
     // Executable bits but no valid format or interpreter: only execve can tell.
-    let bad = w.path().join("bad-interpreter");
+    let bad = w.scratch().join("bad-interpreter");
     std::fs::write(&bad, "#!/no/such/interpreter\n").unwrap();
     std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let err = w.start(spec(&[bad.to_str().unwrap()])).await.unwrap_err();
@@ -397,7 +490,8 @@ fn worker_path() -> &'static str {
 
 #[tokio::test]
 async fn limits_are_refused_without_cgroups() {
-    let w = TestWorker::new();
+    // Off, not `auto`: on a host with a usable hierarchy `auto` would give cgroups.
+    let w = TestWorker::with(|c| c.cgroups = worker::CgroupMode::Off);
     let limited = spec(&["true"]).with_limits(worker::Limits {
         pids: Some(8),
         ..Default::default()
