@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use worker::{Credentials, Error, Isolation, JobSpec, JobState, Stream, Worker};
 
 mod support;
-use support::TestWorker;
+use support::{live_start_ticks, within, TestWorker};
 
 const NOBODY: Credentials = Credentials {
     uid: 65534,
@@ -44,7 +44,9 @@ async fn run(w: &Worker, spec: JobSpec) -> (JobState, String, String) {
             }
         }
     }
-    let state = job.wait().await.state;
+    let state = within(Duration::from_secs(30), "the job's end", job.wait())
+        .await
+        .state;
     (
         state,
         String::from_utf8(out).unwrap(),
@@ -148,11 +150,26 @@ async fn host_network_reaches_the_host_loopback() {
         ..Isolation::ALL
     });
     let job = w.start(spec).await.unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the job never connected");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut got = String::new();
     std::io::Read::read_to_string(&mut conn, &mut got).unwrap();
     assert_eq!(got, "hello\n");
-    assert_eq!(job.wait().await.state, JobState::Finished { exit_code: 0 });
+    let info = within(Duration::from_secs(10), "the job's end", job.wait()).await;
+    assert_eq!(info.state, JobState::Finished { exit_code: 0 });
     assert!(!job.info().isolation.net && job.info().isolation.pid);
 }
 
@@ -217,53 +234,125 @@ async fn root_jobs_are_refused_unless_the_server_allows_them() {
     assert_eq!(out, "0\n");
 }
 
-/// Host pids of the processes in the PID namespace of `pid`.
-fn pid_namespace_members(pid: i32) -> Vec<i32> {
-    let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/pid")) else {
-        return Vec::new();
-    };
+/// One process as `/proc/<pid>/stat` shows it to this (the host's) PID namespace.
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    session: i32,
+    start_ticks: u64,
+    comm: String,
+}
+
+fn host_processes() -> Vec<Proc> {
     fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|n| n == ns)
-                && !fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z'))
-                })
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            (f.len() > 19 && f[0] != "Z").then(|| Proc {
+                pid,
+                ppid: f[1].parse().unwrap(),
+                session: f[3].parse().unwrap(),
+                start_ticks: f[19].parse().unwrap(),
+                comm: head.split_once('(').unwrap().1.to_string(),
+            })
         })
         .collect()
 }
 
+/// Live descendants of `pid`, found by their parents (which works whether or not they
+/// share a namespace with it).
+fn descendants(pid: i32) -> Vec<Proc> {
+    let all = host_processes();
+    let mut found: Vec<Proc> = Vec::new();
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for p in all.iter().filter(|p| p.ppid == parent) {
+            parents.push(p.pid);
+            found.push(Proc {
+                comm: p.comm.clone(),
+                ..*p
+            });
+        }
+    }
+    found
+}
+
+/// Whether `pid` ignores SIGTERM.
+fn ignores_sigterm(pid: i32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// The job's children escape its process group's SIGTERM two ways: one ignores it, one
+/// left the job's session. Both die with the job's PID 1 all the same, because the kernel
+/// ends a PID namespace when its init exits. They are named by pid and start time, taken
+/// while the job runs, so a later process reusing a pid is not taken for a survivor.
 #[tokio::test]
 async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
     let w = worker(Some(NOBODY));
     let job = w
-        .start(sh("(sleep 1000 &); sleep 1000 & echo started; wait"))
+        .start(sh(
+            "(trap '' TERM; exec sleep 1000) & setsid sleep 1000 & wait",
+        ))
         .await
         .unwrap();
-    let mut reader = job.logs(true).unwrap();
-    reader.next_batch().await.unwrap().unwrap();
     let leader = job.info().pid;
-    let members = pid_namespace_members(leader);
-    assert!(members.len() >= 3, "{members:?}");
-    let info = job.stop(Duration::from_secs(1)).await.unwrap();
-    assert!(matches!(
-        info.state,
-        JobState::Stopped { .. } | JobState::Finished { .. }
-    ));
+    let leader_ticks = live_start_ticks(leader).expect("the job's leader runs");
+    // Both children have exec'd sleep, one ignoring SIGTERM, one in a session of its own.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while members.iter().any(|&p| {
-        fs::metadata(format!("/proc/{p}")).is_ok() && pid_namespace_members(leader).contains(&p)
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "processes of the namespace survived"
-        );
+    let children = loop {
+        let children = descendants(leader);
+        let sleeping = children.iter().filter(|p| p.comm == "sleep").count();
+        if sleeping == 2
+            && children.iter().any(|p| ignores_sigterm(p.pid))
+            && children.iter().any(|p| p.session != leader)
+        {
+            break children;
+        }
+        assert!(Instant::now() < deadline, "the job's children never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut members: Vec<(i32, u64)> = children.iter().map(|p| (p.pid, p.start_ticks)).collect();
+    members.push((leader, leader_ticks));
+
+    let info = within(
+        Duration::from_secs(10),
+        "the stop",
+        job.stop(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let survivors: Vec<i32> = members
+            .iter()
+            .filter(|&&(pid, ticks)| live_start_ticks(pid) == Some(ticks))
+            .map(|&(pid, _)| pid)
+            .collect();
+        if survivors.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            for &pid in &survivors {
+                // SAFETY: kill has no memory-safety preconditions; each pid was checked
+                // against its start time just above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            panic!("processes of the job survived its stop: {survivors:?}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // PID 1 with no handler never sees the SIGTERM: it ends by the SIGKILL after the grace.
+    assert_eq!(info.state, JobState::Stopped { signal: 9 });
+    assert!(info.stop_requested);
 }
 
 #[tokio::test]
@@ -276,9 +365,18 @@ async fn a_pid_1_with_a_sigterm_handler_stops_gracefully() {
         .await
         .unwrap();
     let mut reader = job.logs(true).unwrap();
-    reader.next_batch().await.unwrap().unwrap();
+    within(Duration::from_secs(10), "ready", reader.next_batch())
+        .await
+        .unwrap()
+        .expect("the job ended before it was ready");
     let started = Instant::now();
-    let info = job.stop(Duration::from_secs(5)).await.unwrap();
+    let info = within(
+        Duration::from_secs(10),
+        "the stop",
+        job.stop(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
     assert_eq!(info.state, JobState::Finished { exit_code: 0 });
     assert!(started.elapsed() < Duration::from_secs(4));
 }
