@@ -103,9 +103,19 @@ fn kill_orphans(record: &JobRecord) {
         }
         return;
     }
-    // Without a cgroup: the job ran in its own session (sid = its pid). Processes in that
-    // session that started no earlier than the job are its own; anything older merely
-    // reuses the number.
+    // Without a cgroup: the job ran in its own session (sid = its pid). A pid stays taken
+    // while a session has that id, so while anything of the job's session lives, its pid
+    // is the job's leader or nobody's. A live process with that pid and another start time
+    // (after a reboot, say) means the job's session is gone and this one is someone else's.
+    // A start time of 0 was not known when the job started: nothing to compare with.
+    if let Some(ticks) = store::process_start_ticks(record.pid) {
+        if record.start_ticks != 0 && ticks != record.start_ticks {
+            tracing::info!(job = %record.id, pid = record.pid, "the job's pid belongs to another process now: nothing of the job is left to kill");
+            return;
+        }
+    }
+    // Processes in that session that started no earlier than the job are its own;
+    // anything older merely reuses the number.
     let members = session_members(record.pid, record.start_ticks);
     for &pid in &members {
         // SAFETY: kill has no memory-safety preconditions; pids were checked above.
