@@ -173,6 +173,7 @@ impl<T> Shared<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
     use std::time::Instant;
 
     fn wait_ready<T: Send>(pool: &Ahead<T>, n: usize) {
@@ -185,10 +186,14 @@ mod tests {
 
     #[test]
     fn items_are_handed_out_once_and_refilled_to_capacity() {
-        let made = Arc::new(AtomicUsize::new(0));
+        let (made_tx, made) = std::sync::mpsc::channel();
         let pool = Ahead::start("test", 3, {
-            let made = Arc::clone(&made);
-            move || Ok(made.fetch_add(1, Ordering::SeqCst))
+            let mut n = 0;
+            move || {
+                n += 1;
+                let _ = made_tx.send(());
+                Ok(n)
+            }
         })
         .unwrap();
         wait_ready(&pool, 3);
@@ -201,9 +206,17 @@ mod tests {
             );
         }
         wait_ready(&pool, 3);
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(pool.ready(), 3, "the pool grew past its capacity");
-        assert_eq!(made.load(Ordering::SeqCst), 13);
+        for i in 0..13 {
+            made.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("item {i} was never made"));
+        }
+        // The pool is full: the filler waits for a take. Whatever it would make next would
+        // come within this bound; it must not come at all.
+        assert!(
+            made.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the pool grew past its capacity"
+        );
+        assert_eq!(pool.ready(), 3);
     }
 
     #[test]
@@ -211,19 +224,37 @@ mod tests {
         let err = Ahead::<()>::start("test", 2, || Err(io::Error::other("no"))).err();
         assert_eq!(err.map(|e| e.to_string()).as_deref(), Some("no"));
 
-        let calls = Arc::new(AtomicUsize::new(0));
+        // When each call to make began; all but the first fail.
+        let calls = Arc::new(Mutex::new(Vec::<Instant>::new()));
         let pool = Ahead::start("test", 2, {
             let calls = Arc::clone(&calls);
-            move || match calls.fetch_add(1, Ordering::SeqCst) {
-                0 => Ok(()),
-                _ => Err(io::Error::other("gone")),
+            move || {
+                let mut calls = calls.lock().unwrap();
+                calls.push(Instant::now());
+                match calls.len() {
+                    1 => Ok(()),
+                    _ => Err(io::Error::other("gone")),
+                }
             }
         })
         .unwrap();
+        let wait_calls = |n: usize| {
+            let deadline = Instant::now() + RETRY_AFTER * 5;
+            while calls.lock().unwrap().len() < n {
+                assert!(Instant::now() < deadline, "make was never called {n} times");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
         assert!(pool.take().is_some());
-        std::thread::sleep(Duration::from_millis(50));
+        wait_calls(2); // the refill after the take, which failed
         assert!(pool.take().is_none(), "an item appeared after make failed");
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "the filler did not pause");
+        wait_calls(3); // the retry
+        let gap = {
+            let calls = calls.lock().unwrap();
+            calls[2] - calls[1]
+        };
+        assert!(gap >= RETRY_AFTER, "the filler did not pause: {gap:?}");
+        // Now in its next pause, which closing the pool cuts short.
         let t = Instant::now();
         drop(pool);
         assert!(

@@ -75,11 +75,18 @@ mod tests {
         // Kept open: a closed namespace's inode number may be given to a later one.
         let mut taken = Vec::new();
         // More than the capacity, so most come from the filler thread.
-        for _ in 0..12 {
+        for i in 0..12 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             let fd = loop {
                 match pool.take() {
                     Some(fd) => break fd,
-                    None => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    None => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "namespace {i} was never made"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
                 }
             };
             let ino = inode(&fd);
