@@ -129,7 +129,13 @@ async fn every_job_gets_a_new_network_namespace_with_loopback_up() {
     }
     for job in &jobs {
         // sleep as PID 1 ignores SIGTERM: straight to SIGKILL.
-        job.stop(Duration::ZERO).await.unwrap();
+        within(
+            Duration::from_secs(20),
+            "the stop",
+            job.stop(Duration::ZERO),
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -212,7 +218,7 @@ async fn jobs_run_as_the_configured_user_without_groups_or_new_privileges() {
         "{out}"
     );
     let job = w.start(sh("true")).await.unwrap();
-    let info = job.wait().await;
+    let info = within(Duration::from_secs(20), "the job's end", job.wait()).await;
     assert_eq!((info.uid, info.gid), (Some(65534), Some(65534)));
     assert_eq!(info.isolation, Isolation::ALL);
 }

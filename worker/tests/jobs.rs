@@ -20,7 +20,10 @@ fn sh(script: &str) -> JobSpec {
 /// Everything a reader delivers, split by stream.
 async fn collect(mut reader: LogReader) -> (Vec<u8>, Vec<u8>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    while let Some(batch) = reader.next_batch().await.unwrap() {
+    while let Some(batch) = within(Duration::from_secs(30), "a batch", reader.next_batch())
+        .await
+        .unwrap()
+    {
         for r in batch {
             match r.stream {
                 Stream::Stdout => out.extend_from_slice(&r.data),
@@ -105,10 +108,22 @@ async fn a_job_killed_from_outside_is_seen_at_once() {
 async fn stop_terminates_and_stopping_again_is_fine() {
     let w = TestWorker::new();
     let job = w.start(spec(&["sleep", "60"])).await.unwrap();
-    let info = job.stop(Duration::from_secs(5)).await.unwrap();
+    let info = within(
+        Duration::from_secs(20),
+        "the stop",
+        job.stop(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
     assert_eq!(info.state, JobState::Stopped { signal: 15 });
     assert!(info.stop_requested);
-    let again = job.stop(Duration::from_secs(5)).await.unwrap();
+    let again = within(
+        Duration::from_secs(20),
+        "the stop",
+        job.stop(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.state, JobState::Stopped { signal: 15 });
 }
 
@@ -121,7 +136,13 @@ async fn a_job_that_traps_sigterm_is_killed_after_the_grace_period() {
         .unwrap();
     wait_for_output(&job, b"ready").await;
     let t0 = Instant::now();
-    let info = job.stop(Duration::from_millis(500)).await.unwrap();
+    let info = within(
+        Duration::from_secs(20),
+        "the stop",
+        job.stop(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
     assert_eq!(info.state, JobState::Stopped { signal: 9 });
     assert!(
         t0.elapsed() >= Duration::from_millis(500),
@@ -173,7 +194,13 @@ async fn stop_kills_background_children_of_the_process_group() {
     }
     let pids: Vec<i32> = text.lines().map(|l| l.parse().unwrap()).collect();
     assert!(pids.iter().all(|&p| !gone(p)));
-    job.stop(Duration::from_secs(5)).await.unwrap();
+    within(
+        Duration::from_secs(20),
+        "the stop",
+        job.stop(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
     // The children die with SIGTERM at once; allow a moment for the kernel to finish.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !pids.iter().all(|&p| gone(p)) {
@@ -507,7 +534,13 @@ async fn starts_past_the_running_limit_are_refused_until_a_job_ends() {
     let err = w.start(spec(&["true"])).await.unwrap_err();
     assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
     assert!(err.to_string().contains("already runs 1 jobs"), "{err}");
-    first.stop(Duration::from_secs(5)).await.unwrap();
+    within(
+        Duration::from_secs(20),
+        "the stop",
+        first.stop(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
     // The slot is freed once the job has been reaped and its output closed.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
