@@ -80,6 +80,12 @@ struct Started {
 
 impl Drop for Started {
     fn drop(&mut self) {
+        // While the leader is unreaped its pid, the session's process group, is nobody
+        // else's: that reaches the children a failed test never named.
+        if matches!(self.leader.try_wait(), Ok(None)) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-(self.leader.id() as i32), libc::SIGKILL) };
+        }
         for &(pid, ticks) in &self.others {
             if live_start_ticks(pid) == Some(ticks) {
                 // SAFETY: kill has no memory-safety preconditions; the pid is checked
@@ -103,20 +109,24 @@ fn stat(pid: i32) -> Option<(String, Vec<String>)> {
 }
 
 /// Waits until `leader` has exec'd `sleep` and has one child that has too; returns the
-/// child's pid.
+/// child's pid. The leader first: it execs only after its other children are reaped.
 fn sleeping_child(leader: i32) -> i32 {
     let deadline = Instant::now() + T;
     loop {
-        let children: Vec<i32> = fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&p| {
-                stat(p).is_some_and(|(comm, f)| comm == "sleep" && f[1] == leader.to_string())
-            })
-            .collect();
-        if stat(leader).is_some_and(|(comm, _)| comm == "sleep") && children.len() == 1 {
-            return children[0];
+        if stat(leader).is_some_and(|(comm, _)| comm == "sleep") {
+            let children: Vec<i32> = fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| {
+                    stat(p).is_some_and(|(comm, f)| {
+                        comm == "sleep" && f[0] != "Z" && f[1] == leader.to_string()
+                    })
+                })
+                .collect();
+            if let [child] = children[..] {
+                return child;
+            }
         }
         assert!(
             Instant::now() < deadline,
