@@ -22,7 +22,7 @@ struct Fixture {
     worker: Worker,
     root: PathBuf,
     base: PathBuf,
-    _state: tempfile::TempDir,
+    _state: support::StateDir,
 }
 
 fn cgroup_root() -> PathBuf {
@@ -40,7 +40,7 @@ impl Fixture {
         .unwrap();
         let base = root.join(format!("jobworker-test-{name}"));
         fs::create_dir(&base).unwrap();
-        let state = tempfile::tempdir().unwrap();
+        let state = support::StateDir::new();
         let mut config = Config::new(state.path());
         config.cgroups = CgroupMode::Required;
         config.cgroup_root = Some(base.clone());
@@ -444,7 +444,7 @@ async fn stale_job_cgroups_are_killed_and_removed_at_start_up() {
         .unwrap();
     fs::write(stale.join("cgroup.procs"), orphan.id().to_string()).unwrap();
 
-    let state = tempfile::tempdir().unwrap();
+    let state = support::StateDir::new();
     let mut config = Config::new(state.path());
     config.cgroups = CgroupMode::Required;
     config.cgroup_root = Some(base.clone());
@@ -688,7 +688,7 @@ async fn the_base_defaults_to_the_servers_own_cgroup_and_the_server_moves_to_job
         assert!(config.cgroup_root.is_none());
         config
     };
-    let state = tempfile::tempdir().unwrap();
+    let state = support::StateDir::new();
     let worker = Worker::new(config(state.path()));
     let f = Fixture {
         worker: worker.unwrap(),
@@ -714,7 +714,7 @@ async fn the_base_defaults_to_the_servers_own_cgroup_and_the_server_moves_to_job
     ended(&job).await;
     // A worker started again from jobd/server (a restart in place) keeps the same base
     // rather than nesting a new subtree inside its server cgroup.
-    let state = tempfile::tempdir().unwrap();
+    let state = support::StateDir::new();
     let again = Worker::new(config(state.path())).unwrap();
     let jobs_dir = again.cgroup_jobs_dir();
     support::settle(&again);
@@ -886,7 +886,7 @@ async fn a_crashed_workers_job_and_its_daemon_are_killed_through_its_cgroup_at_r
     .unwrap();
     let base = root.join("jobworker-test-crash");
     fs::create_dir(&base).unwrap();
-    let state = tempfile::tempdir().unwrap();
+    let state = support::StateDir::new();
     let crashed = crash_a_worker(state.path(), &base);
     let mut config = Config::new(state.path());
     config.cgroups = CgroupMode::Required;
@@ -914,7 +914,7 @@ async fn a_crashed_workers_recorded_cgroup_is_killed_by_a_worker_without_cgroups
     .unwrap();
     let base = root.join("jobworker-test-crash-off");
     fs::create_dir(&base).unwrap();
-    let state = tempfile::tempdir().unwrap();
+    let state = support::StateDir::new();
     let crashed = crash_a_worker(state.path(), &base);
     let mut config = Config::new(state.path());
     config.cgroups = CgroupMode::Off;
@@ -971,7 +971,7 @@ async fn a_namespace_the_kernel_refuses_is_a_clear_start_error() {
     const KNOB: &str = "/proc/sys/user/max_net_namespaces";
     let saved = fs::read_to_string(KNOB).unwrap();
     fs::write(KNOB, "0").unwrap();
-    let state = tempfile::tempdir().unwrap();
+    let state = support::StateDir::new();
     let mut config = Config::new(state.path());
     config.cgroups = CgroupMode::Off;
     config.isolation = worker::Isolation::ALL;
