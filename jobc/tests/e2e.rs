@@ -1,173 +1,17 @@
 //! End to end: the real `jobd` and `jobc` binaries, certificates from `jobd pki init`,
 //! a server on 127.0.0.1 port 0. Covers the seed's CLI examples, RBAC between users and
 //! the errors people see.
-//!
-//! `jobd` is looked up beside `jobc` in the target folder; `cargo test --workspace` (the
-//! README's test command) builds both.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod support;
 
-fn jobc_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_jobc"))
-}
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::Command;
+use std::time::Duration;
 
-fn jobd_bin() -> PathBuf {
-    let path = jobc_bin().with_file_name("jobd");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p jobd, or cargo test --workspace)",
-        path.display()
-    );
-    path
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    pki: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        let out = Command::new(jobd_bin())
-            .args(["pki", "init", "--out"])
-            .arg(&pki)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let state = dir.path().join("state");
-        let mut child = Self::spawn_jobd(&state, &pki);
-        let port = Self::wait_listening(&mut child).expect("jobd did not start");
-        Server {
-            child,
-            port,
-            pki,
-            dir,
-        }
-    }
-
-    fn spawn_jobd(state: &std::path::Path, pki: &std::path::Path) -> Child {
-        Command::new(jobd_bin())
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state)
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("server.pem"))
-            .arg("--key")
-            .arg(pki.join("server-key.pem"))
-            .env("JOBD_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    /// Reads jobd's log until it names the address it bound (or it exits); keeps
-    /// draining the log afterwards so jobd never blocks on it. Returns the port, or the
-    /// log lines if jobd exited first.
-    fn wait_listening(child: &mut Child) -> Result<u16, Vec<String>> {
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("addr=").nth(1) {
-                    let port = addr
-                        .split_whitespace()
-                        .next()
-                        .unwrap()
-                        .rsplit(':')
-                        .next()
-                        .unwrap();
-                    let _ = tx.send(Ok(port.parse::<u16>().unwrap()));
-                }
-                seen.push(line);
-            }
-            let _ = tx.send(Err(seen));
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("jobd said nothing")
-    }
-
-    /// Kills jobd with SIGKILL, as a crash would, and starts a new one on the same state.
-    fn crash_and_restart(&mut self) {
-        // SAFETY: signalling the jobd process this test started, by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        self.child.wait().unwrap();
-        let mut child = Self::spawn_jobd(&self.dir.path().join("state"), &self.pki);
-        self.port = Self::wait_listening(&mut child).expect("jobd did not restart");
-        self.child = child;
-    }
-
-    fn jobc(&self, user: &str, args: &[&str]) -> Output {
-        self.jobc_cmd(user).args(args).output().unwrap()
-    }
-
-    fn jobc_cmd(&self, user: &str) -> Command {
-        let mut cmd = Command::new(jobc_bin());
-        cmd.env("JOBC_SERVER", format!("localhost:{}", self.port))
-            .env("JOBC_CA", self.pki.join("ca.pem"))
-            .env("JOBC_CERT", self.pki.join(format!("{user}.pem")))
-            .env("JOBC_KEY", self.pki.join(format!("{user}-key.pem")));
-        cmd
-    }
-
-    /// Runs jobc and expects success; returns stdout.
-    fn ok(&self, user: &str, args: &[&str]) -> String {
-        let out = self.jobc(user, args);
-        assert!(
-            out.status.success(),
-            "jobc {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn wait_status(&self, user: &str, id: &str, expected: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.ok(user, &["status", id]);
-            if got == format!("{expected}\n") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "status stayed {got:?}, expected {expected:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling the jobd process this test started, by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
+use support::{failure, jobc_bin, output, Background, Server, JOBC_TIMEOUT};
 
 fn is_uuid(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|&c| c == '-').count() == 4
-}
-
-fn failure(out: &Output) -> (i32, String) {
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -178,56 +22,66 @@ fn the_seed_examples() {
     let id = out.trim_end().to_string();
     assert!(is_uuid(&id) && out == format!("{id}\n"), "{out:?}");
     assert_eq!(s.ok("alice", &["status", &id]), "running\n");
-    // $ jobc stop ID → nothing
-    assert_eq!(s.ok("alice", &["stop", &id]), "");
-    let status = s.ok("alice", &["status", &id]);
-    assert!(
-        status == "stopped (signal: 15)\n" || status == "stopped (signal: 9)\n",
-        "{status:?}"
+    // The server's default: all three namespaces, so `sleep` is PID 1 of its own.
+    assert_eq!(
+        s.status_json("alice", &id)["isolation"],
+        serde_json::json!(["pid", "mount", "net"])
     );
+    // $ jobc stop ID → nothing. The kernel drops a SIGTERM to a PID 1 that does not
+    // handle it, so `sleep` ends by the SIGKILL after the grace period.
+    assert_eq!(s.ok("alice", &["stop", &id]), "");
+    assert_eq!(s.ok("alice", &["status", &id]), "stopped (signal: 9)\n");
 
-    let ok = s.ok("alice", &["start", "true"]).trim().to_string();
+    // Without a PID namespace the same `sleep` dies of the SIGTERM itself.
+    let plain = s.start_job("alice", &["--isolate", "none", "sleep", "60"]);
+    assert_eq!(
+        s.status_json("alice", &plain)["isolation"],
+        serde_json::json!([])
+    );
+    assert_eq!(s.ok("alice", &["stop", &plain]), "");
+    assert_eq!(s.ok("alice", &["status", &plain]), "stopped (signal: 15)\n");
+
+    let ok = s.start_job("alice", &["true"]);
     s.wait_status("alice", &ok, "finished (exit code: 0)");
-    let failing = s
-        .ok("alice", &["start", "sh", "-c", "exit 3"])
-        .trim()
-        .to_string();
+    let failing = s.start_job("alice", &["sh", "-c", "exit 3"]);
     s.wait_status("alice", &failing, "finished (exit code: 3)");
 
-    let json: serde_json::Value =
-        serde_json::from_str(&s.ok("alice", &["status", "-o", "json", &failing])).unwrap();
+    let json = s.status_json("alice", &failing);
     assert_eq!(json["status"], "finished (exit code: 3)");
     assert_eq!(json["exit_code"], 3);
     assert_eq!(json["owner"], "alice");
     assert_eq!(json["argv"], serde_json::json!(["sh", "-c", "exit 3"]));
     assert!(json["ended_at"].is_string());
+    s.shutdown();
 }
 
 #[test]
 fn logs_print_history_then_follow_live_output() {
     let s = Server::start();
-    let id = s
-        .ok(
-            "alice",
-            &[
-                "start",
-                "sh",
-                "-c",
-                "echo one; echo oops >&2; sleep 1; echo two; printf tail",
-            ],
-        )
-        .trim()
-        .to_string();
-    let t0 = Instant::now();
-    let out = s.ok("alice", &["logs", &id]);
-    // It followed until the job ended, about a second after it started.
-    assert!(
-        t0.elapsed() >= Duration::from_millis(700),
-        "{:?}",
-        t0.elapsed()
+    // The job prints its history, then waits for the test to let it go on: whatever the
+    // follower prints after that was live output, not history.
+    let gate = support::public_tempdir();
+    let go = gate.path().join("go");
+    let script = format!(
+        "echo one; echo oops >&2; while [ ! -e {} ]; do sleep 0.02; done; echo two; printf tail",
+        go.display()
     );
-    let lines: Vec<serde_json::Value> = out
-        .lines()
+    let id = s.start_job("alice", &["sh", "-c", &script]);
+    let follower = Background::spawn(s.jobc_cmd("alice").args(["logs", &id]));
+    let history = [
+        follower.line(Duration::from_secs(10)),
+        follower.line(Duration::from_secs(10)),
+    ];
+    // The job is still waiting, so a follower that stopped at the history would be wrong.
+    assert_eq!(s.ok("alice", &["status", &id]), "running\n");
+    std::fs::write(&go, "").unwrap();
+    let (status, live, err) = follower.finish(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(err, "");
+
+    let lines: Vec<serde_json::Value> = history
+        .iter()
+        .chain(&live)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let got: Vec<(&str, &str)> = lines
@@ -250,51 +104,39 @@ fn logs_print_history_then_follow_live_output() {
     }
 
     // --no-follow on a finished job: the same history; --raw: the exact bytes per stream.
-    assert_eq!(s.ok("alice", &["logs", "--no-follow", &id]), out);
+    let all: String = history
+        .iter()
+        .chain(&live)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(s.ok("alice", &["logs", "--no-follow", &id]), all);
     let raw = s.jobc("alice", &["logs", "--raw", &id]);
     assert_eq!(raw.stdout, b"one\ntwo\ntail");
     assert_eq!(raw.stderr, b"oops\n");
+    s.shutdown();
 }
 
 #[test]
 fn a_closed_stdout_pipe_is_not_an_error() {
     let s = Server::start();
-    let id = s
-        .ok(
-            "alice",
-            &[
-                "start",
-                "sh",
-                "-c",
-                "i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done",
-            ],
-        )
-        .trim()
-        .to_string();
+    let id = s.start_job(
+        "alice",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done",
+        ],
+    );
     s.wait_status("alice", &id, "finished (exit code: 0)");
-    let mut child = s
-        .jobc_cmd("alice")
-        .args(["logs", &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut follower = Background::spawn(s.jobc_cmd("alice").args(["logs", &id]));
+    let first = follower.line(Duration::from_secs(10));
     // The reader is gone (like `| head -1`).
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(first.contains("line 0"));
+    follower.close_stdout();
+    let (status, _, err) = follower.finish(Duration::from_secs(20));
+    assert!(first.contains("line 0"), "{first}");
     assert!(status.success(), "exit {status:?}: {err}");
     assert_eq!(err, "");
+    s.shutdown();
 }
 
 #[test]
@@ -324,6 +166,7 @@ fn users_cannot_reach_each_others_jobs() {
     // `sleep` is PID 1 of its PID namespace and has no SIGTERM handler, so the kernel
     // drops the SIGTERM and the stop ends with SIGKILL (as `docker stop` would).
     assert_eq!(s.ok("alice", &["status", &id]), "stopped (signal: 9)\n");
+    s.shutdown();
 }
 
 #[test]
@@ -359,15 +202,13 @@ fn errors_are_one_clear_line() {
     }
 
     // Nobody listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let out = s
-        .jobc_cmd("alice")
-        .env("JOBC_SERVER", format!("127.0.0.1:{port}"))
-        .arg("list")
-        .output()
-        .unwrap();
+    let (_held, port) = port_without_listener();
+    let out = output(
+        s.jobc_cmd("alice")
+            .env("JOBC_SERVER", format!("127.0.0.1:{port}"))
+            .arg("list"),
+        JOBC_TIMEOUT,
+    );
     assert_eq!(
         failure(&out),
         (
@@ -378,64 +219,72 @@ fn errors_are_one_clear_line() {
 
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
-    let made = Command::new(jobd_bin())
-        .args(["pki", "init", "--out"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    let out = s
-        .jobc_cmd("alice")
-        .env("JOBC_CERT", other.path().join("alice.pem"))
-        .env("JOBC_KEY", other.path().join("alice-key.pem"))
-        .arg("list")
-        .output()
-        .unwrap();
+    support::pki_init(other.path());
+    let out = output(
+        s.jobc_cmd("alice")
+            .env("JOBC_CERT", other.path().join("alice.pem"))
+            .env("JOBC_KEY", other.path().join("alice-key.pem"))
+            .arg("list"),
+        JOBC_TIMEOUT,
+    );
     assert_eq!(
         failure(&out),
         (3, "jobc: server refused this certificate\n".into())
     );
 
     // A missing certificate file.
-    let out = s
-        .jobc_cmd("alice")
-        .env("JOBC_CERT", "/no/such.pem")
-        .arg("list")
-        .output()
-        .unwrap();
+    let out = output(
+        s.jobc_cmd("alice")
+            .env("JOBC_CERT", "/no/such.pem")
+            .arg("list"),
+        JOBC_TIMEOUT,
+    );
     let (code, err) = failure(&out);
     assert_eq!(code, 2);
     assert!(
         err.starts_with("jobc: cannot read the certificate /no/such.pem"),
         "{err}"
     );
+    s.shutdown();
+}
+
+/// A loopback port bound by this test on which nothing listens: a connection to it is
+/// refused, and, unlike a port bound and released, no other process can take it meanwhile.
+/// Closed with the returned descriptor.
+fn port_without_listener() -> (OwnedFd, u16) {
+    // SAFETY: socket has no memory effects; a valid descriptor is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: sockaddr_in is plain data; all zeros is a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: addr and len are valid for the calls and describe a sockaddr_in.
+    unsafe {
+        let p = (&raw mut addr).cast::<libc::sockaddr>();
+        assert_eq!(libc::bind(raw, p, len), 0, "bind");
+        assert_eq!(libc::getsockname(raw, p, &mut len), 0, "getsockname");
+    }
+    (fd, u16::from_be(addr.sin_port))
 }
 
 #[test]
 fn completions_and_help() {
-    let out = Command::new(jobc_bin())
-        .args(["completions", "bash"])
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(jobc_bin()).args(["completions", "bash"]),
+        JOBC_TIMEOUT,
+    );
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("jobc"));
-    let out = Command::new(jobc_bin()).arg("--help").output().unwrap();
+    let out = output(Command::new(jobc_bin()).arg("--help"), JOBC_TIMEOUT);
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["start", "stop", "status", "logs", "list"] {
         assert!(help.contains(cmd), "{help}");
     }
-}
-
-fn status_json(s: &Server, user: &str, id: &str) -> serde_json::Value {
-    serde_json::from_str(&s.ok(user, &["status", "-o", "json", id])).unwrap()
-}
-
-fn process_gone(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-    })
 }
 
 #[test]
@@ -443,45 +292,50 @@ fn a_crash_of_jobd_loses_no_history_and_leaves_no_process() {
     let mut s = Server::start();
 
     // A second jobd on the same state dir is refused while the first runs.
-    let mut second = Server::spawn_jobd(&s.dir.path().join("state"), &s.pki);
-    let log = Server::wait_listening(&mut second).expect_err("a second jobd started");
-    assert!(second.wait().unwrap().code() == Some(1));
+    let (status, log) = s.spawn_second().err().expect("a second jobd started");
+    assert_eq!(status.code(), Some(1));
     assert!(
         log.iter()
             .any(|l| l.contains("another jobd (pid ") && l.contains("is using the state dir")),
         "{log:?}"
     );
 
-    let finished = s
-        .ok(
-            "alice",
-            &[
-                "start",
-                "sh",
-                "-c",
-                "head -c 3000000 /dev/urandom; echo; echo done >&2",
-            ],
-        )
-        .trim()
-        .to_string();
+    let finished = s.start_job(
+        "alice",
+        &[
+            "sh",
+            "-c",
+            "head -c 3000000 /dev/urandom; echo; echo done >&2",
+        ],
+    );
     s.wait_status("alice", &finished, "finished (exit code: 0)");
     let before = s.jobc("alice", &["logs", "--raw", &finished]);
     assert_eq!(before.stdout.len(), 3_000_001);
-    let sleeper = s
-        .ok("alice", &["start", "sleep", "1000"])
-        .trim()
-        .to_string();
-    let sleeper_pid = status_json(&s, "alice", &sleeper)["pid"].as_i64().unwrap();
+    let sleeper = s.start_job("alice", &["sleep", "1000"]);
     // About 100 MB over several seconds: jobd dies in the middle of it.
-    let writer = s
-        .ok(
-            "bob",
-            &["start", "sh", "-c", "i=0; while [ $i -lt 100 ]; do head -c 1048576 /dev/zero | tr '\\0' y; i=$((i+1)); sleep 0.03; done"],
-        )
-        .trim()
-        .to_string();
-    let writer_pid = status_json(&s, "bob", &writer)["pid"].as_i64().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let writer = s.start_job(
+        "bob",
+        &["sh", "-c", "i=0; while [ $i -lt 100 ]; do head -c 1048576 /dev/zero | tr '\\0' y; i=$((i+1)); sleep 0.03; done"],
+    );
+    let processes: Vec<(&str, &String, i64, u64)> = [("alice", &sleeper), ("bob", &writer)]
+        .into_iter()
+        .map(|(user, id)| {
+            let pid = s.status_json(user, id)["pid"].as_i64().unwrap();
+            let (started, _) = support::start_time(pid).expect("the job's process runs");
+            (user, id, pid, started)
+        })
+        .collect();
+    support::wait_for(
+        "the writer's first megabytes",
+        Duration::from_secs(20),
+        || {
+            s.jobc("bob", &["logs", "--raw", "--no-follow", &writer])
+                .stdout
+                .len()
+                > 1_100_000
+        },
+    );
+    assert_eq!(s.ok("bob", &["status", &writer]), "running\n");
     s.crash_and_restart();
 
     // Every job is there, with the right status.
@@ -492,16 +346,13 @@ fn a_crash_of_jobd_loses_no_history_and_leaves_no_process() {
         s.ok("alice", &["status", &finished]),
         "finished (exit code: 0)\n"
     );
-    for (user, id, pid) in [
-        ("alice", &sleeper, sleeper_pid),
-        ("bob", &writer, writer_pid),
-    ] {
-        let st = status_json(&s, user, id);
+    for (user, id, pid, started) in processes {
+        let st = s.status_json(user, id);
         assert_eq!(st["state"], "stopped", "{st}");
         assert_eq!(st["server_lost"], true, "{st}");
         assert!(st["ended_at"].is_string());
         assert!(
-            process_gone(pid),
+            support::process_gone(pid, started),
             "process {pid} of job {id} survived the crash"
         );
     }
@@ -524,7 +375,7 @@ fn a_crash_of_jobd_loses_no_history_and_leaves_no_process() {
         (code, err),
         (1, format!("jobc: job {finished} not found\n"))
     );
-    let running = s.ok("alice", &["start", "sleep", "60"]).trim().to_string();
+    let running = s.start_job("alice", &["sleep", "60"]);
     let (code, err) = failure(&s.jobc("alice", &["rm", &running]));
     assert_eq!(
         (code, err),
@@ -533,9 +384,10 @@ fn a_crash_of_jobd_loses_no_history_and_leaves_no_process() {
             format!("jobc: job {running} is still running: stop it first\n")
         )
     );
-    s.ok("alice", &["stop", &running]);
+    s.ok("alice", &["stop", "--grace", "1", &running]);
     assert_eq!(s.ok("alice", &["rm", &finished]), "");
     assert_eq!(s.ok("admin", &["rm", &writer]), "");
     let (code, _) = failure(&s.jobc("alice", &["status", &finished]));
     assert_eq!(code, 1);
+    s.shutdown();
 }

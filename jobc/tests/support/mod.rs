@@ -1,0 +1,569 @@
+//! What the end-to-end tests share: the real `jobd` and `jobc` binaries run as child
+//! processes with a deadline on every wait, a PKI made by `jobd pki init`, and extra
+//! certificates from its CA made here with rcgen.
+//!
+//! `jobd` is looked up beside `jobc` in the target folder; `cargo nextest run --workspace`
+//! (the README's test command) builds both.
+//!
+//! No wait here is unbounded: a child that outlives its deadline is killed by its PID and
+//! the test fails saying what it waited for.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// How long one jobc run may take before the test calls it hung.
+pub const JOBC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long jobd may take to say where it listens.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long jobd may take to exit after SIGTERM (it stops running jobs with their grace).
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn jobc_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jobc"))
+}
+
+pub fn jobd_bin() -> PathBuf {
+    let path = jobc_bin().with_file_name("jobd");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p jobd, or cargo nextest run --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` to a process this test started, by its PID.
+pub fn signal(child: &Child, signal: i32) {
+    let pid = i32::try_from(child.id()).expect("a pid fits in i32");
+    // SAFETY: kill has no memory effects; the pid is that of our own, unreaped child.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Waits for `child` up to `timeout`; past it, kills it and returns `None`.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on our own child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            signal(child, libc::SIGKILL);
+            let _ = child.wait(); // SIGKILL cannot be ignored: this returns at once
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads a pipe to its end on a thread, so the child never blocks on a full pipe.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Runs `cmd` to its end like `Command::output`, but panics (after killing it) if it
+/// takes longer than `timeout`.
+pub fn output(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = drain(child.stdout.take().expect("piped"));
+    let stderr = drain(child.stderr.take().expect("piped"));
+    let status = wait_child(&mut child, timeout);
+    let stdout = stdout.join().expect("reader thread");
+    let stderr = stderr.join().expect("reader thread");
+    let Some(status) = status else {
+        panic!(
+            "{cmd:?} did not end within {timeout:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A child whose stdout lines arrive on a channel, for reading with a deadline.
+pub struct Background {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    pub fn spawn(cmd: &mut Command) -> Background {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Some(drain(child.stderr.take().expect("piped")));
+        Background {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next line of stdout; panics if none comes within `timeout` (or stdout ends).
+    pub fn line(&self, timeout: Duration) -> String {
+        self.lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no line of output within {timeout:?}: {e}"))
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Stops reading stdout, as `| head -1` does: the reader thread ends at its next line
+    /// and closes the pipe.
+    pub fn close_stdout(&mut self) {
+        self.lines = mpsc::channel().1;
+    }
+
+    /// Waits for the end (killing it past `timeout` and failing); returns the exit status,
+    /// the stdout lines not yet taken and all of stderr.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, Vec<String>, String) {
+        let status = wait_child(&mut self.child, timeout);
+        let stderr = self.stderr.take().expect("once").join().expect("reader");
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
+        let status = status.unwrap_or_else(|| panic!("did not end within {timeout:?}: {stderr}"));
+        // The reader thread ends with the pipe, which ended with the process.
+        let rest = self.lines.iter().collect();
+        (status, rest, stderr)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        wait_child(&mut self.child, Duration::ZERO);
+    }
+}
+
+/// A temporary folder as traversable as production's `/var/lib` (0755), so that a
+/// state dir jobd makes inside it is as exposed as in production (a 0700 temporary folder
+/// hid a state dir readable by every user once before).
+pub fn public_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// `jobd pki init --out DIR`: CA, server certificate, and admin, alice and bob.
+pub fn pki_init(dir: &Path) {
+    let out = output(
+        Command::new(jobd_bin())
+            .args(["pki", "init", "--out"])
+            .arg(dir),
+        JOBC_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate's validity, relative to now.
+pub struct Validity {
+    pub not_before: time::OffsetDateTime,
+    pub not_after: time::OffsetDateTime,
+}
+
+impl Validity {
+    /// Valid from five minutes ago for a day.
+    pub fn current() -> Validity {
+        let now = time::OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - time::Duration::minutes(5),
+            not_after: now + time::Duration::days(1),
+        }
+    }
+}
+
+/// Issues a certificate from the CA in `pki` (`ca.pem`, `ca-key.pem`) and writes it as
+/// `NAME.pem` and `NAME-key.pem` there. `subject` is the whole subject: (OID, value)
+/// pairs in order, so a test can give none, two CNs or odd O values. A server
+/// certificate gets `sans` and the server-auth purpose; a client one the client-auth one.
+pub fn issue(
+    pki: &Path,
+    name: &str,
+    subject: &[(&[u64], &str)],
+    sans: &[&str],
+    server: bool,
+    validity: Validity,
+) {
+    let read = |file: &str| std::fs::read_to_string(pki.join(file)).expect("read the CA");
+    let ca_key = KeyPair::from_pem(&read("ca-key.pem")).expect("CA key");
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("CA certificate");
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(sans).expect("SANs");
+    params.distinguished_name = DistinguishedName::new();
+    for (oid, value) in subject {
+        // rcgen keeps one value per attribute type, but encodes a spelled-out OID under
+        // its OID; the named type and a custom one thus give two attributes of one type.
+        let taken = params
+            .distinguished_name
+            .iter()
+            .any(|(ty, _)| *ty == rcgen::DnType::from_oid(oid));
+        let ty = if taken {
+            rcgen::DnType::CustomDnType(oid.to_vec())
+        } else {
+            rcgen::DnType::from_oid(oid)
+        };
+        params.distinguished_name.push(ty, *value);
+    }
+    params.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    std::fs::write(pki.join(format!("{name}.pem")), cert.pem()).expect("write");
+    std::fs::write(pki.join(format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+}
+
+pub const CN: &[u64] = &[2, 5, 4, 3];
+pub const O: &[u64] = &[2, 5, 4, 10];
+
+/// A running `jobd serve`, its log collected as it comes.
+pub struct Jobd {
+    child: Option<Child>,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Jobd {
+    /// Starts `jobd serve` on 127.0.0.1 port 0 with these TLS files and state dir (and
+    /// `extra` flags), and learns the port it bound from its log. Returns the exit status
+    /// and the log if jobd exits before it listens.
+    pub fn spawn(
+        state: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> Result<Jobd, (ExitStatus, Vec<String>)> {
+        let mut child = Command::new(jobd_bin())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .arg("--ca")
+            .arg(ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args(extra)
+            .env("JOBD_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn jobd");
+        let stderr = child.stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        // jobd names its bound address in its log, the one place it says so.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(" listening ") {
+                    if let Some(port) = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|a| a.split_whitespace().next())
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok())
+                    {
+                        let _ = tx.send(Some(port));
+                    }
+                }
+                lines.lock().expect("log lock").push(line);
+            }
+            let _ = tx.send(None);
+        });
+        let port = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(port)) => port,
+            Ok(None) => {
+                let status =
+                    wait_child(&mut child, EXIT_TIMEOUT).expect("jobd closed its log but ran on");
+                return Err((status, log.lock().expect("log lock").clone()));
+            }
+            Err(_) => {
+                wait_child(&mut child, Duration::ZERO);
+                panic!(
+                    "jobd did not say where it listens within {START_TIMEOUT:?}: {:?}",
+                    log.lock().expect("log lock")
+                );
+            }
+        };
+        Ok(Jobd {
+            child: Some(child),
+            port,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits until a line of jobd's log satisfies `pred`; returns it.
+    pub fn wait_log(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let mut found = None;
+        wait_for(&format!("jobd to log {what}"), timeout, || {
+            found = self.log().into_iter().find(|l| pred(l));
+            found.is_some()
+        });
+        found.expect("found")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        signal(self.child.as_ref().expect("running"), sig);
+    }
+
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for jobd to exit; kills it and fails past `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("not waited for yet");
+        wait_child(&mut child, timeout).unwrap_or_else(|| {
+            panic!(
+                "jobd did not exit within {timeout:?}; its log: {:#?}",
+                self.log()
+            )
+        })
+    }
+
+    /// SIGTERM, then the exit status (jobd stops its running jobs first).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(EXIT_TIMEOUT)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(EXIT_TIMEOUT);
+    }
+}
+
+impl Drop for Jobd {
+    /// A test that failed half-way still ends its jobd: SIGTERM (which stops the jobs),
+    /// then SIGKILL if jobd has not exited in time.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            signal(child, libc::SIGTERM);
+            wait_child(child, EXIT_TIMEOUT);
+        }
+    }
+}
+
+/// A PKI from `jobd pki init`, a state dir, and one jobd serving with them.
+pub struct Server {
+    pub jobd: Jobd,
+    pub pki: PathBuf,
+    pub dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts with extra `jobd serve` flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = public_tempdir();
+        let pki = dir.path().join("pki");
+        pki_init(&pki);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let jobd = Server::spawn_jobd(dir.path(), &pki, &extra).expect("jobd did not start");
+        Server {
+            jobd,
+            pki,
+            dir,
+            extra,
+        }
+    }
+
+    fn spawn_jobd(
+        dir: &Path,
+        pki: &Path,
+        extra: &[String],
+    ) -> Result<Jobd, (ExitStatus, Vec<String>)> {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Jobd::spawn(
+            &dir.join("state"),
+            &pki.join("ca.pem"),
+            &pki.join("server.pem"),
+            &pki.join("server-key.pem"),
+            &extra,
+        )
+    }
+
+    /// Another jobd on the same state dir and PKI (refused while this one runs).
+    pub fn spawn_second(&self) -> Result<Jobd, (ExitStatus, Vec<String>)> {
+        Server::spawn_jobd(self.dir.path(), &self.pki, &self.extra)
+    }
+
+    /// Kills jobd with SIGKILL, as a crash would, and starts a new one on the same state.
+    pub fn crash_and_restart(&mut self) {
+        self.jobd.kill();
+        self.jobd = self.spawn_second().expect("jobd did not restart");
+    }
+
+    /// Stops jobd with SIGTERM and starts a new one on the same state.
+    pub fn restart(&mut self) {
+        let status = self.jobd.terminate();
+        assert_eq!(status.code(), Some(0), "jobd exited with {status:?}");
+        self.jobd = self.spawn_second().expect("jobd did not restart");
+    }
+
+    /// SIGTERM to jobd; asserts that it exits with code 0 in time.
+    pub fn shutdown(mut self) {
+        let status = self.jobd.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "jobd exited with {status:?} after SIGTERM; its log: {:#?}",
+            self.jobd.log()
+        );
+    }
+
+    pub fn server(&self) -> String {
+        format!("localhost:{}", self.jobd.port)
+    }
+
+    /// jobc with the connection variables set for `user` (a certificate in the PKI).
+    pub fn jobc_cmd(&self, user: &str) -> Command {
+        let mut cmd = Command::new(jobc_bin());
+        cmd.env("JOBC_SERVER", self.server())
+            .env("JOBC_CA", self.pki.join("ca.pem"))
+            .env("JOBC_CERT", self.pki.join(format!("{user}.pem")))
+            .env("JOBC_KEY", self.pki.join(format!("{user}-key.pem")));
+        cmd
+    }
+
+    pub fn jobc(&self, user: &str, args: &[&str]) -> Output {
+        output(self.jobc_cmd(user).args(args), JOBC_TIMEOUT)
+    }
+
+    /// Runs jobc and expects success; returns stdout.
+    pub fn ok(&self, user: &str, args: &[&str]) -> String {
+        let out = self.jobc(user, args);
+        assert!(
+            out.status.success(),
+            "jobc {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// `jobc start ARGS...` as `user`; returns the job id.
+    pub fn start_job(&self, user: &str, args: &[&str]) -> String {
+        let mut all = vec!["start"];
+        all.extend_from_slice(args);
+        self.ok(user, &all).trim_end().to_string()
+    }
+
+    pub fn status_json(&self, user: &str, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(user, &["status", "-o", "json", id])).expect("JSON")
+    }
+
+    /// Waits until `jobc status ID` prints `expected`.
+    pub fn wait_status(&self, user: &str, id: &str, expected: &str) {
+        let mut got = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got != format!("{expected}\n") {
+            assert!(
+                Instant::now() < deadline,
+                "status stayed {got:?}, expected {expected:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            got = self.ok(user, &["status", id]);
+        }
+    }
+}
+
+/// (exit code, stderr) of a jobc run.
+pub fn failure(out: &Output) -> (i32, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A process's start time (field 22 of `/proc/PID/stat`, in clock ticks since boot),
+/// which tells it from a later process that reuses its PID; `None` if it is gone.
+pub fn start_time(pid: i64) -> Option<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // Field 3 (state) is fields[0], so field 22 is fields[19].
+    Some((fields.get(19)?.parse().ok()?, state))
+}
+
+/// Whether the process that had PID `pid` and start time `started` is gone (exited,
+/// maybe a zombie not yet reaped, or its PID now someone else's).
+pub fn process_gone(pid: i64, started: u64) -> bool {
+    match start_time(pid) {
+        None => true,
+        Some((t, state)) => t != started || state == 'Z' || state == 'X',
+    }
+}
