@@ -269,6 +269,24 @@ pub fn issue(
     std::fs::write(pki.join(format!("{name}-key.pem")), key.serialize_pem()).expect("write");
 }
 
+/// Writes a self-signed CA as `ca.pem` and `ca-key.pem` in `dir`.
+pub fn self_signed_ca(dir: &Path, name: &str) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let validity = Validity::current();
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    let cert = params.self_signed(&key).expect("self-sign");
+    std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.join("ca-key.pem"), key.serialize_pem()).expect("write");
+}
+
 pub const CN: &[u64] = &[2, 5, 4, 3];
 pub const O: &[u64] = &[2, 5, 4, 10];
 
