@@ -186,7 +186,9 @@ fn handshake_timed_out(limit: Duration) -> std::io::Error {
 
 /// Finds out why a connection failed without a reason, typically a TLS alert that
 /// arrived while a request was in flight: a fresh handshake, then one read, which gets
-/// the server's HTTP/2 settings if it accepts us or its alert if it does not.
+/// the server's HTTP/2 settings if it accepts us or its alert if it does not. Only an
+/// alert is a diagnosis: any other failure of the fresh attempt (say, connection refused
+/// by a server that has since shut down) tells nothing about the first one.
 pub async fn diagnose(target: &Target) -> Option<String> {
     use tokio::io::AsyncReadExt;
     let config = tls_config(target).ok()?;
@@ -198,12 +200,10 @@ pub async fn diagnose(target: &Target) -> Option<String> {
         tls.read(&mut byte).await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
-        Ok(Err(e)) => Some(
-            e.to_string()
-                .strip_prefix("received fatal alert: ")
-                .map(crate::errors::alert_reason)
-                .unwrap_or_else(|| e.to_string()),
-        ),
+        Ok(Err(e)) => e
+            .to_string()
+            .strip_prefix("received fatal alert: ")
+            .map(crate::errors::alert_reason),
         _ => None,
     }
 }
