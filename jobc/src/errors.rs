@@ -108,6 +108,17 @@ impl From<ConnectError> for Failure {
     fn from(e: ConnectError) -> Self {
         match &e {
             ConnectError::Config(msg) => Failure::new(EXIT_USAGE, msg.clone()),
+            // jobd closes connections past its connection limit before the TLS
+            // handshake (no handshake CPU for a connection it cannot serve); TLS 1.3 sends
+            // the server's verdict on our certificate only after our side of the handshake,
+            // so a connection cut while we handshake was cut before it.
+            ConnectError::Connect { server, source } if abrupt_close(source) => Failure::new(
+                EXIT_CONNECT,
+                format!(
+                    "cannot connect to {server}: the server closed the connection before the \
+                     TLS handshake (for example because it is at its connection limit)"
+                ),
+            ),
             ConnectError::Connect { server, source } => {
                 let reason = transport_reason(source).unwrap_or_else(|| source.to_string());
                 let message = if reason.contains("certificate") {
