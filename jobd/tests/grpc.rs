@@ -22,6 +22,7 @@ use tonic::Code;
 struct TestServer {
     addr: std::net::SocketAddr,
     pki: PathBuf,
+    state: PathBuf,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -53,6 +54,7 @@ impl TestServer {
         TestServer {
             addr,
             pki: pki_dir,
+            state: dir.path().join("state"),
             _dir: dir,
             stop: Some(stop),
             task: Some(task),
@@ -105,6 +107,31 @@ async fn status(
     c.status(pb::StatusRequest { job_id: id.into() })
         .await
         .map(|r| r.into_inner().status.unwrap())
+}
+
+/// Waits (up to 10 s) until the job is no longer running.
+async fn wait_ended(c: &mut JobServiceClient<Channel>, id: &str) -> pb::JobStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(c, id).await.unwrap();
+        if st.state != pb::JobState::Running as i32 {
+            return st;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A job's whole output, followed to its end (up to 20 s).
+async fn output(c: &mut JobServiceClient<Channel>, id: &str) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(20), read_logs(c, id, true))
+        .await
+        .expect("the job's output did not end")
+        .unwrap();
+    String::from_utf8(out).unwrap()
 }
 
 /// All output bytes of a job, following it to the end or not.
@@ -229,15 +256,32 @@ async fn the_rbac_matrix() {
         (stopped.state, stopped.signal, stopped.stop_requested),
         (pb::JobState::Stopped as i32, Some(9), true)
     );
-    // An admin stops anyone's job.
-    for id in [&jobs[0].1, &jobs[2].1] {
-        admin
+    // An admin stops anyone's job: its own and bob's.
+    for (owner, id) in [&jobs[0], &jobs[2]] {
+        let stopped = admin
             .stop(pb::StopRequest {
                 job_id: id.clone(),
                 grace_period_seconds: Some(1),
             })
             .await
+            .unwrap_or_else(|e| panic!("admin stop of {owner}'s job: {e:?}"))
+            .into_inner()
+            .status
             .unwrap();
+        assert_eq!(
+            (
+                stopped.owner.as_str(),
+                stopped.state,
+                stopped.signal,
+                stopped.stop_requested
+            ),
+            (*owner, pb::JobState::Stopped as i32, Some(9), true),
+            "admin stop of {owner}'s job"
+        );
+        assert_eq!(
+            status(&mut admin, id).await.unwrap().state,
+            pb::JobState::Stopped as i32
+        );
     }
     server.shutdown().await;
 }
@@ -247,6 +291,9 @@ async fn a_certificate_without_a_role_may_do_nothing() {
     let server = TestServer::start(|_| {}).await;
     let mut alice = server.client("alice").await;
     let id = start(&mut alice, &["sleep", "60"]).await;
+    // An ended job, which its owner could remove: the refusal is not about its state.
+    let ended = start(&mut alice, &["true"]).await;
+    wait_ended(&mut alice, &ended).await;
     let mut nobody = server.client("nobody").await;
     let denied = [
         nobody
@@ -267,22 +314,45 @@ async fn a_certificate_without_a_role_may_do_nothing() {
             })
             .await
             .map(|_| ()),
+        nobody
+            .remove(pb::RemoveRequest { job_id: id.clone() })
+            .await
+            .map(|_| ()),
+        nobody
+            .remove(pb::RemoveRequest {
+                job_id: ended.clone(),
+            })
+            .await
+            .map(|_| ()),
     ];
     for result in denied {
         let err = result.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-        assert!(err.message().contains("no known role"), "{}", err.message());
+        assert_eq!(
+            err.message(),
+            "this certificate carries no known role (admin or user) and may do nothing"
+        );
     }
     assert_eq!(
         status(&mut alice, &id).await.unwrap().state,
         pb::JobState::Running as i32
+    );
+    assert!(
+        status(&mut alice, &ended).await.is_ok(),
+        "the ended job is gone"
     );
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn bad_requests_get_clear_status_codes() {
-    let server = TestServer::start(|c| c.service.request.max_argv_bytes = 1024).await;
+    let server = TestServer::start(|c| {
+        c.service.request.max_argv_bytes = 1024;
+        // A job asking for limits is refused only without cgroups: pin that, whatever
+        // this host offers.
+        c.worker.cgroups = worker::CgroupMode::Off;
+    })
+    .await;
     let mut alice = server.client("alice").await;
     let start_err = |argv: Vec<String>| {
         let mut c = alice.clone();
@@ -349,6 +419,11 @@ async fn bad_requests_get_clear_status_codes() {
         .await
         .unwrap_err();
     assert_eq!(limited.code(), Code::FailedPrecondition, "{limited:?}");
+    assert_eq!(
+        limited.message(),
+        "resource limits need cgroup v2 with the cpu, memory, io and pids controllers, \
+         which this server does not have"
+    );
     // Stopping twice is fine.
     for _ in 0..2 {
         alice
@@ -465,11 +540,22 @@ async fn handshakes_are_refused_for_bad_clients() {
 
     // And through the real client, the refusal surfaces as an error, never a reply.
     let target = target_in(&server.pki, &server.pki, "expired", server.addr);
-    let outcome = match client::connect(&target).await {
-        Err(_) => true,
-        Ok(mut c) => c.list(pb::ListRequest {}).await.is_err(),
-    };
-    assert!(outcome, "an expired certificate got a reply");
+    // TLS 1.3 completes the client's side of the handshake before the server checks the
+    // client certificate, so the connection opens and the first call meets the alert: no
+    // gRPC status from the server, tonic's UNKNOWN "transport error" carrying the alert,
+    // which jobc turns into one sentence.
+    let mut c = client::connect(&target).await.unwrap();
+    let e = c.list(pb::ListRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unknown, "{e:?}");
+    assert!(format!("{e:?}").contains("CertificateExpired"), "{e:?}");
+    let failure = jobc::errors::from_status(&e, "localhost");
+    assert_eq!(
+        (failure.message.as_str(), failure.exit_code),
+        (
+            "server refused this certificate",
+            jobc::errors::EXIT_CONNECT
+        )
+    );
     server.shutdown().await;
 }
 
@@ -607,7 +693,11 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
         }
         // A third is refused while two are open.
         let err = read_logs(&mut alice, &id, true).await.unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert_eq!(
+            err.message(),
+            "the server is serving its maximum of log streams; try again later"
+        );
         // Clients go away mid-stream: connections and streams dropped.
         drop(streams);
         // The server notices and frees both slots.
@@ -621,7 +711,17 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
                 })
                 .await
             {
-                Ok(_) => break,
+                Ok(probe) => {
+                    // Read the probe to its end: the server frees a stream's slot before
+                    // it ends the stream, so once the end arrives, both slots are free.
+                    let mut probe = probe.into_inner();
+                    tokio::time::timeout(Duration::from_secs(10), async {
+                        while probe.message().await.unwrap().is_some() {}
+                    })
+                    .await
+                    .expect("a no-follow read did not end");
+                    break;
+                }
                 Err(e) if e.code() == Code::ResourceExhausted => {
                     assert!(tokio::time::Instant::now() < deadline, "log streams leaked");
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -629,8 +729,6 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
                 Err(e) => panic!("{e:?}"),
             }
         }
-        // Give the probe's own (finished) stream time to release its slot.
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     alice
         .stop(pb::StopRequest {
@@ -643,7 +741,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_ends_follows_cleanly_and_stops_jobs() {
+async fn shutdown_ends_follows_with_unavailable_and_stops_jobs() {
     let server = TestServer::start(|_| {}).await;
     let mut alice = server.client("alice").await;
     let id = start(&mut alice, &["sh", "-c", "echo started; exec sleep 600"]).await;
@@ -661,11 +759,10 @@ async fn shutdown_ends_follows_cleanly_and_stops_jobs() {
     let end = tokio::time::timeout(Duration::from_secs(10), follow.message())
         .await
         .expect("follow did not end at shutdown");
-    match end {
-        Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
-        Ok(None) => {}
-        Ok(Some(_)) => panic!("unexpected output"),
-    }
+    // UNAVAILABLE, not a clean end: a clean end would tell the client the job has ended.
+    let s = end.expect_err("the follow ended without UNAVAILABLE");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_eq!(s.message(), "the server is shutting down");
     stopping.await.unwrap();
     // The job was stopped with the server.
     assert!(
@@ -729,5 +826,396 @@ async fn health_and_reflection_are_served() {
         names.contains(&"jobworker.v1.JobService".to_string()),
         "{names:?}"
     );
+    server.shutdown().await;
+}
+
+async fn remove(c: &mut JobServiceClient<Channel>, id: &str) -> Result<(), tonic::Status> {
+    c.remove(pb::RemoveRequest { job_id: id.into() })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_follows_the_rbac_rules() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.client("admin").await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let jobs_dir = server.state.join("jobs");
+
+    let alices = start(&mut alice, &["true"]).await;
+    let bobs = start(&mut bob, &["true"]).await;
+    wait_ended(&mut alice, &alices).await;
+    wait_ended(&mut bob, &bobs).await;
+
+    // Another user's job does not exist for bob, and stays.
+    let e = remove(&mut bob, &alices).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(e.message(), format!("job {alices} not found"));
+    assert!(jobs_dir.join(&alices).is_dir());
+    assert!(status(&mut alice, &alices).await.is_ok());
+
+    // The owner removes it: gone from the API (for admins too) and from the disk.
+    remove(&mut alice, &alices).await.unwrap();
+    for c in [&mut alice, &mut admin] {
+        let e = status(c, &alices).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+    assert!(!jobs_dir.join(&alices).exists());
+    let e = remove(&mut alice, &alices).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // An admin removes anyone's.
+    remove(&mut admin, &bobs).await.unwrap();
+    assert_eq!(
+        status(&mut bob, &bobs).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(!jobs_dir.join(&bobs).exists());
+
+    // A running job is refused, to its owner and to an admin, and keeps running.
+    let running = start(&mut alice, &["sleep", "60"]).await;
+    for (who, c) in [("alice", &mut alice), ("admin", &mut admin)] {
+        let e = remove(c, &running).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{who}: {e:?}");
+        assert_eq!(
+            e.message(),
+            format!("job {running} is still running: stop it first")
+        );
+    }
+    assert_eq!(
+        status(&mut alice, &running).await.unwrap().state,
+        pb::JobState::Running as i32
+    );
+    assert!(jobs_dir.join(&running).is_dir());
+    alice
+        .stop(pb::StopRequest {
+            job_id: running.clone(),
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .unwrap();
+    remove(&mut alice, &running).await.unwrap();
+    assert!(!jobs_dir.join(&running).exists());
+    server.shutdown().await;
+}
+
+/// A client whose channel connects on its first call, as a gRPC client that was not
+/// told to connect eagerly does; its calls report connection failures as statuses.
+fn lazy_client(target: &Target) -> JobServiceClient<Channel> {
+    let connector = tokio_rustls::TlsConnector::from(client::tls_config(target).unwrap());
+    let server = target.server.clone();
+    let port: u16 = server.rsplit_once(':').unwrap().1.parse().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(10))
+        .connect_with_connector_lazy(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let name = ServerName::try_from("localhost").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }));
+    JobServiceClient::new(channel)
+}
+
+/// Past `max_connections`, jobd closes a connection before the TLS handshake: it spends
+/// no handshake on a connection it cannot serve. gRPC clients see UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_before_the_handshake() {
+    let server = TestServer::start(|c| c.transport.max_connections = 2).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = server.client("alice").await;
+        c.list(pb::ListRequest {}).await.unwrap();
+        held.push(c);
+    }
+
+    // Raw TLS: the connection ends before the server says a word.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let config = client_config(
+        &server,
+        &[&rustls::version::TLS13],
+        Some((&server.pki, "alice")),
+    );
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .expect("the handshake neither failed nor finished")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        "{refused:?}"
+    );
+
+    // A gRPC call: UNAVAILABLE.
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        lazy_client(&server.target("alice")).list(pb::ListRequest {}),
+    )
+    .await
+    .expect("the call neither failed nor finished")
+    .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // jobc: one line saying what happened, exit code 3.
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        client::connect(&server.target("alice")),
+    )
+    .await
+    .expect("connect neither failed nor finished")
+    .map(|_| ())
+    .unwrap_err();
+    let failure = jobc::errors::Failure::from(e);
+    assert_eq!(
+        (failure.message.as_str(), failure.exit_code),
+        (
+            format!(
+                "cannot connect to localhost:{}: the server closed the connection before the \
+                 TLS handshake (for example because it is at its connection limit)",
+                server.addr.port()
+            )
+            .as_str(),
+            jobc::errors::EXIT_CONNECT
+        )
+    );
+
+    // The held connections still work; once one closes, a new one is served.
+    for c in &mut held {
+        c.list(pb::ListRequest {}).await.unwrap();
+    }
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut fresh = loop {
+        // Waits for the server to see the close and free the connection's slot.
+        match client::connect(&server.target("alice")).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no slot freed after a client left: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    fresh.list(pb::ListRequest {}).await.unwrap();
+    drop((held, fresh));
+    server.shutdown().await;
+}
+
+/// h2 semantics: the server announces `max_streams_per_connection` in its SETTINGS, and a
+/// client keeps the streams past it queued until one of its open streams ends (a client
+/// that ignored the setting would have the extra streams reset with REFUSED_STREAM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_per_connection_limit_wait_for_a_free_one() {
+    let server = TestServer::start(|c| c.max_streams_per_connection = 2).await;
+    // One channel, one connection: every call below shares it.
+    let mut alice = server.client("alice").await;
+    let id = start(&mut alice, &["sh", "-c", "echo started; exec sleep 60"]).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = alice
+            .logs(pb::LogsRequest {
+                job_id: id.clone(),
+                follow: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(s.message().await.unwrap().is_some());
+        open.push(s);
+    }
+    let mut third = {
+        let mut c = alice.clone();
+        let id = id.clone();
+        tokio::spawn(async move { status(&mut c, &id).await })
+    };
+    // A negative can only be watched for a while: for a second, the third call neither
+    // gets an answer nor an error.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut third)
+            .await
+            .is_err(),
+        "a third stream was served while two were open"
+    );
+    // A stream ends: the queued call goes out and is answered.
+    drop(open.pop());
+    let st = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the queued call was not served after a stream ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.state, pb::JobState::Running as i32);
+    drop(open);
+    alice
+        .stop(pb::StopRequest {
+            job_id: id,
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_jobs_past_the_limit_are_refused() {
+    let server = TestServer::start(|c| c.worker.max_running_jobs = 2).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let first = start(&mut alice, &["sleep", "60"]).await;
+    let second = start(&mut bob, &["sleep", "60"]).await;
+    // The limit is the server's, whoever asks.
+    for c in [&mut alice, &mut bob] {
+        let e = c
+            .start(pb::StartRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert_eq!(
+            e.message(),
+            "the server already runs 2 jobs, its maximum; try again later"
+        );
+    }
+    // Stopping one frees its slot (once the job is reaped).
+    alice
+        .stop(pb::StopRequest {
+            job_id: first,
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        match alice
+            .start(pb::StartRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner().job_id,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot stayed taken"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    wait_ended(&mut alice, &third).await;
+    bob.stop(pb::StopRequest {
+        job_id: second,
+        grace_period_seconds: Some(0),
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+async fn start_as_root(
+    c: &mut JobServiceClient<Channel>,
+    argv: &[&str],
+) -> Result<String, tonic::Status> {
+    c.start(pb::StartRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        as_root: true,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().job_id)
+}
+
+/// The uid and gid of `nobody`, from the system's user database.
+fn nobody_ids() -> (u32, u32) {
+    let name = std::ffi::CString::new("nobody").unwrap();
+    // SAFETY: a valid C string; the entry is copied out at once, and no other thread of
+    // this test looks users up meanwhile (the server is not started yet).
+    let pwd = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pwd.is_null(), "this host has no user nobody");
+    // SAFETY: non-null, points at libc's static entry.
+    unsafe { ((*pwd).pw_uid, (*pwd).pw_gid) }
+}
+
+fn assert_root_tests_run_as_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests run as root");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_nobody_by_default_when_jobd_is_root() {
+    assert_root_tests_run_as_root();
+    let (uid, gid) = nobody_ids();
+    let server = TestServer::start(|_| {}).await;
+    let mut alice = server.client("alice").await;
+    let id = start(&mut alice, &["sh", "-c", "id -u; id -g; id -G"]).await;
+    // No supplementary groups: `id -G` lists the primary group alone.
+    assert_eq!(
+        output(&mut alice, &id).await,
+        format!("{uid}\n{gid}\n{gid}\n")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_jobs_need_an_admin_and_a_server_that_allows_them() {
+    assert_root_tests_run_as_root();
+    let (uid, _) = nobody_ids();
+    let user_refused = "only an admin may start a job as root";
+
+    // allow_root_jobs = false (the default): refused to everyone.
+    let server = TestServer::start(|_| {}).await;
+    let mut alice = server.client("alice").await;
+    let mut admin = server.client("admin").await;
+    let e = start_as_root(&mut alice, &["id", "-u"]).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::PermissionDenied, user_refused)
+    );
+    let e = start_as_root(&mut admin, &["id", "-u"]).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::PermissionDenied,
+            "this server does not run jobs as root"
+        )
+    );
+    // Nothing was started.
+    assert!(admin
+        .list(pb::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .is_empty());
+    server.shutdown().await;
+
+    // allow_root_jobs = true: an admin may, a user still may not.
+    let server = TestServer::start(|c| c.worker.allow_root = true).await;
+    let mut alice = server.client("alice").await;
+    let mut admin = server.client("admin").await;
+    let e = start_as_root(&mut alice, &["id", "-u"]).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::PermissionDenied, user_refused)
+    );
+    let root = start_as_root(&mut admin, &["id", "-u"]).await.unwrap();
+    assert_eq!(output(&mut admin, &root).await, "0\n");
+    // Without asking, an admin's job runs as the job user like anyone's.
+    let plain = start(&mut admin, &["id", "-u"]).await;
+    assert_eq!(output(&mut admin, &plain).await, format!("{uid}\n"));
     server.shutdown().await;
 }
