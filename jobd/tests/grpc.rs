@@ -79,6 +79,48 @@ impl TestServer {
     }
 }
 
+/// A test that fails before `shutdown` would leave its jobs running: they are in sessions
+/// of their own, and nothing else stops them. Kill each one still alive, by the pid and
+/// start time its record holds, so only this test's processes are touched.
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.task.is_none() {
+            return;
+        }
+        let Ok(dirs) = std::fs::read_dir(self.state.join("jobs")) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let Ok(text) = std::fs::read_to_string(dir.path().join("job.json")) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let (Some(pid), Some(ticks)) = (record["pid"].as_i64(), record["start_ticks"].as_u64())
+            else {
+                continue;
+            };
+            let alive_as_recorded = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                    // Field 22 of stat is the 20th after the command name.
+                    fields.get(19)?.parse::<u64>().ok()
+                })
+                == Some(ticks);
+            if alive_as_recorded {
+                // SAFETY: kill has no memory preconditions. The job leads its own session
+                // and process group (and is PID 1 of its PID namespace, if it has one).
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 fn target_in(ca_dir: &Path, user_dir: &Path, user: &str, addr: std::net::SocketAddr) -> Target {
     Target {
         server: format!("localhost:{}", addr.port()),
