@@ -63,7 +63,7 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<S
             .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(crate::identity::SubjectVerifier(verifier)))
         .with_single_cert(load_certs(cert)?, load_key(key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     // No session resumption: a resumed session skips the client certificate check, so a
@@ -190,10 +190,36 @@ pub async fn accept_loop(
                     };
                     let _ = incoming.send(Ok(conn)).await;
                 }
-                Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, error = %refusal_reason(&e), "TLS handshake refused")
+                }
                 Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Why a handshake failed, as the log should say it: an identity the subject check refused
+/// (see [`crate::identity::SubjectVerifier`]) reads as its own sentence, not as rustls'
+/// debug form of a wrapped error.
+fn refusal_reason(e: &anyhow::Error) -> String {
+    let identity = e
+        .chain()
+        .filter_map(|cause| match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            None => cause.downcast_ref::<rustls::Error>(),
+        })
+        .find_map(|tls| match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                other.0.downcast_ref::<crate::identity::IdentityError>()
+            }
+            _ => None,
+        });
+    match identity {
+        Some(reason) => reason.to_string(),
+        None => e.to_string(),
     }
 }
 
