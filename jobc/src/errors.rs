@@ -51,6 +51,8 @@ fn transport_reason(err: &(dyn StdError + 'static)) -> Option<String> {
             }
             return Some(match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                // jobc's own connect timeout says which limit ran out.
+                std::io::ErrorKind::TimedOut if io.get_ref().is_some() => io.to_string(),
                 std::io::ErrorKind::TimedOut => "timed out".into(),
                 std::io::ErrorKind::ConnectionReset => "connection reset by the server".into(),
                 _ => io.to_string(),
@@ -65,7 +67,17 @@ fn tls_reason(e: &rustls::Error) -> String {
     match e {
         rustls::Error::AlertReceived(alert) => alert_reason(&format!("{alert:?}")),
         rustls::Error::InvalidCertificate(why) => {
-            format!("cannot verify the server's certificate: {why:?}")
+            use rustls::CertificateError as E;
+            let why = match why {
+                E::UnknownIssuer => "it is not issued by the CA given with --ca".into(),
+                E::BadSignature => {
+                    "its signature does not verify with the CA given with --ca".into()
+                }
+                E::Expired | E::ExpiredContext { .. } => "it has expired".into(),
+                E::NotValidYet | E::NotValidYetContext { .. } => "it is not valid yet".into(),
+                other => other.to_string(),
+            };
+            format!("cannot verify the server's certificate: {why}")
         }
         other => format!("TLS failed: {other}"),
     }

@@ -217,6 +217,42 @@ fn errors_are_one_clear_line() {
         )
     );
 
+    // A server that accepts and never answers: jobc gives up at its connect timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let out = output(
+        s.jobc_cmd("alice")
+            .env("JOBC_SERVER", format!("127.0.0.1:{silent_port}"))
+            .env("JOBC_CONNECT_TIMEOUT", "300ms")
+            .arg("list"),
+        JOBC_TIMEOUT,
+    );
+    assert_eq!(
+        failure(&out),
+        (
+            3,
+            format!(
+                "jobc: cannot connect to 127.0.0.1:{silent_port}: no TLS handshake within \
+                 300ms (--connect-timeout)\n"
+            )
+        )
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    drop(silent);
+
+    // A huge job id full of terminal escapes comes back short and inert.
+    let hostile = "\u{1b}[2J".repeat(2500);
+    let (code, err) = failure(&s.jobc("alice", &["status", &hostile]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.len() < 300, "{} bytes: {err}", err.len());
+    assert!(!err.contains('\u{1b}'), "{err}");
+    assert!(
+        err.starts_with("jobc: malformed job id \"\\u{1b}[2J")
+            && err.ends_with("(10000 bytes): expected a UUID\n"),
+        "{err}"
+    );
+
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
     support::pki_init(other.path());
