@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -41,6 +41,27 @@ struct RunState {
     reapable: bool,
     /// How and when the leader ended, from its reaping until the output is complete.
     pending_end: Option<(JobState, SystemTime)>,
+    /// The stop sequence under way, if one was started.
+    stopping: Option<StopSequence>,
+}
+
+/// One TERM → grace → KILL sequence, run by a task of its own so that it completes
+/// whatever becomes of the requests that asked for it; each request only awaits the end.
+#[derive(Debug)]
+struct StopSequence {
+    /// When SIGKILL is due; a later stop with a shorter grace moves it earlier.
+    kill_at: watch::Sender<tokio::time::Instant>,
+    /// Set once the task has sent SIGKILL, or failed to.
+    outcome: watch::Sender<Option<Result<(), String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StopSequence {
+    /// A sequence whose task is gone without an outcome (its runtime was shut down) no
+    /// longer holds the job: the next stop starts a new one.
+    fn is_live(&self) -> bool {
+        !self.task.is_finished() || self.outcome.borrow().is_some()
+    }
 }
 
 /// A job known to the worker. Shared by the capture thread, stop calls and readers.
@@ -94,6 +115,7 @@ impl Job {
                 server_lost: false,
                 reapable: true,
                 pending_end: None,
+                stopping: None,
             }),
             ended: watch::Sender::new(false),
             settled: watch::Sender::new(false),
@@ -144,6 +166,7 @@ impl Job {
                 server_lost: record.server_lost,
                 reapable: false,
                 pending_end: None,
+                stopping: None,
             }),
             ended: watch::Sender::new(true),
             settled: watch::Sender::new(true),
@@ -243,30 +266,107 @@ impl Job {
 
     /// Stops the job: SIGTERM to every process, up to `grace` for it to end, then SIGKILL.
     /// Returns once the job has ended; stopping an ended job is not an error.
-    pub async fn stop(&self, grace: Duration) -> Result<JobInfo, Error> {
+    ///
+    /// The sequence runs in a task of its own, started by the first stop: a caller that
+    /// gives up (a client deadline, Ctrl-C) drops only its wait, and the job still ends.
+    /// Concurrent stops share that one sequence (one SIGTERM); a stop whose grace ends
+    /// sooner than the sequence's brings the SIGKILL forward, one that ends later does not
+    /// postpone it: every caller is promised the end within its own grace.
+    pub async fn stop(self: &Arc<Self>, grace: Duration) -> Result<JobInfo, Error> {
         let mut ended = self.ended.subscribe();
-        // A job already reaped may still be draining its output: wait for its end below.
-        if self.signal_if_running(libc::SIGTERM, true)?
-            && tokio::time::timeout(grace, ended.wait_for(|e| *e))
-                .await
-                .is_err()
-        {
-            self.signal_if_running(libc::SIGKILL, true)?;
+        let kill_at = tokio::time::Instant::now() + grace;
+        let mut outcome = {
+            let mut run = self.run();
+            if !run.reapable {
+                // A job already reaped may still be draining its output: wait for its end.
+                None
+            } else {
+                run.stop_requested = true;
+                match run.stopping.as_ref().filter(|s| s.is_live()) {
+                    Some(sequence) => {
+                        sequence.kill_at.send_if_modified(|at| {
+                            let sooner = kill_at < *at;
+                            if sooner {
+                                *at = kill_at;
+                            }
+                            sooner
+                        });
+                        Some(sequence.outcome.subscribe())
+                    }
+                    None => {
+                        self.processes
+                            .signal(libc::SIGTERM)
+                            .map_err(|e| Error::io(format!("cannot signal job {}", self.id), e))?;
+                        let (kill_tx, kill_rx) = watch::channel(kill_at);
+                        let (outcome_tx, outcome_rx) = watch::channel(None);
+                        let task = tokio::spawn(Arc::clone(self).kill_after(kill_rx));
+                        run.stopping = Some(StopSequence {
+                            kill_at: kill_tx,
+                            outcome: outcome_tx,
+                            task,
+                        });
+                        Some(outcome_rx)
+                    }
+                }
+            }
+        };
+        let failed = async {
+            let error = match outcome.as_mut() {
+                Some(o) => o
+                    .wait_for(|o| matches!(o, Some(Err(_))))
+                    .await
+                    .ok()
+                    .and_then(|o| o.clone())
+                    .and_then(Result::err),
+                None => None,
+            };
+            match error {
+                Some(e) => e,
+                // No sequence, or it cannot fail any more: only the end is awaited.
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // The capture thread always publishes the end; a closed channel means it is gone.
+            _ = ended.wait_for(|e| *e) => Ok(self.info()),
+            e = failed => Err(Error::io(
+                format!("cannot kill job {}", self.id),
+                std::io::Error::other(e),
+            )),
         }
-        // The capture thread always publishes the end; a closed channel means it is gone.
-        let _ = ended.wait_for(|e| *e).await;
-        Ok(self.info())
+    }
+
+    /// The rest of a stop sequence after its SIGTERM: SIGKILL at the deadline (which may
+    /// move earlier), unless the job ends first.
+    async fn kill_after(self: Arc<Self>, mut kill_at: watch::Receiver<tokio::time::Instant>) {
+        let mut ended = self.ended.subscribe();
+        loop {
+            let at = *kill_at.borrow_and_update();
+            tokio::select! {
+                _ = ended.wait_for(|e| *e) => return,
+                _ = tokio::time::sleep_until(at) => break,
+                // Dropped only with the job's state, which this task holds: never here.
+                Ok(()) = kill_at.changed() => continue,
+            }
+        }
+        let result = self
+            .signal_if_running(libc::SIGKILL)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(job = %self.id, error = %e, "cannot kill the job at the end of its grace period");
+        }
+        if let Some(sequence) = &self.run().stopping {
+            sequence.outcome.send_replace(Some(result));
+        }
     }
 
     /// Signals every process of the job unless its leader was already reaped.
     /// Returns whether the job was still running.
-    fn signal_if_running(&self, signal: i32, as_stop: bool) -> Result<bool, Error> {
-        let mut run = self.run();
+    fn signal_if_running(&self, signal: i32) -> Result<bool, Error> {
+        let run = self.run();
         if !run.reapable {
             return Ok(false);
-        }
-        if as_stop {
-            run.stop_requested = true;
         }
         self.processes
             .signal(signal)

@@ -151,6 +151,67 @@ async fn a_job_that_traps_sigterm_is_killed_after_the_grace_period() {
     );
 }
 
+/// The stop sequence belongs to the job, not to the request: a caller that gives up
+/// right after the SIGTERM (a client deadline, Ctrl-C) still leaves a job that ends by
+/// SIGKILL when the grace period is over.
+#[tokio::test]
+async fn a_stop_whose_caller_gives_up_still_kills_after_the_grace_period() {
+    let w = TestWorker::new();
+    let job = w
+        .start(sh("trap '' TERM; echo ready; while :; do sleep 0.05; done"))
+        .await
+        .unwrap();
+    wait_for_output(&job, b"ready").await;
+    let t0 = Instant::now();
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(100), job.stop(Duration::from_secs(1))).await;
+    assert!(abandoned.is_err(), "the stop ended before its grace period");
+    assert!(job.info().stop_requested);
+    let info = within(Duration::from_secs(5), "the job's end", job.wait()).await;
+    assert_eq!(info.state.to_string(), "stopped (signal: 9)");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+/// Concurrent stops share one sequence: one SIGTERM (the job counts them), and the
+/// shorter grace of the later stop brings the SIGKILL forward for both callers.
+#[tokio::test]
+async fn concurrent_stops_share_one_sequence_and_the_shorter_grace_wins() {
+    let w = TestWorker::new();
+    let job = w
+        .start(sh("n=0; trap 'n=$((n+1)); echo term $n' TERM; \
+                   echo ready; while :; do sleep 0.05; done"))
+        .await
+        .unwrap();
+    wait_for_output(&job, b"ready").await;
+    let t0 = Instant::now();
+    let first = tokio::spawn({
+        let job = Arc::clone(&job);
+        async move { job.stop(Duration::from_secs(60)).await }
+    });
+    // The first SIGTERM handled, so that a second one could not merge with it.
+    wait_for_output(&job, b"term 1").await;
+    let second = within(
+        Duration::from_secs(10),
+        "the second stop",
+        job.stop(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.state.to_string(), "stopped (signal: 9)");
+    let first = within(Duration::from_secs(5), "the first stop", first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.state, second.state);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let (out, _) = collect(job.logs(false).unwrap()).await;
+    assert_eq!(String::from_utf8(out).unwrap(), "ready\nterm 1\n");
+}
+
 async fn wait_for_output(job: &Job, needle: &[u8]) {
     let mut reader = job.logs(true).unwrap();
     let mut seen = Vec::new();
