@@ -89,6 +89,10 @@ pub struct Config {
     pub allow_root: bool,
     /// Most jobs running at once; past it, starts fail with `ResourceExhausted`.
     pub max_running_jobs: usize,
+    /// Whether to run a job that neither a cgroup nor a PID namespace holds. Such a job is
+    /// only its process group, which a `setsid` leaves: what it starts that way outlives
+    /// it. Off (refused with `FailedPrecondition`) unless set; jobd never sets it.
+    pub allow_unheld_jobs: bool,
 }
 
 impl Config {
@@ -106,6 +110,7 @@ impl Config {
             job_user: None,
             allow_root: false,
             max_running_jobs: 4096,
+            allow_unheld_jobs: false,
         }
     }
 }
@@ -147,6 +152,9 @@ impl Worker {
             .map(|job| (job.id(), Arc::new(job)))
             .collect();
         let default_isolation = supported_isolation(config.isolation);
+        if cgroups.is_none() && !default_isolation.pid && !config.allow_unheld_jobs {
+            tracing::warn!("neither cgroups nor PID namespaces by default: every job that does not ask for a PID namespace is refused");
+        }
         let netns = default_isolation
             .net
             .then(|| netns::pool(SPARE_NETNS))
@@ -259,6 +267,11 @@ impl Worker {
             None => None,
         };
         let isolation = *spec.isolation.get_or_insert(self.default_isolation);
+        if self.cgroups.is_none() && !isolation.pid && !self.config.allow_unheld_jobs {
+            return Err(Error::FailedPrecondition(
+                "without cgroups a job needs a PID namespace to hold its processes".into(),
+            ));
+        }
         let slot = RunningSlot::take(&self.running, self.config.max_running_jobs)?;
         let credentials = match (spec.as_root, self.config.job_user) {
             (true, _) if !self.config.allow_root => {

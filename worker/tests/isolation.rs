@@ -386,3 +386,96 @@ async fn a_pid_1_with_a_sigterm_handler_stops_gracefully() {
     assert_eq!(info.state, JobState::Finished { exit_code: 0 });
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// A worker without cgroups that refuses jobs nothing holds, as jobd's is.
+fn cgroupless(default: Isolation) -> TestWorker {
+    TestWorker::with(|config| {
+        config.cgroups = worker::CgroupMode::Off;
+        config.isolation = default;
+        config.job_user = Some(NOBODY);
+        config.allow_unheld_jobs = false;
+    })
+}
+
+/// Without cgroups only a PID namespace holds a job's processes (a `setsid` leaves its
+/// process group): a job without one is refused before anything of it exists, whether
+/// it asks for less or the server's default has none; a job with one runs.
+#[tokio::test]
+async fn without_cgroups_a_job_without_a_pid_namespace_is_refused() {
+    let w = cgroupless(Isolation::ALL);
+    for asked in [
+        Isolation::NONE,
+        Isolation {
+            pid: false,
+            ..Isolation::ALL
+        },
+    ] {
+        let err = w
+            .start(sh("true").with_isolation(asked))
+            .await
+            .expect_err("a job that nothing holds was started");
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "without cgroups a job needs a PID namespace to hold its processes"
+        );
+    }
+    assert!(w.list(None).is_empty());
+    assert_eq!(fs::read_dir(w.path().join("jobs")).unwrap().count(), 0);
+    let held = w
+        .start(sh("true").with_isolation(Isolation {
+            pid: true,
+            ..Isolation::NONE
+        }))
+        .await
+        .unwrap();
+    let ended = within(Duration::from_secs(10), "the job's end", held.wait()).await;
+    assert_eq!(ended.state, JobState::Finished { exit_code: 0 });
+
+    let w = cgroupless(Isolation::NONE);
+    let err = w.start(sh("true")).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+    assert!(w.list(None).is_empty());
+}
+
+/// The escape that a job without cgroups or PID namespace gets away with today does not
+/// survive a job held by its PID namespace: a `setsid` daemon dies when the job's main
+/// process exits by itself.
+#[tokio::test]
+async fn without_cgroups_a_setsid_daemon_dies_when_its_job_ends() {
+    let w = cgroupless(Isolation::ALL);
+    let go = w.scratch().join("go");
+    let job = w
+        .start(sh(&format!(
+            "setsid sleep 3009 & while [ ! -e {} ]; do sleep 0.05; done",
+            go.display()
+        )))
+        .await
+        .unwrap();
+    let leader = job.info().pid;
+    // The daemon has exec'd sleep in a session of its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let daemon = loop {
+        if let Some(p) = descendants(leader)
+            .into_iter()
+            .find(|p| p.comm == "sleep" && p.session != leader)
+        {
+            break (p.pid, p.start_ticks);
+        }
+        assert!(Instant::now() < deadline, "the job's daemon never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    fs::write(&go, "").unwrap();
+    let info = within(Duration::from_secs(10), "the job's end", job.wait()).await;
+    assert_eq!(info.state, JobState::Finished { exit_code: 0 });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live_start_ticks(daemon.0) == Some(daemon.1) {
+        if Instant::now() > deadline {
+            // SAFETY: kill has no memory-safety preconditions; the pid was checked against
+            // its start time just above.
+            unsafe { libc::kill(daemon.0, libc::SIGKILL) };
+            panic!("the job's setsid daemon {} outlived it", daemon.0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

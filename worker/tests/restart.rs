@@ -15,8 +15,12 @@ use worker::{Config, Error, JobSpec, JobState, Stream, Worker};
 mod support;
 use support::{live_start_ticks, within, Settling, StateDir};
 
+/// A worker that runs jobs without cgroups or PID namespaces, as these tests' jobs are
+/// (see `support::TestWorker`).
 fn config(dir: &Path) -> Config {
-    Config::new(dir)
+    let mut config = Config::new(dir);
+    config.allow_unheld_jobs = true;
+    config
 }
 
 /// Opens a worker on a state dir another worker of this process just released. The
