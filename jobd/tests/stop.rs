@@ -1,68 +1,15 @@
 //! Stop over real TCP and TLS on 127.0.0.1: the TERM → grace → KILL sequence belongs to
 //! the job, so a Stop whose client gives up before the grace period is over still ends it.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use jobc::client::{self, Target};
-use jobd::pki::{self, PkiOptions};
-use jobd::server::{ServerConfig, TlsFiles};
 use proto::v1 as pb;
 use proto::v1::job_service_client::JobServiceClient;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// jobd in this process on 127.0.0.1, with the development PKI in a temporary dir.
-struct TestServer {
-    addr: std::net::SocketAddr,
-    pki: PathBuf,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl TestServer {
-    async fn start() -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let pki_dir = dir.path().join("pki");
-        pki::init(&PkiOptions::new(&pki_dir)).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = ServerConfig::new(addr, dir.path().join("state"), TlsFiles::in_dir(&pki_dir));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(jobd::server::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
-        TestServer {
-            addr,
-            pki: pki_dir,
-            _dir: dir,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn client(&self, user: &str) -> JobServiceClient<Channel> {
-        let target = Target {
-            server: format!("localhost:{}", self.addr.port()),
-            ca: self.pki.join("ca.pem"),
-            cert: self.pki.join(format!("{user}.pem")),
-            key: self.pki.join(format!("{user}-key.pem")),
-            connect_timeout: client::DEFAULT_CONNECT_TIMEOUT,
-        };
-        client::connect(&target).await.unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(20), self.task.take().unwrap())
-            .await
-            .expect("server did not shut down")
-            .unwrap()
-            .unwrap();
-    }
-}
+mod support;
+use support::TestServer;
 
 /// Follows the job's output until `needle` appears, for at most 10 s.
 async fn wait_for_output(c: &mut JobServiceClient<Channel>, id: &str, needle: &[u8]) {
@@ -89,7 +36,7 @@ async fn wait_for_output(c: &mut JobServiceClient<Channel>, id: &str, needle: &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_with_a_deadline_shorter_than_the_grace_still_ends_the_job() {
-    let server = TestServer::start().await;
+    let server = TestServer::start(|_| {}).await;
     let mut alice = server.client("alice").await;
     let id = alice
         .start(pb::StartRequest {
