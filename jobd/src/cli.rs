@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::identity::Role;
 use crate::pki::{self, PkiOptions, User};
 use crate::server::{self, ServerConfig, TlsFiles};
 
@@ -135,6 +136,7 @@ struct FileConfig {
     isolation: Option<Vec<String>>,
     job_user: Option<String>,
     allow_root_jobs: Option<bool>,
+    weaker_isolation_roles: Option<Vec<String>>,
     max_connections: Option<usize>,
     max_streams_per_connection: Option<u32>,
     max_log_streams: Option<usize>,
@@ -222,6 +224,18 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         config.worker.job_user = Some(server::lookup_user(&user)?);
     }
     config.worker.allow_root = file.allow_root_jobs.unwrap_or(false);
+    if let Some(roles) = &file.weaker_isolation_roles {
+        config.service.weaker_isolation_roles = roles
+            .iter()
+            .map(|r| {
+                Role::parse(r).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "weaker_isolation_roles in the config file: unknown role {r:?} (admin, user)"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
     // The defaults themselves must pass the policy (and its maxima).
     config
         .worker
@@ -293,4 +307,40 @@ pub fn pki(command: PkiCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` args for a config file with `toml` and TLS files that are only named.
+    fn with_file(toml: &str) -> anyhow::Result<ServerConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobd.toml");
+        std::fs::write(&path, toml).unwrap();
+        server_config(ServeArgs {
+            config: Some(path),
+            state_dir: Some(dir.path().join("state")),
+            ca: Some("ca.pem".into()),
+            cert: Some("server.pem".into()),
+            key: Some("server-key.pem".into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn weaker_isolation_roles_default_to_admins_and_are_configurable() {
+        let roles = |toml: &str| with_file(toml).unwrap().service.weaker_isolation_roles;
+        assert_eq!(roles(""), vec![Role::Admin]);
+        assert_eq!(roles("weaker_isolation_roles = []"), vec![]);
+        assert_eq!(
+            roles(r#"weaker_isolation_roles = ["admin", "user"]"#),
+            vec![Role::Admin, Role::User]
+        );
+        let err = with_file(r#"weaker_isolation_roles = ["root"]"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "weaker_isolation_roles in the config file: unknown role \"root\" (admin, user)"
+        );
+    }
 }

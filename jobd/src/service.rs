@@ -14,7 +14,7 @@ use worker::{Job, JobId, JobSpec, Worker};
 
 use crate::authz::{self, Action, Denied};
 use crate::convert::{self, RequestLimits};
-use crate::identity::Identity;
+use crate::identity::{Identity, Role};
 use crate::tls::ConnInfo;
 
 /// Server-side limits applied by the handlers.
@@ -23,6 +23,8 @@ pub struct ServiceLimits {
     pub request: RequestLimits,
     pub max_log_streams: usize,
     pub max_grace: Duration,
+    /// Roles that may start a job with less isolation than the server's default.
+    pub weaker_isolation_roles: Vec<Role>,
 }
 
 impl Default for ServiceLimits {
@@ -31,6 +33,7 @@ impl Default for ServiceLimits {
             request: RequestLimits::default(),
             max_log_streams: 4096,
             max_grace: Duration::from_secs(600),
+            weaker_isolation_roles: authz::DEFAULT_WEAKER_ISOLATION_ROLES.to_vec(),
         }
     }
 }
@@ -70,6 +73,9 @@ fn denied(id: &str) -> impl Fn(Denied) -> Status + '_ {
         ),
         Denied::Hidden => Status::not_found(format!("job {id} not found")),
         Denied::AdminOnly => Status::permission_denied("only an admin may do this"),
+        Denied::WeakerIsolation(dropped) => {
+            Status::permission_denied(authz::weaker_isolation_refusal(dropped))
+        }
     }
 }
 
@@ -124,11 +130,18 @@ impl JobService for Service {
             let argv = convert::argv(req.argv, &self.limits.request)?;
             let limits = convert::limits(req.limits)?;
             let mut spec = JobSpec::new(caller.name.clone(), argv).with_limits(limits);
-            let mut isolation =
-                convert::isolation(req.isolation).unwrap_or(self.worker.default_isolation());
+            let default = self.worker.default_isolation();
+            let mut isolation = convert::isolation(req.isolation).unwrap_or(default);
             if req.host_network {
                 isolation.net = false;
             }
+            authz::authorize_isolation(
+                &caller,
+                isolation,
+                default,
+                &self.limits.weaker_isolation_roles,
+            )
+            .map_err(denied(""))?;
             spec.isolation = Some(isolation);
             spec.as_root = req.as_root;
             let job = self.worker.start(spec).await.map_err(convert::error)?;
