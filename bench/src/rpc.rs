@@ -27,6 +27,31 @@ pub fn isolate_none() -> Option<pb::Isolation> {
     })
 }
 
+/// The least isolation this server runs a job with, and its label: none at all, or only
+/// a PID namespace where jobd has no cgroups (a job then needs one to hold its processes).
+pub async fn least_isolation(c: &mut Client) -> Result<(&'static str, Option<pb::Isolation>)> {
+    let refused = c
+        .start(pb::StartRequest {
+            argv: argv(&["true"]),
+            isolation: isolate_none(),
+            ..Default::default()
+        })
+        .await
+        .err();
+    match refused {
+        None => Ok(("isolate none", isolate_none())),
+        Some(s) if s.code() == tonic::Code::FailedPrecondition => Ok((
+            "isolate pid (no cgroups)",
+            Some(pb::Isolation {
+                pid: true,
+                mount: false,
+                net: false,
+            }),
+        )),
+        Some(s) => Err(s).context("Start failed"),
+    }
+}
+
 pub fn argv(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }

@@ -5,7 +5,8 @@
 //! The target figure is jobd's own: the `elapsed_us` it logs for each Start, from the
 //! handler's entry to the program's exec; the RPC round trip is reported beside it.
 //! Measured with the server's default isolation (new PID, mount and network namespaces)
-//! and with none, since creating namespaces is part of the cost. A Status RPC on the same
+//! and with none (only a PID namespace where jobd has no cgroups: nothing else would hold
+//! a job's processes), since creating namespaces is part of the cost. A Status RPC on the same
 //! connection is timed too: the round trip that every call pays, for reference.
 
 use std::process::{Command, Stdio};
@@ -31,10 +32,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     );
     let mut c = ctx.client().await?;
     let mut rows = vec![status_round_trip(&mut c, n).await?];
-    for (label, isolation) in [
-        ("default isolation", None),
-        ("isolate none", rpc::isolate_none()),
-    ] {
+    let least = rpc::least_isolation(&mut c).await?;
+    for (label, isolation) in [("default isolation", None), least] {
         blocking(|| procfs::settle(Duration::from_secs(10)));
         describe_isolation(&mut c, isolation).await?;
         ctx.jobd.take_start_times();
@@ -92,7 +91,7 @@ async fn describe_isolation(c: &mut Client, isolation: Option<pb::Isolation>) ->
     println!(
         "  jobs asking for {} get namespaces: pid={} mount={} net={}",
         if isolation.is_some() {
-            "none"
+            "the least"
         } else {
             "the default"
         },
@@ -105,7 +104,7 @@ async fn describe_isolation(c: &mut Client, isolation: Option<pb::Isolation>) ->
 
 /// The median Status round trip: gRPC, HTTP/2 and TLS with no work behind it.
 async fn status_round_trip(c: &mut Client, n: usize) -> Result<Row> {
-    let id = rpc::start(c, rpc::argv(&["true"]), rpc::isolate_none()).await?;
+    let id = rpc::start(c, rpc::argv(&["true"]), None).await?;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + 10 {
         let t = Instant::now();
