@@ -30,7 +30,14 @@ struct TestServer {
 
 impl TestServer {
     async fn start(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        // A 0755 scratch dir, as /var/lib is: a 0700 one would hide the modes of the
+        // state dir that jobd makes inside it.
         let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let pki_dir = dir.path().join("pki");
         let mut opts = PkiOptions::new(&pki_dir);
         opts.users.push(User {

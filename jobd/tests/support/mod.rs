@@ -22,7 +22,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        // A 0755 scratch dir, as /var/lib is: a 0700 one would hide the modes of the
+        // state dir that jobd makes inside it.
         let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let pki_dir = dir.path().join("pki");
         pki::init(&PkiOptions::new(&pki_dir)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
