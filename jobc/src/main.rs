@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(status)?;
             let s = reply.into_inner().status.unwrap_or_default();
             match output {
-                Format::Text => print(&format!("{}\n", output::status_line(&s))),
+                Format::Text => print(&output::status_text(&s)),
                 Format::Json => print(&format!("{}\n", output::status_to_json(&s))),
             }
         }

@@ -19,6 +19,21 @@ pub fn status_line(s: &pb::JobStatus) -> String {
     }
 }
 
+/// What plain `jobc status` prints: the status line exactly as [`status_line`] gives it,
+/// then one line for each thing the server could not store (output, the job's record), so
+/// that the first line stays what scripts compare against.
+pub fn status_text(s: &pb::JobStatus) -> String {
+    let mut text = status_line(s);
+    text.push('\n');
+    for note in [&s.output_error, &s.record_error] {
+        if !note.is_empty() {
+            text.push_str(&Inert(note).to_string());
+            text.push('\n');
+        }
+    }
+    text
+}
+
 fn state_name(s: &pb::JobStatus) -> &'static str {
     match pb::JobState::try_from(s.state) {
         Ok(pb::JobState::Running) => "running",
@@ -73,6 +88,7 @@ struct Status<'a> {
     uid: Option<u32>,
     gid: Option<u32>,
     output_error: Option<&'a str>,
+    record_error: Option<&'a str>,
 }
 
 fn rates(v: &[pb::DeviceRate]) -> Vec<DeviceRate<'_>> {
@@ -121,6 +137,7 @@ fn status_json(s: &pb::JobStatus) -> Status<'_> {
         uid: s.uid,
         gid: s.gid,
         output_error: Some(s.output_error.as_str()).filter(|e| !e.is_empty()),
+        record_error: Some(s.record_error.as_str()).filter(|e| !e.is_empty()),
     }
 }
 
@@ -307,5 +324,23 @@ mod tests {
             "{table:?}"
         );
         assert!(table.contains("mallory\\u{1b}[2J"), "{table}");
+    }
+
+    #[test]
+    fn plain_status_keeps_its_first_line_and_notes_what_was_not_stored() {
+        let mut s = pb::JobStatus {
+            state: pb::JobState::Finished as i32,
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(status_text(&s), "finished (exit code: 0)\n");
+        s.output_error = "output not stored: the state dir is full".into();
+        s.record_error = "the job's end is not stored yet (retrying): \u{1b}[2J".into();
+        assert_eq!(
+            status_text(&s),
+            "finished (exit code: 0)\n\
+             output not stored: the state dir is full\n\
+             the job's end is not stored yet (retrying): \\u{1b}[2J\n"
+        );
     }
 }

@@ -117,6 +117,7 @@ pub fn status(info: &JobInfo) -> pb::JobStatus {
         memory_peak_bytes: info.memory_peak_bytes,
         pid: info.pid.max(0) as u32,
         output_error: info.output_error.clone().unwrap_or_default(),
+        record_error: info.record_error.clone().unwrap_or_default(),
         server_lost: info.server_lost,
         isolation: Some(pb::Isolation {
             pid: info.isolation.pid,
@@ -152,8 +153,27 @@ pub fn error(e: worker::Error) -> Status {
         E::InvalidArgument(_) | E::Exec { .. } => Status::invalid_argument(e.to_string()),
         E::NotFound(_) => Status::not_found(e.to_string()),
         E::PermissionDenied(_) => Status::permission_denied(e.to_string()),
-        E::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
+        E::ResourceExhausted(_) | E::StateDirFull { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         E::Unsupported(_) | E::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
         E::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_state_dir_is_resource_exhausted_and_says_so() {
+        let status = error(worker::Error::StateDirFull {
+            context: "cannot record job 1234".into(),
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "cannot record job 1234: the state dir is full"
+        );
     }
 }

@@ -208,7 +208,11 @@ impl Sink {
             // Keep draining the pipes so the job never blocks on a full disk; the loss is
             // reported in the job's status.
             self.storing = false;
-            job.set_output_error(format!("output could not be stored: {e}"));
+            job.set_output_error(if crate::durable::is_full(&e) {
+                "output not stored: the state dir is full".to_string()
+            } else {
+                format!("output not stored: {e}")
+            });
         }
     }
 

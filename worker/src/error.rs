@@ -30,6 +30,10 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// The state dir has no room for a job's record (ENOSPC, EDQUOT): nothing was started.
+    #[error("{context}: the state dir is full")]
+    StateDirFull { context: String },
+
     /// A job that has not ended cannot be removed, and similar state conflicts.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -48,6 +52,17 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// An error writing the state dir: [`Error::StateDirFull`] if it is out of room.
+    pub(crate) fn storage(context: impl Into<String>, source: io::Error) -> Self {
+        if crate::durable::is_full(&source) {
+            Error::StateDirFull {
+                context: context.into(),
+            }
+        } else {
+            Error::io(context, source)
         }
     }
 }

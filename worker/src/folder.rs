@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::ahead::Ahead;
+use crate::durable;
 use crate::logfile;
 use crate::spec::JobId;
 use crate::store;
@@ -19,16 +20,23 @@ use crate::store;
 /// rename moves them.
 pub const SPARE_DIR: &str = "spare";
 
-/// Makes `dir` with an output log holding just the header; returns the log, open for
-/// writing at its end.
+/// Makes `dir` with an output log holding just the header and the room for the job's
+/// final record (see [`crate::durable`]); returns the log, open for writing at its end.
 pub fn create(dir: &Path) -> io::Result<File> {
     fs::create_dir(dir)?;
-    let mut log = File::options()
-        .write(true)
-        .create_new(true)
-        .open(dir.join(store::LOG_FILE))?;
-    log.write_all(&logfile::file_header())?;
-    Ok(log)
+    let made = (|| {
+        let mut log = File::options()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(store::LOG_FILE))?;
+        log.write_all(&logfile::file_header())?;
+        durable::reserve(dir)?;
+        Ok(log)
+    })();
+    if made.is_err() {
+        let _ = fs::remove_dir_all(dir);
+    }
+    made
 }
 
 /// A folder made ahead; deleted unless a job claims it.
@@ -98,7 +106,15 @@ mod tests {
         let mut expected = logfile::file_header().to_vec();
         expected.extend_from_slice(b"more");
         assert_eq!(fs::read(dir.join(store::LOG_FILE)).unwrap(), expected);
-        assert_eq!(entries(&dir), 1, "a job folder starts with its log only");
+        assert_eq!(
+            entries(&dir),
+            2,
+            "a job folder starts with its log and its final record's room only"
+        );
+        assert_eq!(
+            fs::metadata(dir.join(durable::RESERVE_FILE)).unwrap().len(),
+            4096
+        );
     }
 
     #[test]

@@ -3,12 +3,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
 use crate::cgroup::Usage;
+use crate::durable::{self, Retries};
 use crate::error::Error;
 use crate::logfile::{from_unix_nanos, to_unix_nanos};
 use crate::processes::Processes;
@@ -43,6 +45,8 @@ struct RunState {
     pending_end: Option<(JobState, SystemTime)>,
     /// The stop sequence under way, if one was started.
     stopping: Option<StopSequence>,
+    /// Why the final record is not stored yet (it is being retried); `None` once it is.
+    record_error: Option<String>,
 }
 
 /// One TERM → grace → KILL sequence, run by a task of its own so that it completes
@@ -84,15 +88,21 @@ pub struct Job {
     /// only then may the folder be deleted.
     settled: watch::Sender<bool>,
     progress: watch::Sender<Progress>,
+    /// Set when the job is removed: a final record still being retried is given up.
+    discarded: AtomicBool,
 }
 
 impl Job {
-    /// `spec` carries the isolation the job actually got.
+    /// `spec` carries the isolation the job actually got; `start_ticks` and `started_at`
+    /// are those of its first record.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: JobId,
         spec: JobSpec,
         credentials: Option<Credentials>,
         pid: i32,
+        start_ticks: u64,
+        started_at: SystemTime,
         dir: PathBuf,
         processes: Processes,
         committed: u64,
@@ -102,8 +112,8 @@ impl Job {
             spec,
             credentials,
             pid,
-            start_ticks: store::process_start_ticks(pid).unwrap_or(0),
-            started_at: SystemTime::now(),
+            start_ticks,
+            started_at,
             dir,
             processes,
             run: Mutex::new(RunState {
@@ -116,6 +126,7 @@ impl Job {
                 reapable: true,
                 pending_end: None,
                 stopping: None,
+                record_error: None,
             }),
             ended: watch::Sender::new(false),
             settled: watch::Sender::new(false),
@@ -123,6 +134,7 @@ impl Job {
                 committed,
                 done: false,
             }),
+            discarded: AtomicBool::new(false),
         }
     }
 
@@ -167,6 +179,7 @@ impl Job {
                 reapable: false,
                 pending_end: None,
                 stopping: None,
+                record_error: None,
             }),
             ended: watch::Sender::new(true),
             settled: watch::Sender::new(true),
@@ -174,6 +187,7 @@ impl Job {
                 committed,
                 done: true,
             }),
+            discarded: AtomicBool::new(false),
         }
     }
 
@@ -209,17 +223,6 @@ impl Job {
             memory_peak_bytes: info.memory_peak_bytes,
             server_lost: info.server_lost,
             output_error: info.output_error,
-        }
-    }
-
-    /// Writes the job's record; a failure is logged and reported in the job's status,
-    /// never fatal to the job. Only the final record needs to be `durable`: the record of a
-    /// running job matters after a crash of jobd, which keeps the page cache, whereas a
-    /// power loss ends the job too (its folder is then cleaned up at start-up).
-    pub(crate) fn persist(&self, durable: bool) {
-        if let Err(e) = store::replace_record(&self.dir, &self.record(), durable) {
-            tracing::error!(job = %self.id, error = %e, "cannot write the job record");
-            self.set_output_error(format!("the job record could not be saved: {e}"));
         }
     }
 
@@ -261,6 +264,7 @@ impl Job {
             memory_peak_bytes: usage.memory_peak_bytes,
             server_lost: run.server_lost,
             output_error: run.output_error.clone(),
+            record_error: run.record_error.clone(),
         }
     }
 
@@ -439,11 +443,12 @@ impl Job {
         self.run().reapable
     }
 
-    /// Writes the final record and marks the job's folder as no longer in use. `release`
-    /// runs in between: the capture thread lets go of the state dir there, so whoever
-    /// waits for [`Job::settled`] finds the state dir free to open again.
-    pub(crate) fn settle(&self, release: impl FnOnce()) {
-        self.persist(true);
+    /// Writes the final record (retried as [`durable::store_final`] says) and marks the
+    /// job's folder as no longer in use. `release` runs in between: the capture thread lets
+    /// go of the state dir there, so whoever waits for [`Job::settled`] finds the state dir
+    /// free to open again.
+    pub(crate) fn settle(&self, retries: &Retries, release: impl FnOnce()) {
+        durable::store_final(self, retries);
         release();
         self.settled.send_replace(true);
     }
@@ -456,6 +461,19 @@ impl Job {
     pub(crate) async fn settled(&self) {
         let mut settled = self.settled.subscribe();
         let _ = settled.wait_for(|s| *s).await;
+    }
+
+    pub(crate) fn set_record_error(&self, message: Option<String>) {
+        self.run().record_error = message;
+    }
+
+    /// Gives up a final record still being retried: the job is being removed.
+    pub(crate) fn discard(&self) {
+        self.discarded.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_discarded(&self) -> bool {
+        self.discarded.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_output_error(&self, message: String) {

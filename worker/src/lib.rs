@@ -9,6 +9,7 @@
 mod ahead;
 mod capture;
 pub mod cgroup;
+mod durable;
 mod error;
 mod folder;
 pub mod inert;

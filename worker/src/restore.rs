@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::JobCgroup;
+use crate::durable;
 use crate::job::Job;
 use crate::logfile;
 use crate::store::{self, JobRecord, StoredState};
@@ -29,9 +30,10 @@ pub(crate) fn restore_jobs(jobs_dir: &Path) -> Vec<Job> {
         match store::read_record(&dir) {
             Ok(record) => jobs.push(restore_job(record, &dir)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // The start was interrupted before the job was recorded: nobody was
-                // told of it as a running job with an owner, so nothing can be shown.
-                tracing::warn!(dir = %dir.display(), "removing a job folder without a record");
+                // The start was interrupted before the job was recorded, so before its
+                // program could run (see the exec gate in `spawn`), and before anyone was
+                // told of the job: there is nothing to show.
+                tracing::warn!(dir = %dir.display(), "removing the folder of a start that never ran");
                 let _ = fs::remove_dir_all(&dir);
             }
             Err(e) => {
@@ -74,7 +76,7 @@ fn restore_job(mut record: JobRecord, dir: &Path) -> Job {
         changed = true;
     }
     if changed {
-        if let Err(e) = store::write_record(dir, &record) {
+        if let Err(e) = durable::write_final(dir, &record) {
             tracing::error!(job = %record.id, error = %e, "cannot update a recovered job record");
         }
     }

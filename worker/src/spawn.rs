@@ -10,6 +10,13 @@
 //! file descriptors) is prepared by the parent beforehand, and the child neither allocates
 //! nor takes a lock. A failure in the child is reported through a close-on-exec pipe as
 //! `(stage, errno)`; end of file on that pipe means `execve` succeeded.
+//!
+//! The exec gate: once set up (in its cgroup, namespaces, session, as its user), the child
+//! says so on that pipe and blocks reading a second one before it execs. The parent then
+//! records the job (see [`spawn`]'s `admit`) and releases it with one byte. If the parent
+//! dies first, or cannot record the job, the child reads end of file and exits without
+//! running a single instruction of the job's program: a job's program never runs
+//! untracked, with or without cgroups.
 
 use std::ffi::{c_char, CStr, CString};
 use std::fmt;
@@ -17,7 +24,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 const CLONE_VM: u64 = 0x100;
-const CLONE_VFORK: u64 = 0x4000;
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const CLONE_NEWNS: u64 = 0x0002_0000;
@@ -55,10 +61,11 @@ pub enum Stage {
     Credentials,
     NoNewPrivs,
     JoinNetns,
+    CloseFds,
 }
 
 impl Stage {
-    const ALL: [Stage; 11] = [
+    const ALL: [Stage; 12] = [
         Stage::Setsid,
         Stage::Stdio,
         Stage::Chdir,
@@ -70,6 +77,7 @@ impl Stage {
         Stage::Credentials,
         Stage::NoNewPrivs,
         Stage::JoinNetns,
+        Stage::CloseFds,
     ];
 
     fn code(self) -> u32 {
@@ -98,6 +106,7 @@ impl fmt::Display for Stage {
             Stage::Credentials => "switch user",
             Stage::NoNewPrivs => "set no_new_privs",
             Stage::JoinNetns => "enter its network namespace",
+            Stage::CloseFds => "close inherited descriptors",
         })
     }
 }
@@ -135,6 +144,8 @@ pub enum SpawnError {
         stage: Stage,
         error: io::Error,
     },
+    /// The parent could not record the job at the exec gate; the child exited unreleased.
+    Admit(io::Error),
 }
 
 /// Everything the child needs, prepared by the parent so the child allocates nothing.
@@ -201,40 +212,42 @@ pub struct Child {
 }
 
 /// What the child needs, in one place it can be handed by pointer.
+#[derive(Clone, Copy)]
 struct ChildContext<'a> {
     cmd: &'a Command,
     argv: &'a [*const c_char],
     envp: &'a [*const c_char],
     stdio: &'a Stdio<'a>,
     report: RawFd,
+    /// The exec gate's read end: one byte releases the child, end of file ends it.
+    gate: RawFd,
 }
 
 /// Room for the child's few frames until exec; the child only makes system calls.
 #[cfg(target_arch = "x86_64")]
 const CHILD_STACK_BYTES: usize = 64 * 1024;
 
-/// Starts the child vfork-style: `CLONE_VM | CLONE_VFORK` shares our memory instead of
-/// copying page tables (the cost of a fork grows with the server's memory; this does
-/// not), and suspends this thread until the child has exec'd or exited. The child runs on
-/// a stack of its own with every signal blocked (so none of our handlers can run in it),
-/// and unblocks them only once it has reset their dispositions. Returns the child's pid,
-/// or -1 with errno set.
+/// Starts the child sharing our memory (`CLONE_VM`) instead of copying page tables (the
+/// cost of a fork grows with the server's memory; this does not). Not `CLONE_VFORK`: this
+/// thread must run while the child waits at the exec gate. The child runs on `stack`
+/// with every signal blocked (so none of our handlers can run in it), and unblocks them
+/// only once it has reset their dispositions. It shares this thread's `errno`, so the two
+/// take turns: this thread only waits on the report pipe while the child works, and works
+/// only while the child waits at the gate (see [`spawn`]). Returns the child's pid, or -1
+/// with errno set.
 ///
 /// # Safety
-/// `ctx` must stay valid until the call returns, which it does (CLONE_VFORK).
+/// `ctx` and `stack` must stay valid, and unused by anyone else, until the child has
+/// exec'd or exited (end of file on the report pipe); signals must be blocked.
 #[cfg(target_arch = "x86_64")]
-unsafe fn clone_child(args: &mut CloneArgs, ctx: &ChildContext<'_>) -> libc::c_long {
-    // 16-byte aligned, and a multiple of 16 long: the stack top the kernel hands the
-    // child is then aligned as the ABI wants at a call.
-    let mut stack = vec![0u128; CHILD_STACK_BYTES / 16];
-    args.flags |= CLONE_VM | CLONE_VFORK;
+unsafe fn clone_child(
+    args: &mut CloneArgs,
+    ctx: &ChildContext<'_>,
+    stack: &mut [u128],
+) -> libc::c_long {
+    args.flags |= CLONE_VM;
     args.stack = stack.as_mut_ptr() as u64;
-    args.stack_size = (stack.len() * 16) as u64;
-
-    let mut all: libc::sigset_t = std::mem::zeroed();
-    let mut old: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut all);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    args.stack_size = std::mem::size_of_val(stack) as u64;
     let ret: libc::c_long;
     // The child returns from the system call on its new stack: it must not touch this
     // function's frame, so it goes straight into `child_entry` with the context pointer.
@@ -256,8 +269,6 @@ unsafe fn clone_child(args: &mut CloneArgs, ctx: &ChildContext<'_>) -> libc::c_l
         lateout("r11") _,
         options(nostack),
     );
-    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    drop(stack);
     // The raw system call returns -errno; report it as libc wrappers do.
     if ret < 0 {
         *libc::__errno_location() = -ret as i32;
@@ -271,7 +282,11 @@ unsafe fn clone_child(args: &mut CloneArgs, ctx: &ChildContext<'_>) -> libc::c_l
 /// # Safety
 /// As for the x86_64 version.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone_child(args: &mut CloneArgs, ctx: &ChildContext<'_>) -> libc::c_long {
+unsafe fn clone_child(
+    args: &mut CloneArgs,
+    ctx: &ChildContext<'_>,
+    _stack: &mut [u128],
+) -> libc::c_long {
     let ret = clone3(args);
     if ret == 0 {
         child_entry(ctx);
@@ -282,7 +297,7 @@ unsafe fn clone_child(args: &mut CloneArgs, ctx: &ChildContext<'_>) -> libc::c_l
 /// The child's first Rust frame.
 unsafe extern "C" fn child_entry(ctx: *const ChildContext<'_>) -> ! {
     let ctx = &*ctx;
-    child_after_clone(ctx.cmd, ctx.argv, ctx.envp, ctx.stdio, ctx.report)
+    child_after_clone(ctx)
 }
 
 /// The raw `clone3` system call: 0 in the child, its pid in the parent, -1 on error.
@@ -317,11 +332,57 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// What the report pipe said.
+enum Report {
+    /// End of file: the child exec'd (or, before the gate, died without a word).
+    Closed,
+    /// The child waits at the exec gate.
+    AtGate,
+    Failed(Stage, i32),
+}
+
+/// The report code that means "at the gate" rather than a stage that failed.
+const AT_GATE: u32 = u32::MAX;
+
+/// Blocks every signal in this thread until dropped: no handler runs here, and no system
+/// call of ours is interrupted, while the child shares our memory and our `errno`.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask only
+        // changes this thread's mask and stores the old one in `old`.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            SignalsBlocked(old)
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new` on this same thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 /// Starts `cmd` in a new session with the given stdio, and returns once it has exec'd.
-pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
+///
+/// `admit` runs once the child is set up and waits at the exec gate, with its pid: it
+/// records the job. Only if it succeeds is the child released to exec; otherwise the child
+/// exits unreleased and the error is returned as [`SpawnError::Admit`].
+pub fn spawn(
+    cmd: &Command,
+    stdio: &Stdio<'_>,
+    admit: impl FnOnce(i32) -> io::Result<()>,
+) -> Result<Child, SpawnError> {
     let argv = pointers(&cmd.argv);
     let envp = pointers(&cmd.envp);
     let (report_r, report_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
+    let (gate_r, gate_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
 
     let mut flags = CLONE_PIDFD | cmd.namespaces.clone_flags();
     if cmd.netns_to_join().is_some() {
@@ -345,12 +406,22 @@ pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
         envp: &envp,
         stdio,
         report: report_w.as_raw_fd(),
+        gate: gate_r.as_raw_fd(),
     };
-    // SAFETY: `ctx` outlives the child's use of it (the child execs or exits before this
-    // call returns); the child makes only async-signal-safe calls and never returns.
-    let ret = unsafe { clone_child(&mut args, &ctx) };
+    // 16-byte aligned, and a multiple of 16 long: the stack top the kernel hands the
+    // child is then aligned as the ABI wants at a call. Kept (like `ctx`) until the child
+    // has exec'd or exited, which `read_report` below sees as end of file; leaked, not
+    // freed, should `admit` panic, since the child may still be on it then.
+    let mut stack = std::mem::ManuallyDrop::new(vec![0u128; CHILD_STACK_BYTES / 16]);
+    let blocked = SignalsBlocked::new();
+    // SAFETY: `ctx` and `stack` outlive the child's use of them: this function returns
+    // only after end of file on the report pipe, whose write end the child holds until it
+    // execs or exits; signals are blocked; the child makes only async-signal-safe calls
+    // and never returns.
+    let ret = unsafe { clone_child(&mut args, &ctx, &mut stack) };
     if ret < 0 {
         let e = io::Error::last_os_error();
+        drop(blocked);
         let ns_errors = [libc::EPERM, libc::ENOSPC, libc::EINVAL, libc::EUSERS];
         if cmd.namespaces != Namespaces::default()
             && ns_errors.contains(&e.raw_os_error().unwrap_or(0))
@@ -360,32 +431,70 @@ pub fn spawn(cmd: &Command, stdio: &Stdio<'_>) -> Result<Child, SpawnError> {
         return Err(SpawnError::Clone(e));
     }
 
-    // Parent. Close our copy of the report pipe's write end so EOF means "exec'd".
+    // Parent. Close our copies of the child's ends, so end of file means the child has
+    // exec'd or exited (report) and that nobody will release it (gate).
     drop(report_w);
+    drop(gate_r);
     // SAFETY: CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let child = Child {
         pid: ret as i32,
         pidfd,
     };
-    match read_report(report_r.as_fd()) {
-        Ok(None) => Ok(child),
-        Ok(Some((stage, errno))) => {
+    let outcome = match read_report(report_r.as_fd()) {
+        Ok(Report::AtGate) => match admit(child.pid) {
+            Ok(()) => {
+                release(&gate_w);
+                drop(gate_w);
+                match read_report(report_r.as_fd()) {
+                    Ok(Report::Closed) => Ok(()),
+                    Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
+                        stage,
+                        error: io::Error::from_raw_os_error(errno),
+                    }),
+                    Ok(Report::AtGate) => Err(SpawnError::Clone(io::Error::other(
+                        "the child reported twice from its exec gate",
+                    ))),
+                    Err(e) => Err(SpawnError::Clone(e)),
+                }
+            }
+            Err(e) => {
+                // Unreleased, the child reads end of file and exits; wait until it has.
+                drop(gate_w);
+                let _ = read_report(report_r.as_fd());
+                Err(SpawnError::Admit(e))
+            }
+        },
+        Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
+            stage,
+            error: io::Error::from_raw_os_error(errno),
+        }),
+        Ok(Report::Closed) => Err(SpawnError::Clone(io::Error::other(
+            "the child died before its exec gate",
+        ))),
+        Err(e) => Err(SpawnError::Clone(e)),
+    };
+    drop(blocked);
+    drop(std::mem::ManuallyDrop::into_inner(stack));
+    match outcome {
+        Ok(()) => Ok(child),
+        Err(e) => {
             // The child has reported and is exiting with 127: reap it so no zombie is left.
             let _ = wait(child.pidfd.as_fd());
-            Err(SpawnError::Child {
-                stage,
-                error: io::Error::from_raw_os_error(errno),
-            })
-        }
-        Err(e) => {
-            let _ = wait(child.pidfd.as_fd());
-            Err(SpawnError::Clone(e))
+            Err(e)
         }
     }
 }
 
-fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<(Stage, i32)>> {
+/// Writes the one byte that lets the child exec. A child that died meanwhile makes this
+/// fail (EPIPE), which the report that follows explains.
+fn release(gate: &OwnedFd) {
+    let byte = 1u8;
+    // SAFETY: writing one byte from a local to a pipe we own.
+    unsafe { libc::write(gate.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+}
+
+fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
     let mut buf = [0u8; 8];
     let mut got = 0;
     while got < buf.len() {
@@ -398,7 +507,7 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<(Stage, i32)>> {
             )
         };
         match n {
-            0 if got == 0 => return Ok(None),
+            0 if got == 0 => return Ok(Report::Closed),
             0 => return Err(io::Error::other("truncated report from child")),
             n if n > 0 => got += n as usize,
             _ => {
@@ -411,25 +520,32 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<(Stage, i32)>> {
     }
     let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    Ok(Some((Stage::from_code(stage), errno)))
+    if stage == AT_GATE {
+        return Ok(Report::AtGate);
+    }
+    Ok(Report::Failed(Stage::from_code(stage), errno))
 }
 
 /// The child's side, from `clone3` to `execve`. Only async-signal-safe system calls, and
 /// raw ones where glibc's wrapper would consult thread state that this copy of a
 /// multi-threaded process no longer matches (the set*id family).
-unsafe fn child_after_clone(
-    cmd: &Command,
-    argv: &[*const c_char],
-    envp: &[*const c_char],
-    stdio: &Stdio<'_>,
-    report: RawFd,
-) -> ! {
-    unsafe fn fail(report: RawFd, stage: Stage) -> ! {
-        let errno = *libc::__errno_location();
+unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
+    let ChildContext {
+        cmd,
+        argv,
+        envp,
+        stdio,
+        report,
+        gate,
+    } = *ctx;
+    unsafe fn say(report: RawFd, code: u32, errno: i32) {
         let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&stage.code().to_ne_bytes());
+        msg[..4].copy_from_slice(&code.to_ne_bytes());
         msg[4..].copy_from_slice(&errno.to_ne_bytes());
         libc::write(report, msg.as_ptr().cast(), msg.len());
+    }
+    unsafe fn fail(report: RawFd, stage: Stage) -> ! {
+        say(report, stage.code(), *libc::__errno_location());
         libc::_exit(127)
     }
 
@@ -524,8 +640,36 @@ unsafe fn child_after_clone(
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
         fail(report, Stage::NoNewPrivs);
     }
+    // The exec gate. Every other descriptor goes first: a copy of another start's gate
+    // kept here would keep that child waiting, and ours waiting on it, if jobd died now.
+    if !close_all_but([0, 1, 2, report, gate]) {
+        fail(report, Stage::CloseFds);
+    }
+    say(report, AT_GATE, 0);
+    // From here until the byte arrives the parent works and this child only waits: errno
+    // is the parent's, so nothing here reads it.
+    let mut byte = 0u8;
+    if libc::read(gate, (&mut byte as *mut u8).cast(), 1) != 1 {
+        // End of file: jobd died or could not record the job. Never run it.
+        libc::_exit(127);
+    }
+    libc::close(gate);
     libc::execve(cmd.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
     fail(report, Stage::Exec)
+}
+
+/// Closes every descriptor but `keep`; async-signal-safe, allocates nothing.
+unsafe fn close_all_but(mut keep: [RawFd; 5]) -> bool {
+    keep.sort_unstable();
+    let mut from: u32 = 0;
+    for fd in keep {
+        let fd = fd as u32;
+        if fd > from && libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) < 0 {
+            return false;
+        }
+        from = from.max(fd + 1);
+    }
+    libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) == 0
 }
 
 /// `mount(2)` without data; async-signal-safe.

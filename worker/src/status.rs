@@ -60,6 +60,9 @@ pub struct JobInfo {
     pub server_lost: bool,
     /// Set when output could not be stored (e.g. the disk is full); the job keeps running.
     pub output_error: Option<String>,
+    /// Set while the job's final record cannot be stored (it is retried): until it is, a
+    /// restart would find the job running, and so report it lost.
+    pub record_error: Option<String>,
 }
 
 #[cfg(test)]

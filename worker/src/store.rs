@@ -62,15 +62,21 @@ pub struct JobRecord {
 
 /// Replaces `dir/job.json` atomically and durably.
 pub fn write_record(dir: &Path, record: &JobRecord) -> io::Result<()> {
-    replace_record(dir, record, true)
+    replace_record(dir, record, true).map(|_| ())
+}
+
+/// The record as stored.
+pub fn encode(record: &JobRecord) -> io::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(record).map_err(io::Error::other)
 }
 
 /// Replaces `dir/job.json` atomically (rename). With `durable`, also flushed to the
 /// device (fsync of the file before the rename, and of the folder after): needed where
 /// a power loss must not lose the record; a crash of jobd alone never loses a renamed file.
-pub fn replace_record(dir: &Path, record: &JobRecord, durable: bool) -> io::Result<()> {
+/// Returns the record's size.
+pub fn replace_record(dir: &Path, record: &JobRecord, durable: bool) -> io::Result<u64> {
     let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
-    let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    let json = encode(record)?;
     let mut f = File::create(&tmp)?;
     f.write_all(&json)?;
     if durable {
@@ -80,7 +86,7 @@ pub fn replace_record(dir: &Path, record: &JobRecord, durable: bool) -> io::Resu
     if durable {
         File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(json.len() as u64)
 }
 
 /// Reads `dir/job.json`, refusing versions this jobd does not know.

@@ -9,13 +9,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
 use crate::ahead::Ahead;
 use crate::capture::{self, Capture};
 use crate::cgroup::{self, CgroupLimits, CgroupMode, Cgroups};
+use crate::durable::{self, Retries};
 use crate::error::Error;
 use crate::folder::{self, Spare};
 use crate::job::Job;
@@ -28,7 +29,7 @@ use crate::spawn::{self, SpawnError, Stage};
 use crate::spawn::{Credentials, Namespaces};
 use crate::spec::{Isolation, JobId, JobSpec};
 use crate::status::JobInfo;
-use crate::store::StateLock;
+use crate::store::{self, StateLock};
 
 /// The search path and the whole environment a job gets: like systemd services, jobs do
 /// not inherit the server's environment.
@@ -133,6 +134,8 @@ pub struct Worker {
     netns: Option<Arc<Ahead<OwnedFd>>>,
     /// Job folders made ahead.
     folders: Option<Arc<Ahead<Spare>>>,
+    /// Tells capture threads retrying a final record that the worker shuts down.
+    retries: Arc<Retries>,
 }
 
 impl Worker {
@@ -172,6 +175,7 @@ impl Worker {
             cgroups,
             running: Arc::new(AtomicUsize::new(0)),
             state_lock: Arc::new(lock),
+            retries: Arc::new(Retries::default()),
         };
         if let Some(retention) = worker.config.retention {
             worker.prune(retention);
@@ -187,7 +191,10 @@ impl Worker {
                 "job {id} is still running: stop it first"
             )));
         }
-        // An ended job's capture thread may still be writing its final record.
+        // An ended job's capture thread may still be writing its final record, or
+        // retrying it: the job is going away, so that may stop.
+        job.discard();
+        self.retries.wake();
         job.settled().await;
         self.delete(&job)
     }
@@ -314,7 +321,7 @@ impl Worker {
             Ok(p) => p,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
-                return Err(Error::io(format!("cannot prepare job {id}"), e));
+                return Err(Error::storage(format!("cannot prepare job {id}"), e));
             }
         };
         let cgroup = match (&self.cgroups, &cgroup_limits) {
@@ -337,6 +344,7 @@ impl Worker {
         let program_name = spec.argv[0].clone();
         // No other worker may open the state dir while this job's final record is unwritten.
         let state_lock = Arc::clone(&self.state_lock);
+        let retries = Arc::clone(&self.retries);
         let thread = std::thread::Builder::new()
             .name(format!("job-{}", &id.to_string()[..8]))
             .stack_size(256 * 1024)
@@ -347,7 +355,24 @@ impl Worker {
                     stderr: pipes.stderr.1.as_fd(),
                     cgroup: cgroup.as_ref().and_then(|c| c.dir_fd()),
                 };
-                let child = match spawn::spawn(&command, &stdio) {
+                // The job is recorded while its process waits at the exec gate: a jobd
+                // killed at any moment leaves a record of every job whose program runs.
+                let mut first = None;
+                let spawned = spawn::spawn(&command, &stdio, |pid| {
+                    let record = durable::first_record(
+                        id,
+                        &spec,
+                        credentials,
+                        pid,
+                        store::process_start_ticks(pid).unwrap_or(0),
+                        cgroup.as_ref().map(|c| c.path().to_path_buf()),
+                        SystemTime::now(),
+                    );
+                    durable::write_first(&dir, &record)?;
+                    first = Some(record);
+                    Ok(())
+                });
+                let child = match spawned {
                     Ok(child) => child,
                     Err(e) => {
                         if let Some(c) = &cgroup {
@@ -358,6 +383,7 @@ impl Worker {
                         return;
                     }
                 };
+                let first = first.expect("spawn releases the child only once admit recorded it");
                 let Pipes {
                     stdout: (stdout, _),
                     stderr: (stderr, _),
@@ -372,6 +398,8 @@ impl Worker {
                     spec,
                     credentials,
                     child.pid,
+                    first.start_ticks,
+                    logfile::from_unix_nanos(first.started_at_unix_nanos),
                     dir,
                     processes,
                     logfile::FILE_HEADER_LEN,
@@ -382,9 +410,6 @@ impl Worker {
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(id, Arc::clone(&job));
                 let _ = tx.send(Ok(Arc::clone(&job)));
-                // Recorded before any output is taken in (the pipes buffer it); not flushed
-                // to the device, so a short job's end is seen without waiting for a disk.
-                job.persist(false);
                 // Counted as running until the capture thread has reaped it.
                 let _slot = slot;
                 capture::run(
@@ -397,7 +422,7 @@ impl Worker {
                         max_output,
                     },
                 );
-                job.settle(|| drop(state_lock));
+                job.settle(&retries, || drop(state_lock));
             });
         if let Err(e) = thread {
             return Err(Error::io("cannot start a capture thread", e));
@@ -442,6 +467,8 @@ impl Worker {
     /// Stops every running job, each with the default grace period, concurrently, and
     /// returns once every job's final record is written, so a restart finds them ended.
     pub async fn shutdown(&self) {
+        // A final record that cannot be stored now is tried once more, then given up.
+        self.retries.shut_down();
         let jobs: Vec<Arc<Job>> = self
             .jobs
             .read()
@@ -649,6 +676,8 @@ fn supported_isolation(wanted: Isolation) -> Isolation {
 fn spawn_error(program: &str, e: SpawnError) -> Error {
     let shown = crate::inert::Brief(program);
     match e {
+        // The caller never learns this job's id: name its program.
+        SpawnError::Admit(error) => Error::storage(format!("cannot start {shown}"), error),
         SpawnError::Child {
             stage: Stage::Exec,
             error,

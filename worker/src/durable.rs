@@ -1,0 +1,223 @@
+//! Records that never lie: a job is recorded before its program runs (see the exec gate in
+//! [`crate::spawn`]), and its end is recorded even when the state dir has filled up since.
+//!
+//! The end needs room on a disk that may be full by then, so each job folder keeps room for
+//! its final record from the start: `job.json.reserve`, allocated (`posix_fallocate`) when
+//! the folder is made and grown at the start if the job's record is larger. The final
+//! record is written into that file, cut to its length, synced and renamed over
+//! `job.json`: none of that needs a block the filesystem does not already hold for it
+//! (ext4, xfs and tmpfs honour the allocation). A start that cannot record the job, or
+//! cannot reserve that room, fails, and its program never runs.
+//!
+//! Should the final record still fail (an I/O error, or a folder without its reserve), the
+//! capture thread retries with backoff until it succeeds, the job is removed, or the worker
+//! shuts down; meanwhile the job's status says so (`record_error`) and so does the log.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use crate::job::Job;
+use crate::logfile::to_unix_nanos;
+use crate::spawn::Credentials;
+use crate::spec::{JobId, JobSpec};
+use crate::store::{self, JobRecord, StoredState};
+
+/// The room kept for a job's final record.
+pub const RESERVE_FILE: &str = "job.json.reserve";
+
+/// What every folder reserves when it is made: a page holds a typical record.
+const RESERVE_BYTES: u64 = 4096;
+
+/// What a final record may hold beyond the first: the end, the usage numbers and a note
+/// on lost output (the notes the worker writes are under 200 bytes).
+const FINAL_SLACK: u64 = 1024;
+
+/// The first and the longest pause between attempts at a final record.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Whether `e` says the filesystem (or the user's quota on it) has no room left.
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Makes `dir`'s reserve for the final record.
+pub(crate) fn reserve(dir: &Path) -> io::Result<()> {
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(RESERVE_FILE))?;
+    allocate(&file, RESERVE_BYTES)
+}
+
+/// Makes sure `file` holds `len` bytes of allocated room.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: plain system call on a descriptor we own. glibc writes zeros where the
+    // filesystem has no fallocate, which reserves the blocks just as well.
+    let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(())
+}
+
+/// The record of a job whose process waits at the exec gate.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn first_record(
+    id: JobId,
+    spec: &JobSpec,
+    credentials: Option<Credentials>,
+    pid: i32,
+    start_ticks: u64,
+    cgroup: Option<PathBuf>,
+    started_at: SystemTime,
+) -> JobRecord {
+    JobRecord {
+        version: store::RECORD_VERSION,
+        id,
+        owner: spec.owner.clone(),
+        argv: spec.argv.clone(),
+        limits: spec.limits.clone(),
+        isolation: spec.isolation.unwrap_or_default(),
+        uid: credentials.map(|c| c.uid),
+        gid: credentials.map(|c| c.gid),
+        pid,
+        start_ticks,
+        cgroup,
+        started_at_unix_nanos: to_unix_nanos(started_at),
+        state: StoredState::Running,
+        ended_at_unix_nanos: None,
+        stop_requested: false,
+        oom_killed: false,
+        cpu_usage_usec: 0,
+        memory_peak_bytes: 0,
+        server_lost: false,
+        output_error: None,
+    }
+}
+
+/// Writes the record of a starting job, and grows its reserve if the final record may not
+/// fit. Not flushed to the device: what it guards against is a crash of jobd, which keeps
+/// the page cache, whereas a power loss ends the job too.
+pub(crate) fn write_first(dir: &Path, record: &JobRecord) -> io::Result<()> {
+    let len = store::replace_record(dir, record, false)?;
+    if len + FINAL_SLACK > RESERVE_BYTES {
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(RESERVE_FILE))?;
+        allocate(&file, len + FINAL_SLACK)?;
+    }
+    Ok(())
+}
+
+/// Replaces `dir/job.json` atomically and durably, in the room reserved for it if there is
+/// any (which it then uses up), else in a new file.
+pub(crate) fn write_final(dir: &Path, record: &JobRecord) -> io::Result<()> {
+    let reserve = dir.join(RESERVE_FILE);
+    let file = match File::options().write(true).open(&reserve) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return store::replace_record(dir, record, true).map(|_| ())
+        }
+        Err(e) => return Err(e),
+    };
+    let json = store::encode(record)?;
+    file.write_all_at(&json, 0)?;
+    file.set_len(json.len() as u64)?;
+    file.sync_all()?;
+    fs::rename(&reserve, dir.join(store::RECORD_FILE))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Tells capture threads that retry a final record when to stop: at shutdown.
+#[derive(Debug, Default)]
+pub(crate) struct Retries {
+    shutting_down: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Retries {
+    /// From now on, a final record that fails is tried once more and then given up.
+    pub(crate) fn shut_down(&self) {
+        *self.lock() = true;
+        self.changed.notify_all();
+    }
+
+    /// Wakes every retry early (a job was removed, say).
+    pub(crate) fn wake(&self) {
+        self.changed.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.shutting_down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits up to `pause`; returns whether the worker is shutting down.
+    fn pause(&self, pause: Duration) -> bool {
+        let down = self.lock();
+        if *down {
+            return true;
+        }
+        let (down, _) = self
+            .changed
+            .wait_timeout(down, pause)
+            .unwrap_or_else(PoisonError::into_inner);
+        *down
+    }
+}
+
+/// Writes the job's final record, retrying with backoff until it is stored, the job is
+/// removed, or the worker shuts down; the job's status tells of a record not stored.
+pub(crate) fn store_final(job: &Job, retries: &Retries) {
+    let mut pause = FIRST_RETRY;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let e = match write_final(job.dir(), &job.record()) {
+            Ok(()) => {
+                if attempts > 1 {
+                    job.set_record_error(None);
+                    tracing::info!(job = %job.id(), attempts, "stored the job's final record");
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        let why = if is_full(&e) {
+            "the state dir is full".to_string()
+        } else {
+            e.to_string()
+        };
+        if attempts == 1 {
+            tracing::error!(job = %job.id(), error = %e, "cannot store the job's final record; retrying");
+            job.set_record_error(Some(format!(
+                "the job's end is not stored yet (retrying): {why}"
+            )));
+        }
+        if job.is_discarded() {
+            return;
+        }
+        let down = retries.pause(pause);
+        if job.is_discarded() {
+            return;
+        }
+        if down {
+            if let Err(e) = write_final(job.dir(), &job.record()) {
+                tracing::error!(job = %job.id(), error = %e, attempts = attempts + 1, "cannot store the job's final record before shutdown: a restart will show it as lost");
+            } else {
+                job.set_record_error(None);
+            }
+            return;
+        }
+        pause = (pause * 2).min(MAX_RETRY);
+    }
+}
