@@ -277,6 +277,7 @@ pub fn pki(command: PkiCommand) -> anyhow::Result<()> {
             opts.days = days;
             opts.force = force;
             pki::init(&opts)?;
+            warn_if_repaired(&out)?;
             println!(
                 "wrote CA, server and client certificates to {}",
                 out.display()
@@ -299,12 +300,26 @@ pub fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 now + time::Duration::days(days.into()),
                 force,
             )?;
+            warn_if_repaired(&dir)?;
             println!(
                 "wrote {0}.pem and {0}-key.pem to {1}",
                 user.name,
                 dir.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// Makes a PKI folder private, and says on stderr what an older `pki init` left wider.
+fn warn_if_repaired(dir: &std::path::Path) -> anyhow::Result<()> {
+    let repaired = pki::make_private(dir)?;
+    if repaired.count > 0 {
+        eprintln!(
+            "jobd: warning: {} was readable by others: made private (folders 0700, files 0600): {}",
+            dir.display(),
+            repaired.describe()
+        );
     }
     Ok(())
 }

@@ -2,11 +2,12 @@
 //!
 //! It writes a CA, a server certificate (SANs: localhost, 127.0.0.1, ::1 and any extra
 //! names) and one client certificate per user, whose subject CN is the username and whose
-//! O values are the roles. Every certificate expires; private keys are written mode 0600.
+//! O values are the roles. Every certificate expires. The folder is made 0700 and every
+//! file in it 0600, from the moment each is created: the keys must stay secret, and jobs
+//! run on the same host.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -158,7 +159,7 @@ pub fn init(opts: &PkiOptions) -> Result<(), PkiError> {
     if opts.days == 0 || opts.days > 36500 {
         return Err(PkiError::Days);
     }
-    fs::create_dir_all(&opts.out).map_err(|source| PkiError::Write {
+    worker::private::create_dir_all(&opts.out).map_err(|source| PkiError::Write {
         path: opts.out.clone(),
         source,
     })?;
@@ -189,8 +190,8 @@ pub fn init(opts: &PkiOptions) -> Result<(), PkiError> {
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut ca_params);
     let ca_cert = ca_params.self_signed(&ca_key)?;
-    write(&opts.out, "ca.pem", &ca_cert.pem(), false)?;
-    write(&opts.out, "ca-key.pem", &ca_key.serialize_pem(), true)?;
+    write(&opts.out, "ca.pem", &ca_cert.pem())?;
+    write(&opts.out, "ca-key.pem", &ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
@@ -202,13 +203,13 @@ pub fn init(opts: &PkiOptions) -> Result<(), PkiError> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params);
     let cert = params.signed_by(&key, &issuer)?;
-    write(&opts.out, "server.pem", &cert.pem(), false)?;
-    write(&opts.out, "server-key.pem", &key.serialize_pem(), true)?;
+    write(&opts.out, "server.pem", &cert.pem())?;
+    write(&opts.out, "server-key.pem", &key.serialize_pem())?;
 
     for user in &opts.users {
         let (cert, key) = client_certificate(&issuer, user, &validity)?;
-        write(&opts.out, &format!("{}.pem", user.name), &cert, false)?;
-        write(&opts.out, &format!("{}-key.pem", user.name), &key, true)?;
+        write(&opts.out, &format!("{}.pem", user.name), &cert)?;
+        write(&opts.out, &format!("{}-key.pem", user.name), &key)?;
     }
     Ok(())
 }
@@ -239,8 +240,17 @@ pub fn add_user(
         params.not_after = not_after;
     };
     let (cert, key) = client_certificate(&issuer, user, &validity)?;
-    write(dir, &format!("{}.pem", user.name), &cert, false)?;
-    write(dir, &format!("{}-key.pem", user.name), &key, true)
+    write(dir, &format!("{}.pem", user.name), &cert)?;
+    write(dir, &format!("{}-key.pem", user.name), &key)
+}
+
+/// Makes `dir` and everything in it private (0700 folders, 0600 files), as an older
+/// `pki init` did not; returns what was tightened so the caller can say so.
+pub fn make_private(dir: &Path) -> Result<worker::private::Repaired, PkiError> {
+    worker::private::repair(dir).map_err(|source| PkiError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Fails if `NAME.pem` or `NAME-key.pem` is already in `dir`.
@@ -280,14 +290,14 @@ fn client_certificate(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn write(dir: &Path, name: &str, contents: &str, private: bool) -> Result<(), PkiError> {
+/// Writes a new file, mode 0600: certificates too, as everything in the PKI's folder.
+fn write(dir: &Path, name: &str, contents: &str) -> Result<(), PkiError> {
     let path = dir.join(name);
     let result = (|| {
         let _ = fs::remove_file(&path);
-        let mut f = OpenOptions::new()
+        let mut f = worker::private::options()
             .write(true)
             .create_new(true)
-            .mode(if private { 0o600 } else { 0o644 })
             .open(&path)?;
         f.write_all(contents.as_bytes())?;
         f.sync_all()
@@ -393,6 +403,58 @@ mod tests {
 
         add_user(&pki, &user("carol"), from, to, false).unwrap();
         assert!(pki.join("carol-key.pem").exists());
+    }
+
+    /// Folders under `root` that are not 0700 and files that are not 0600.
+    fn not_private(root: &Path) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut wrong = Vec::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(path) = pending.pop() {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            if meta.mode() & 0o7777 != want {
+                wrong.push((path.clone(), meta.mode() & 0o7777));
+            }
+            if meta.is_dir() {
+                pending.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        wrong
+    }
+
+    #[test]
+    fn a_new_pki_is_private_from_its_folders_to_its_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        // Two levels, as `--out /etc/jobworker/pki` on a fresh host.
+        let out = dir.path().join("jobworker/pki");
+        init(&PkiOptions::new(&out)).unwrap();
+        let (from, to) = valid_for_a_day();
+        add_user(&out, &user("carol"), from, to, false).unwrap();
+        assert!(out.join("carol-key.pem").exists());
+        assert_eq!(not_private(&dir.path().join("jobworker")), vec![]);
+    }
+
+    #[test]
+    fn make_private_repairs_a_pki_an_older_init_left_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, pki) = small_pki();
+        for (path, mode) in [
+            (pki.clone(), 0o755),
+            (pki.join("ca.pem"), 0o644),
+            (pki.join("alice.pem"), 0o644),
+        ] {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let repaired = make_private(&pki).unwrap();
+        assert_eq!(repaired.count, 3, "{}", repaired.describe());
+        assert!(repaired.describe().contains("ca.pem (was 0644)"));
+        assert_eq!(not_private(&pki), vec![]);
     }
 
     #[test]

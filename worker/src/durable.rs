@@ -48,7 +48,7 @@ pub fn is_full(e: &io::Error) -> bool {
 
 /// Makes `dir`'s reserve for the final record.
 pub(crate) fn reserve(dir: &Path) -> io::Result<()> {
-    let file = File::options()
+    let file = crate::private::options()
         .write(true)
         .create_new(true)
         .open(dir.join(RESERVE_FILE))?;
@@ -107,7 +107,7 @@ pub(crate) fn first_record(
 pub(crate) fn write_first(dir: &Path, record: &JobRecord) -> io::Result<()> {
     let len = store::replace_record(dir, record, false)?;
     if len + FINAL_SLACK > RESERVE_BYTES {
-        let file = File::options()
+        let file = crate::private::options()
             .write(true)
             .create(true)
             .truncate(false)

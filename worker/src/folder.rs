@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::ahead::Ahead;
 use crate::durable;
 use crate::logfile;
+use crate::private;
 use crate::spec::JobId;
 use crate::store;
 
@@ -23,9 +24,9 @@ pub const SPARE_DIR: &str = "spare";
 /// Makes `dir` with an output log holding just the header and the room for the job's
 /// final record (see [`crate::durable`]); returns the log, open for writing at its end.
 pub fn create(dir: &Path) -> io::Result<File> {
-    fs::create_dir(dir)?;
+    private::create_dir(dir)?;
     let made = (|| {
-        let mut log = File::options()
+        let mut log = private::options()
             .write(true)
             .create_new(true)
             .open(dir.join(store::LOG_FILE))?;
@@ -76,7 +77,7 @@ pub fn spares(state_dir: &Path, capacity: usize) -> io::Result<Ahead<Spare>> {
     let spare_dir = state_dir.join(SPARE_DIR);
     match fs::remove_dir_all(&spare_dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => fs::create_dir(&spare_dir)?,
+        _ => private::create_dir(&spare_dir)?,
     }
     Ahead::start("folders-ahead", capacity, move || {
         let dir = spare_dir.join(JobId::new().to_string());

@@ -17,6 +17,7 @@ mod job;
 mod limits;
 pub mod logfile;
 mod netns;
+pub mod private;
 mod processes;
 pub mod render;
 mod restore;

@@ -77,7 +77,7 @@ pub fn encode(record: &JobRecord) -> io::Result<Vec<u8>> {
 pub fn replace_record(dir: &Path, record: &JobRecord, durable: bool) -> io::Result<u64> {
     let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
     let json = encode(record)?;
-    let mut f = File::create(&tmp)?;
+    let mut f = crate::private::create(&tmp)?;
     f.write_all(&json)?;
     if durable {
         f.sync_all()?;
@@ -120,7 +120,7 @@ pub struct StateLock {
 impl StateLock {
     pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
         let path = state_dir.join("lock");
-        let file = File::options()
+        let file = crate::private::options()
             .read(true)
             .write(true)
             .create(true)

@@ -23,6 +23,7 @@ use crate::job::Job;
 use crate::limits::LimitPolicy;
 use crate::logfile;
 use crate::netns;
+use crate::private;
 use crate::processes::Processes;
 use crate::restore;
 use crate::spawn::{self, SpawnError, Stage};
@@ -141,9 +142,10 @@ pub struct Worker {
 impl Worker {
     pub fn new(config: Config) -> Result<Self, Error> {
         let jobs_dir = config.state_dir.join("jobs");
-        fs::create_dir_all(&jobs_dir)
+        private::create_dir_all(&jobs_dir)
             .map_err(|e| Error::io(format!("cannot create {}", jobs_dir.display()), e))?;
         let lock = StateLock::acquire(&config.state_dir).map_err(Error::FailedPrecondition)?;
+        make_private(&config.state_dir)?;
         // Cgroups first: their set-up kills what an earlier jobd left running.
         let cgroups = setup_cgroups(&config)?.map(Arc::new);
         let restored = restore::restore_jobs(&jobs_dir);
@@ -489,6 +491,25 @@ impl Worker {
         }
         while stops.join_next().await.is_some() {}
     }
+}
+
+/// Makes the state dir and everything in it private to the server (0700 folders, 0600
+/// files), saying once what an older server left wider.
+fn make_private(state_dir: &Path) -> Result<(), Error> {
+    let repaired = private::repair(state_dir).map_err(|e| {
+        Error::io(
+            format!("cannot make the state dir {} private", state_dir.display()),
+            e,
+        )
+    })?;
+    if repaired.count > 0 {
+        tracing::warn!(
+            paths = repaired.count,
+            "the state dir was readable by others: made private (folders 0700, files 0600): {}",
+            repaired.describe()
+        );
+    }
+    Ok(())
 }
 
 /// The pool, or `None` (and a warning) if it cannot work here: starts then make their own.
