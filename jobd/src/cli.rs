@@ -72,9 +72,10 @@ pub struct ServeArgs {
     /// How long ended jobs and their output are kept, e.g. 7d or 12h [default: forever].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
-    /// The user jobs run as [default: nobody when jobd runs as root].
-    #[arg(long, value_name = "NAME")]
-    pub job_user: Option<String>,
+    /// The uids (FIRST-LAST) that give each user's jobs a uid and gid of their own
+    /// [default: 61184-65519, systemd's range for dynamic users].
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub job_uid_range: Option<worker::UidRange>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +135,8 @@ struct FileConfig {
     retention: Option<String>,
     max_output_bytes: Option<u64>,
     isolation: Option<Vec<String>>,
+    job_uid_range: Option<String>,
+    /// Replaced by `job_uid_range`; refused with a message saying so.
     job_user: Option<String>,
     allow_root_jobs: Option<bool>,
     weaker_isolation_roles: Option<Vec<String>>,
@@ -220,8 +223,20 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         }
         config.worker.isolation = isolation;
     }
-    if let Some(user) = args.job_user.or(file.job_user) {
-        config.worker.job_user = Some(server::lookup_user(&user)?);
+    if file.job_user.is_some() {
+        anyhow::bail!(
+            "job_user in the config file is no longer supported: each user's jobs run under a \
+             uid of their own from job_uid_range"
+        );
+    }
+    let file_range = file
+        .job_uid_range
+        .as_deref()
+        .map(str::parse::<worker::UidRange>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("job_uid_range in the config file: {e}"))?;
+    if let Some(range) = args.job_uid_range.or(file_range) {
+        config.worker.job_uids = Some(range);
     }
     config.worker.allow_root = file.allow_root_jobs.unwrap_or(false);
     if let Some(roles) = &file.weaker_isolation_roles {
@@ -327,6 +342,7 @@ fn warn_if_repaired(dir: &std::path::Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     /// `serve` args for a config file with `toml` and TLS files that are only named.
     fn with_file(toml: &str) -> anyhow::Result<ServerConfig> {
@@ -357,5 +373,77 @@ mod tests {
             err.to_string(),
             "weaker_isolation_roles in the config file: unknown role \"root\" (admin, user)"
         );
+    }
+
+    fn serve_args(dir: &std::path::Path, config: Option<&str>) -> ServeArgs {
+        let config = config.map(|text| {
+            let path = dir.join("jobd.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        ServeArgs {
+            config,
+            state_dir: Some(dir.join("state")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn job_uids_come_from_the_dynamic_user_range_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = server_config(serve_args(dir.path(), None)).unwrap();
+        assert_eq!(config.worker.job_uids, Some(worker::UidRange::DYNAMIC_USER));
+
+        let file = server_config(serve_args(
+            dir.path(),
+            Some("job_uid_range = \"70000-70999\""),
+        ))
+        .unwrap();
+        assert_eq!(file.worker.job_uids.unwrap().to_string(), "70000-70999");
+
+        let mut args = serve_args(dir.path(), Some("job_uid_range = \"70000-70999\""));
+        args.job_uid_range = Some("80000-80009".parse().unwrap());
+        let flag = server_config(args).unwrap();
+        assert_eq!(flag.worker.job_uids.unwrap().to_string(), "80000-80009");
+
+        let err =
+            server_config(serve_args(dir.path(), Some("job_uid_range = \"0-10\""))).unwrap_err();
+        assert!(format!("{err:#}").contains("job_uid_range"), "{err:#}");
+    }
+
+    #[test]
+    fn job_user_is_refused_with_a_pointer_to_job_uid_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = server_config(serve_args(dir.path(), Some("job_user = \"nobody\""))).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("job_user") && text.contains("job_uid_range"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_development_pki_is_private_from_the_state_dir_down() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        server_config(serve_args(dir.path(), None)).unwrap();
+        let state = dir.path().join("state");
+        let mut pending = vec![state.clone()];
+        let mut seen = 0;
+        while let Some(path) = pending.pop() {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(meta.mode() & 0o7777, want, "{}", path.display());
+            if meta.is_dir() {
+                pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+            seen += 1;
+        }
+        // state, pki, and the CA's, the server's and three users' certificates and keys.
+        assert_eq!(seen, 2 + 2 * 5, "{}", state.display());
     }
 }

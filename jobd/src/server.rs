@@ -55,44 +55,13 @@ impl TlsFiles {
     }
 }
 
-/// The user jobs run as by default when jobd runs as root.
-pub const DEFAULT_JOB_USER: &str = "nobody";
-
-/// Looks up a user's uid and primary gid.
-pub fn lookup_user(name: &str) -> anyhow::Result<worker::Credentials> {
-    let cname = std::ffi::CString::new(name).context("a user name cannot hold NUL")?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; `buf` outlives the use of `pwd`.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        anyhow::bail!("no such user {name:?} for running jobs");
-    }
-    Ok(worker::Credentials {
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
-    })
-}
-
 impl ServerConfig {
     /// Secure defaults: jobs in new PID, mount and network namespaces (as far as the kernel
-    /// allows) and, when jobd runs as root, as the unprivileged user `nobody`.
+    /// allows) and, when jobd runs as root, each user's under a uid of their own.
     pub fn new(listen: SocketAddr, state_dir: PathBuf, tls: TlsFiles) -> Self {
         let mut worker = worker::Config::new(state_dir);
         worker.isolation = worker::Isolation::ALL;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            worker.job_user = lookup_user(DEFAULT_JOB_USER).ok();
-        }
+        worker.job_uids = Some(worker::UidRange::DYNAMIC_USER);
         ServerConfig {
             listen,
             tls,

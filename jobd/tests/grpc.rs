@@ -1074,41 +1074,45 @@ async fn start_as_root(
     .map(|r| r.into_inner().job_id)
 }
 
-/// The uid and gid of `nobody`, from the system's user database.
-fn nobody_ids() -> (u32, u32) {
-    let name = std::ffi::CString::new("nobody").unwrap();
-    // SAFETY: a valid C string; the entry is copied out at once, and no other thread of
-    // this test looks users up meanwhile (the server is not started yet).
-    let pwd = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(!pwd.is_null(), "this host has no user nobody");
-    // SAFETY: non-null, points at libc's static entry.
-    unsafe { ((*pwd).pw_uid, (*pwd).pw_gid) }
-}
-
 fn assert_root_tests_run_as_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "these tests run as root");
 }
 
+/// What `id -u; id -g; id -G` prints in a job of `user`'s, and the uid its status names.
+async fn ids_of(server: &TestServer, user: &str) -> (String, Option<u32>) {
+    let mut c = server.client(user).await;
+    let id = start(&mut c, &["sh", "-c", "id -u; id -g; id -G"]).await;
+    let out = output(&mut c, &id).await;
+    (out, status(&mut c, &id).await.unwrap().uid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_run_as_nobody_by_default_when_jobd_is_root() {
+async fn each_users_jobs_run_under_a_uid_of_their_own_by_default() {
     assert_root_tests_run_as_root();
-    let (uid, gid) = nobody_ids();
     let server = TestServer::start(|_| {}).await;
-    let mut alice = server.client("alice").await;
-    let id = start(&mut alice, &["sh", "-c", "id -u; id -g; id -G"]).await;
-    // No supplementary groups: `id -G` lists the primary group alone.
-    assert_eq!(
-        output(&mut alice, &id).await,
-        format!("{uid}\n{gid}\n{gid}\n")
-    );
+    let range = worker::UidRange::DYNAMIC_USER;
+    let mut seen = Vec::new();
+    for user in ["alice", "bob", "admin"] {
+        let (out, uid) = ids_of(&server, user).await;
+        let uid = uid.expect("the status names the job's uid");
+        assert!(
+            (range.first()..=range.last()).contains(&uid),
+            "{user}: {uid} is outside {range}"
+        );
+        // The gid is the uid's number, and there are no supplementary groups.
+        assert_eq!(out, format!("{uid}\n{uid}\n{uid}\n"), "{user}");
+        assert!(!seen.contains(&uid), "{user} shares uid {uid}");
+        seen.push(uid);
+    }
+    // A user's uid stays theirs.
+    assert_eq!(ids_of(&server, "alice").await.1, Some(seen[0]));
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_jobs_need_an_admin_and_a_server_that_allows_them() {
     assert_root_tests_run_as_root();
-    let (uid, _) = nobody_ids();
     let user_refused = "only an admin may start a job as root";
 
     // allow_root_jobs = false (the default): refused to everyone.
@@ -1149,8 +1153,14 @@ async fn root_jobs_need_an_admin_and_a_server_that_allows_them() {
     );
     let root = start_as_root(&mut admin, &["id", "-u"]).await.unwrap();
     assert_eq!(output(&mut admin, &root).await, "0\n");
-    // Without asking, an admin's job runs as the job user like anyone's.
+    // Without asking, an admin's job runs under the admin's own uid, like anyone's.
     let plain = start(&mut admin, &["id", "-u"]).await;
-    assert_eq!(output(&mut admin, &plain).await, format!("{uid}\n"));
+    let shown: u32 = output(&mut admin, &plain).await.trim().parse().unwrap();
+    let range = worker::UidRange::DYNAMIC_USER;
+    assert!(
+        (range.first()..=range.last()).contains(&shown),
+        "{shown} is outside {range}"
+    );
+    assert_eq!(status(&mut admin, &plain).await.unwrap().uid, Some(shown));
     server.shutdown().await;
 }

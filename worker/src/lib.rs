@@ -26,6 +26,7 @@ mod spec;
 mod status;
 pub mod store;
 mod subscribe;
+mod users;
 mod worker;
 
 pub use cgroup::CgroupMode;
@@ -37,4 +38,5 @@ pub use spawn::Credentials;
 pub use spec::{DeviceRate, Isolation, JobId, JobSpec, Limits};
 pub use status::{JobInfo, JobState};
 pub use subscribe::LogReader;
+pub use users::{UidRange, USERS_FILE};
 pub use worker::{default_state_dir, Config, Worker};

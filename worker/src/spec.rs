@@ -95,7 +95,7 @@ pub struct JobSpec {
     pub limits: Limits,
     /// `None`: the server's default isolation.
     pub isolation: Option<Isolation>,
-    /// Run as root instead of the server's job user (only where the server allows it).
+    /// Run as root instead of the owner's uid (only where the server allows it).
     pub as_root: bool,
 }
 

@@ -31,6 +31,7 @@ use crate::spawn::{Credentials, Namespaces};
 use crate::spec::{Isolation, JobId, JobSpec};
 use crate::status::JobInfo;
 use crate::store::{self, StateLock};
+use crate::users::{JobUsers, UidRange};
 
 /// The search path and the whole environment a job gets: like systemd services, jobs do
 /// not inherit the server's environment.
@@ -85,9 +86,10 @@ pub struct Config {
     /// Namespaces a job gets when it does not say; those the kernel refuses are dropped
     /// from this default (with a warning) but refused when a job asks for them.
     pub isolation: Isolation,
-    /// The user jobs run as; `None`: the worker's own user.
-    pub job_user: Option<Credentials>,
-    /// Whether a job may ask to run as root instead of `job_user`.
+    /// Where each owner's own uid (and gid) for their jobs comes from; `None`: jobs run as
+    /// the worker's own user. Ignored, with a warning, when the worker is not root.
+    pub job_uids: Option<UidRange>,
+    /// Whether a job may ask to run as root instead of its owner's uid.
     pub allow_root: bool,
     /// Most jobs running at once; past it, starts fail with `ResourceExhausted`.
     pub max_running_jobs: usize,
@@ -109,7 +111,7 @@ impl Config {
             retention: None,
             max_output_bytes: None,
             isolation: Isolation::NONE,
-            job_user: None,
+            job_uids: None,
             allow_root: false,
             max_running_jobs: 4096,
             allow_unheld_jobs: false,
@@ -137,6 +139,8 @@ pub struct Worker {
     folders: Option<Arc<Ahead<Spare>>>,
     /// Tells capture threads retrying a final record that the worker shuts down.
     retries: Arc<Retries>,
+    /// Each owner's uid, when jobs get one.
+    users: Option<Arc<JobUsers>>,
 }
 
 impl Worker {
@@ -146,6 +150,7 @@ impl Worker {
             .map_err(|e| Error::io(format!("cannot create {}", jobs_dir.display()), e))?;
         let lock = StateLock::acquire(&config.state_dir).map_err(Error::FailedPrecondition)?;
         make_private(&config.state_dir)?;
+        let users = job_users(&config)?.map(Arc::new);
         // Cgroups first: their set-up kills what an earlier jobd left running.
         let cgroups = setup_cgroups(&config)?.map(Arc::new);
         let restored = restore::restore_jobs(&jobs_dir);
@@ -171,6 +176,7 @@ impl Worker {
         let worker = Worker {
             netns,
             folders,
+            users,
             default_isolation,
             config: Arc::new(config),
             jobs: Arc::new(RwLock::new(table)),
@@ -282,14 +288,15 @@ impl Worker {
             ));
         }
         let slot = RunningSlot::take(&self.running, self.config.max_running_jobs)?;
-        let credentials = match (spec.as_root, self.config.job_user) {
+        let credentials = match (spec.as_root, &self.users) {
             (true, _) if !self.config.allow_root => {
                 return Err(Error::PermissionDenied(
                     "this server does not run jobs as root".into(),
                 ))
             }
             (true, Some(_)) => Some(Credentials { uid: 0, gid: 0 }),
-            (_, user) => user,
+            (false, Some(users)) => Some(users.credentials(&spec.owner)?),
+            (_, None) => None,
         };
         let program = resolve_program(&spec.argv[0])?;
         let command = spawn::Command::new(
@@ -510,6 +517,24 @@ fn make_private(state_dir: &Path) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// The mapping of owners to uids, when jobs get uids of their own and this process can
+/// switch to them.
+fn job_users(config: &Config) -> Result<Option<JobUsers>, Error> {
+    let Some(range) = config.job_uids else {
+        return Ok(None);
+    };
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        tracing::warn!(
+            uid = euid,
+            "not running as root: every job runs as this server's own user, so the host does not keep tenants apart (any job can read, signal and trace every other job, the server and its state)"
+        );
+        return Ok(None);
+    }
+    JobUsers::open(&config.state_dir, range).map(Some)
 }
 
 /// The pool, or `None` (and a warning) if it cannot work here: starts then make their own.

@@ -7,22 +7,21 @@ use std::fs;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use worker::{Credentials, Error, Isolation, JobSpec, JobState, Stream, Worker};
+use worker::{Error, Isolation, JobSpec, JobState, Stream, UidRange, Worker};
 
 mod support;
 use support::{live_start_ticks, within, TestWorker};
 
-const NOBODY: Credentials = Credentials {
-    uid: 65534,
-    gid: 65534,
-};
-
-fn worker(user: Option<Credentials>) -> TestWorker {
+/// Jobs isolated as jobd isolates them; with `uids`, each owner's under a uid of their own,
+/// else as root (the test's own user).
+fn worker(uids: Option<UidRange>) -> TestWorker {
     TestWorker::with(|config| {
         config.isolation = Isolation::ALL;
-        config.job_user = user;
+        config.job_uids = uids;
     })
 }
+
+const PER_USER: Option<UidRange> = Some(UidRange::DYNAMIC_USER);
 
 fn sh(script: &str) -> JobSpec {
     JobSpec::new("alice", vec!["sh".into(), "-c".into(), script.into()])
@@ -56,7 +55,7 @@ async fn run(w: &Worker, spec: JobSpec) -> (JobState, String, String) {
 
 #[tokio::test]
 async fn an_isolated_job_is_pid_1_and_sees_only_its_own_processes() {
-    let w = worker(Some(NOBODY));
+    let w = worker(PER_USER);
     let (state, out, err) = run(
         &w,
         sh("sleep 100 & echo $$; ps -e -o pid= | wc -l; ls -d /proc/[0-9]* | wc -l; kill $!"),
@@ -73,7 +72,7 @@ async fn an_isolated_job_is_pid_1_and_sees_only_its_own_processes() {
 
 #[tokio::test]
 async fn an_isolated_job_has_only_loopback_and_cannot_reach_the_host() {
-    let w = worker(Some(NOBODY));
+    let w = worker(PER_USER);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (_, out, _) = run(
@@ -93,7 +92,7 @@ async fn an_isolated_job_has_only_loopback_and_cannot_reach_the_host() {
 /// each a job's own, new, with `lo` up.
 #[tokio::test]
 async fn every_job_gets_a_new_network_namespace_with_loopback_up() {
-    let w = worker(Some(NOBODY));
+    let w = worker(PER_USER);
     let host = fs::read_link("/proc/self/ns/net").unwrap();
     let mut jobs = Vec::new();
     for _ in 0..20 {
@@ -141,7 +140,7 @@ async fn every_job_gets_a_new_network_namespace_with_loopback_up() {
 
 #[tokio::test]
 async fn host_network_reaches_the_host_loopback() {
-    let w = worker(Some(NOBODY));
+    let w = worker(PER_USER);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let spec = sh(&format!(
@@ -201,8 +200,8 @@ async fn mounts_made_by_a_job_stay_in_its_namespace() {
 }
 
 #[tokio::test]
-async fn jobs_run_as_the_configured_user_without_groups_or_new_privileges() {
-    let w = worker(Some(NOBODY));
+async fn jobs_run_as_their_owners_uid_without_groups_or_new_privileges() {
+    let w = worker(PER_USER);
     let (_, out, _) = run(
         &w,
         sh("id -u; id -g; grep -E '^(Groups|NoNewPrivs):' /proc/self/status"),
@@ -212,20 +211,31 @@ async fn jobs_run_as_the_configured_user_without_groups_or_new_privileges() {
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
-    assert_eq!(
-        lines,
-        vec!["65534", "65534", "Groups:", "NoNewPrivs: 1"],
-        "{out}"
-    );
     let job = w.start(sh("true")).await.unwrap();
     let info = within(Duration::from_secs(20), "the job's end", job.wait()).await;
-    assert_eq!((info.uid, info.gid), (Some(65534), Some(65534)));
+    let uid = info.uid.expect("the job ran under a uid of its owner's");
+    let range = UidRange::DYNAMIC_USER;
+    assert!(
+        (range.first()..=range.last()).contains(&uid),
+        "uid {uid} is outside {range}"
+    );
+    assert_eq!(info.gid, Some(uid));
+    assert_eq!(
+        lines,
+        vec![
+            uid.to_string(),
+            uid.to_string(),
+            "Groups:".into(),
+            "NoNewPrivs: 1".into()
+        ],
+        "{out}"
+    );
     assert_eq!(info.isolation, Isolation::ALL);
 }
 
 #[tokio::test]
 async fn root_jobs_are_refused_unless_the_server_allows_them() {
-    let w = worker(Some(NOBODY));
+    let w = worker(PER_USER);
     let mut spec = sh("id -u");
     spec.as_root = true;
     let err = w.start(spec.clone()).await.unwrap_err();
@@ -233,7 +243,7 @@ async fn root_jobs_are_refused_unless_the_server_allows_them() {
 
     let w = TestWorker::with(|config| {
         config.isolation = Isolation::ALL;
-        config.job_user = Some(NOBODY);
+        config.job_uids = PER_USER;
         config.allow_root = true;
     });
     let (_, out, _) = run(&w, spec).await;
@@ -303,7 +313,7 @@ fn ignores_sigterm(pid: i32) -> bool {
 /// while the job runs, so a later process reusing a pid is not taken for a survivor.
 #[tokio::test]
 async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
-    let w = worker(Some(NOBODY));
+    let w = worker(PER_USER);
     let job = w
         .start(sh(
             "(trap '' TERM; exec sleep 1000) & setsid sleep 1000 & wait",
@@ -363,7 +373,7 @@ async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
 
 #[tokio::test]
 async fn a_pid_1_with_a_sigterm_handler_stops_gracefully() {
-    let w = worker(Some(NOBODY));
+    let w = worker(PER_USER);
     let job = w
         .start(sh(
             "trap 'echo bye; exit 0' TERM; echo ready; while :; do sleep 0.1; done",
@@ -392,7 +402,7 @@ fn cgroupless(default: Isolation) -> TestWorker {
     TestWorker::with(|config| {
         config.cgroups = worker::CgroupMode::Off;
         config.isolation = default;
-        config.job_user = Some(NOBODY);
+        config.job_uids = PER_USER;
         config.allow_unheld_jobs = false;
     })
 }
