@@ -39,4 +39,4 @@ pub use spec::{DeviceRate, Isolation, JobId, JobSpec, Limits};
 pub use status::{JobInfo, JobState};
 pub use subscribe::LogReader;
 pub use users::{UidRange, USERS_FILE};
-pub use worker::{default_state_dir, Config, Worker};
+pub use worker::{default_state_dir, Config, Worker, PRIVATE_TMP_BYTES};

@@ -62,10 +62,11 @@ pub enum Stage {
     NoNewPrivs,
     JoinNetns,
     CloseFds,
+    MountTmp,
 }
 
 impl Stage {
-    const ALL: [Stage; 12] = [
+    const ALL: [Stage; 13] = [
         Stage::Setsid,
         Stage::Stdio,
         Stage::Chdir,
@@ -78,6 +79,7 @@ impl Stage {
         Stage::NoNewPrivs,
         Stage::JoinNetns,
         Stage::CloseFds,
+        Stage::MountTmp,
     ];
 
     fn code(self) -> u32 {
@@ -107,6 +109,7 @@ impl fmt::Display for Stage {
             Stage::NoNewPrivs => "set no_new_privs",
             Stage::JoinNetns => "enter its network namespace",
             Stage::CloseFds => "close inherited descriptors",
+            Stage::MountTmp => "mount a private /tmp",
         })
     }
 }
@@ -158,6 +161,8 @@ pub struct Command {
     /// A network namespace made ahead (see [`crate::netns`]) to enter instead of a new one.
     netns: Option<OwnedFd>,
     credentials: Option<Credentials>,
+    /// tmpfs options for a private `/tmp` and `/var/tmp`, with a mount namespace.
+    tmp: Option<CString>,
 }
 
 impl Command {
@@ -171,6 +176,7 @@ impl Command {
             namespaces: Namespaces::default(),
             netns: None,
             credentials: None,
+            tmp: None,
         }
     }
 
@@ -193,6 +199,16 @@ impl Command {
 
     pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
         self.credentials = credentials;
+        self
+    }
+
+    /// With `namespaces.mount`, a fresh tmpfs of at most `size` bytes on `/tmp` and on
+    /// `/var/tmp` (where the host has one), like systemd's `PrivateTmp=`: what a job leaves
+    /// there is seen by no other job and goes away with the job's mount namespace.
+    pub fn private_tmp(mut self, size: Option<u64>) -> Self {
+        self.tmp = size.map(|bytes| {
+            CString::new(format!("mode=1777,size={bytes}")).expect("digits and letters hold no NUL")
+        });
         self
     }
 }
@@ -583,6 +599,17 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
             fail(report, Stage::MountSys);
         }
     }
+    if let Some(options) = cmd.tmp.as_ref().filter(|_| ns.mount) {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        if mount_with(c"tmpfs", c"/tmp", c"tmpfs", flags, options) < 0 {
+            fail(report, Stage::MountTmp);
+        }
+        if mount_with(c"tmpfs", c"/var/tmp", c"tmpfs", flags, options) < 0
+            && *libc::__errno_location() != libc::ENOENT
+        {
+            fail(report, Stage::MountTmp);
+        }
+    }
     if ns.net && made_ahead.is_none() && !loopback_up() {
         fail(report, Stage::LoopbackUp);
     }
@@ -686,6 +713,23 @@ unsafe fn mount(
         ptr(fstype),
         flags,
         std::ptr::null(),
+    )
+}
+
+/// `mount(2)` with filesystem options; async-signal-safe.
+unsafe fn mount_with(
+    source: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: &CStr,
+) -> libc::c_int {
+    libc::mount(
+        source.as_ptr(),
+        target.as_ptr(),
+        fstype.as_ptr(),
+        flags,
+        data.as_ptr().cast(),
     )
 }
 

@@ -44,6 +44,10 @@ const SPARE_NETNS: usize = 8;
 /// Job folders kept ready for starts.
 const SPARE_FOLDERS: usize = 8;
 
+/// The size of a job's private `/tmp` (and `/var/tmp`) when it has no memory limit. With
+/// one, the limit bounds them instead: tmpfs pages are charged to the job's memory cgroup.
+pub const PRIVATE_TMP_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Pipe capacity asked for per stream: fewer wake-ups for chatty jobs. Best effort.
 const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
 
@@ -319,7 +323,12 @@ impl Worker {
                 .filter(|_| isolation.net)
                 .and_then(|pool| pool.take()),
         )
-        .credentials(credentials);
+        .credentials(credentials)
+        .private_tmp(
+            isolation
+                .mount
+                .then(|| spec.limits.memory_bytes.unwrap_or(PRIVATE_TMP_BYTES)),
+        );
 
         let id = JobId::new();
         let dir = self.config.state_dir.join("jobs").join(id.to_string());

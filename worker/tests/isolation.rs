@@ -180,7 +180,8 @@ async fn host_network_reaches_the_host_loopback() {
 
 #[tokio::test]
 async fn mounts_made_by_a_job_stay_in_its_namespace() {
-    let target = tempfile::tempdir().unwrap();
+    // Outside /tmp, which the job's mount namespace replaces with a tmpfs of its own.
+    let target = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     // Root inside the job, to be allowed to mount at all.
     let w = worker(None);
     let t = target.path().display();

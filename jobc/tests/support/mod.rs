@@ -184,9 +184,11 @@ impl Drop for Background {
 
 /// A temporary folder as traversable as production's `/var/lib` (0755), so that a
 /// state dir jobd makes inside it is as exposed as in production (a 0700 temporary folder
-/// hid a state dir readable by every user once before).
+/// hid a state dir readable by every user once before). It is under the build's target
+/// dir, not `/tmp`: a job with a mount namespace gets a `/tmp` of its own and would not
+/// see a file a test leaves for it there.
 pub fn public_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
 }
