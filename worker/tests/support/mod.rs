@@ -55,7 +55,17 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn new() -> StateDir {
-        let parent = tempfile::tempdir().expect("a scratch dir");
+        StateDir::around(tempfile::tempdir().expect("a scratch dir"))
+    }
+
+    /// As [`StateDir::new`], under the build's target dir instead of `/tmp`: a job with a
+    /// mount namespace gets a `/tmp` of its own, where a state dir in the host's `/tmp`
+    /// is not there to be attacked at all.
+    pub fn outside_tmp() -> StateDir {
+        StateDir::around(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a scratch dir"))
+    }
+
+    fn around(parent: tempfile::TempDir) -> StateDir {
         std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod 0755 of the scratch dir");
         let state = parent.path().join("state");
