@@ -96,8 +96,10 @@ impl TestWorker {
         TestWorker::with(|_| {})
     }
 
+    /// The state dir and its scratch dir are outside `/tmp`, so that a job with a mount
+    /// namespace (and so a `/tmp` of its own) finds the files a test leaves it there.
     pub fn with(tune: impl FnOnce(&mut Config)) -> TestWorker {
-        let dir = StateDir::new();
+        let dir = StateDir::outside_tmp();
         let mut config = Config::new(dir.path());
         // Most tests exercise the worker's mechanics on a host without cgroups, where a
         // job is refused unless a PID namespace holds it; they run their jobs as the
