@@ -154,8 +154,9 @@ fn stdout(out: &Output) -> String {
 
 #[test]
 fn a_full_state_dir_refuses_starts_and_keeps_the_end_of_a_running_job_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    // Jobs run as nobody: they must reach the file the test creates.
+    // Outside /tmp, which a job with a mount namespace sees as a tmpfs of its own.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Jobs run under uids of their own: they must reach the file the test creates.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let pki = dir.path().join("pki");
     let out = Command::new(jobd_bin())
