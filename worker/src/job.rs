@@ -14,6 +14,7 @@ use crate::durable::{self, Retries};
 use crate::error::Error;
 use crate::logfile::{from_unix_nanos, to_unix_nanos};
 use crate::processes::Processes;
+use crate::quota::RunningQuota;
 use crate::spawn::{Credentials, ExitStatus};
 use crate::spec::{JobId, JobSpec};
 use crate::status::{JobInfo, JobState};
@@ -47,6 +48,8 @@ struct RunState {
     stopping: Option<StopSequence>,
     /// Why the final record is not stored yet (it is being retried); `None` once it is.
     record_error: Option<String>,
+    /// The owner's running-job quota slot, freed when the end is shown.
+    running_quota: Option<RunningQuota>,
 }
 
 /// One TERM → grace → KILL sequence, run by a task of its own so that it completes
@@ -127,6 +130,7 @@ impl Job {
                 pending_end: None,
                 stopping: None,
                 record_error: None,
+                running_quota: None,
             }),
             ended: watch::Sender::new(false),
             settled: watch::Sender::new(false),
@@ -180,6 +184,7 @@ impl Job {
                 pending_end: None,
                 stopping: None,
                 record_error: None,
+                running_quota: None,
             }),
             ended: watch::Sender::new(true),
             settled: watch::Sender::new(true),
@@ -232,6 +237,20 @@ impl Job {
 
     pub fn owner(&self) -> &str {
         &self.spec.owner
+    }
+
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// The state as [`Job::info`] shows it, without copying the rest.
+    pub fn state(&self) -> JobState {
+        self.run().state
+    }
+
+    /// When the job was shown as ended; `None` while it runs.
+    pub fn ended_at(&self) -> Option<SystemTime> {
+        self.run().ended_at
     }
 
     fn run(&self) -> MutexGuard<'_, RunState> {
@@ -434,13 +453,21 @@ impl Job {
         };
         run.state = state;
         run.ended_at = Some(ended_at);
+        let quota = run.running_quota.take();
         drop(run);
+        // Free before anyone hears of the end: a caller whose Stop returned may start again.
+        drop(quota);
         tracing::debug!(job = %self.id, %state, "job ended");
         self.ended.send_replace(true);
     }
 
     pub fn is_running(&self) -> bool {
         self.run().reapable
+    }
+
+    /// Keeps the owner's running-job slot taken until the end is shown.
+    pub(crate) fn hold_until_end(&self, quota: RunningQuota) {
+        self.run().running_quota = Some(quota);
     }
 
     /// Writes the final record (retried as [`durable::store_final`] says) and marks the

@@ -15,6 +15,15 @@ impl JobId {
     pub(crate) fn new() -> Self {
         JobId(uuid::Uuid::new_v4())
     }
+
+    /// The id's 16 bytes, for compact encodings such as a list's page token.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.into_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        JobId(uuid::Uuid::from_bytes(bytes))
+    }
 }
 
 impl fmt::Display for JobId {

@@ -23,8 +23,10 @@ use crate::job::Job;
 use crate::limits::LimitPolicy;
 use crate::logfile;
 use crate::netns;
+use crate::page::{self, ListQuery, Page};
 use crate::private;
 use crate::processes::Processes;
+use crate::quota::Quotas;
 use crate::restore;
 use crate::spawn::{self, SpawnError, Stage};
 use crate::spawn::{Credentials, Namespaces};
@@ -101,6 +103,10 @@ pub struct Config {
     /// only its process group, which a `setsid` leaves: what it starts that way outlives
     /// it. Off (refused with `FailedPrecondition`) unless set; jobd never sets it.
     pub allow_unheld_jobs: bool,
+    /// Most jobs one owner may have running at once (`ResourceExhausted` past it).
+    pub max_running_jobs_per_user: usize,
+    /// Most jobs, running or ended, kept for one owner (`ResourceExhausted` past it).
+    pub max_kept_jobs_per_user: usize,
 }
 
 impl Config {
@@ -119,6 +125,8 @@ impl Config {
             allow_root: false,
             max_running_jobs: 4096,
             allow_unheld_jobs: false,
+            max_running_jobs_per_user: 256,
+            max_kept_jobs_per_user: 10_000,
         }
     }
 }
@@ -135,6 +143,8 @@ pub struct Worker {
     cgroups: Option<Arc<Cgroups>>,
     /// Jobs started and not yet reaped, counted without walking the table.
     running: Arc<AtomicUsize>,
+    /// Each owner's running and kept jobs, against the per-user quotas.
+    quotas: Arc<Quotas>,
     /// Held by each capture thread too, until its job's final record is written.
     state_lock: Arc<StateLock>,
     /// Network namespaces made ahead, when jobs get one by default.
@@ -161,10 +171,15 @@ impl Worker {
         if !restored.is_empty() {
             tracing::info!(jobs = restored.len(), "restored jobs from the state dir");
         }
-        let table = restored
+        let table: HashMap<JobId, Arc<Job>> = restored
             .into_iter()
             .map(|job| (job.id(), Arc::new(job)))
             .collect();
+        let quotas = Quotas::new(
+            config.max_running_jobs_per_user,
+            config.max_kept_jobs_per_user,
+            table.values().map(|job| job.owner()),
+        );
         let default_isolation = supported_isolation(config.isolation);
         if cgroups.is_none() && !default_isolation.pid && !config.allow_unheld_jobs {
             tracing::warn!("neither cgroups nor PID namespaces by default: every job that does not ask for a PID namespace is refused");
@@ -186,6 +201,7 @@ impl Worker {
             jobs: Arc::new(RwLock::new(table)),
             cgroups,
             running: Arc::new(AtomicUsize::new(0)),
+            quotas,
             state_lock: Arc::new(lock),
             retries: Arc::new(Retries::default()),
         };
@@ -214,10 +230,14 @@ impl Worker {
     /// Forgets an ended, settled job and deletes its folder.
     fn delete(&self, job: &Job) -> Result<(), Error> {
         let id = job.id();
-        self.jobs
+        let removed = self
+            .jobs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        if removed.is_some() {
+            self.quotas.forget(job.owner());
+        }
         fs::remove_dir_all(job.dir())
             .map_err(|e| Error::io(format!("cannot delete the files of job {id}"), e))
     }
@@ -225,15 +245,18 @@ impl Worker {
     /// Deletes ended jobs that ended longer than `retention` ago; returns how many.
     pub fn prune(&self, retention: Duration) -> usize {
         let now = std::time::SystemTime::now();
+        // Ids only: a copy of every job (and its argv) would cost what the table holds.
         let expired: Vec<JobId> = self
-            .list(None)
-            .into_iter()
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
             .filter(|j| {
-                j.ended_at
+                j.ended_at()
                     .and_then(|t| now.duration_since(t).ok())
                     .is_some_and(|age| age > retention)
             })
-            .map(|j| j.id)
+            .map(|j| j.id())
             .collect();
         let mut removed = 0;
         for id in expired {
@@ -292,6 +315,7 @@ impl Worker {
             ));
         }
         let slot = RunningSlot::take(&self.running, self.config.max_running_jobs)?;
+        let (running_quota, kept_quota) = self.quotas.reserve(&spec.owner)?;
         let credentials = match (spec.as_root, &self.users) {
             (true, _) if !self.config.allow_root => {
                 return Err(Error::PermissionDenied(
@@ -427,6 +451,8 @@ impl Worker {
                 jobs.write()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(id, Arc::clone(&job));
+                kept_quota.keep();
+                job.hold_until_end(running_quota);
                 let _ = tx.send(Ok(Arc::clone(&job)));
                 // Counted as running until the capture thread has reaped it.
                 let _slot = slot;
@@ -467,7 +493,15 @@ impl Worker {
             .ok_or(Error::NotFound(*id))
     }
 
-    /// Snapshots of all jobs, or of one owner's, oldest first.
+    /// One page of the list (see [`crate::page`]): only the jobs on it are touched, so a
+    /// page costs the same however many jobs, and argv bytes, the server keeps.
+    pub fn page(&self, query: &ListQuery) -> Page {
+        let jobs = self.jobs.read().unwrap_or_else(PoisonError::into_inner);
+        page::select(jobs.values(), query)
+    }
+
+    /// Snapshots of all jobs, or of one owner's, oldest first. Copies every job: for
+    /// small tables and tests; callers that serve requests use [`Worker::page`].
     pub fn list(&self, owner: Option<&str>) -> Vec<JobInfo> {
         let jobs: Vec<Arc<Job>> = self
             .jobs
