@@ -104,10 +104,16 @@ pub enum Command {
     },
     /// Delete an ended job and its output.
     Rm { id: String },
-    /// List your jobs (an admin sees everyone's).
+    /// List your jobs (an admin sees everyone's), oldest first.
     List {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
+        /// Only jobs that are running, or only those that ended.
+        #[arg(long, value_enum)]
+        state: Option<ListState>,
+        /// Only this user's jobs (an admin may name anyone).
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
@@ -117,6 +123,12 @@ pub enum Command {
 pub enum Format {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListState {
+    Running,
+    Ended,
 }
 
 #[derive(Debug, Args)]

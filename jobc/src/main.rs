@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use clap::{CommandFactory, Parser};
-use jobc::args::{Cli, Command, Format, StartArgs};
+use jobc::args::{Cli, Command, Format, ListState, StartArgs};
 use jobc::client;
 use jobc::errors::{self, Failure, EXIT_INTERRUPTED, EXIT_REQUEST};
 use jobc::output::{self, LogSink};
@@ -116,16 +116,50 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => print(&format!("{}\n", output::status_to_json(&s))),
             }
         }
-        Command::List { output } => {
-            let jobs = client
-                .list(pb::ListRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .jobs;
+        Command::List {
+            output,
+            state,
+            owner,
+        } => {
+            let mut request = pb::ListRequest {
+                // The server lowers it to its maximum, and ends a page early before it
+                // grows large: few round trips, small messages.
+                page_size: 1000,
+                page_token: String::new(),
+                state: match state {
+                    None => pb::ListStateFilter::Unspecified,
+                    Some(ListState::Running) => pb::ListStateFilter::Running,
+                    Some(ListState::Ended) => pb::ListStateFilter::Ended,
+                } as i32,
+                owner: owner.unwrap_or_default(),
+            };
+            let mut table = output::ListTable::default();
+            let mut json = output::JsonArray::default();
+            loop {
+                let page = client
+                    .list(request.clone())
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                match output {
+                    Format::Text => table.add(&page.jobs),
+                    // Written as it comes: the whole list's argv may be larger than memory.
+                    Format::Json => print(&json.elements(&page.jobs))?,
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                if page.next_page_token == request.page_token {
+                    return Err(Failure::new(
+                        EXIT_REQUEST,
+                        "the server sent the same page of the list twice",
+                    ));
+                }
+                request.page_token = page.next_page_token;
+            }
             match output {
-                Format::Text => print(&output::list_table(&jobs)),
-                Format::Json => print(&format!("{}\n", output::list_to_json(&jobs))),
+                Format::Text => print(&table.render()),
+                Format::Json => print(json.end()),
             }
         }
         Command::Logs { id, raw, no_follow } => {

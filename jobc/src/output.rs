@@ -150,38 +150,99 @@ pub fn list_to_json(jobs: &[pb::JobStatus]) -> String {
     serde_json::to_string_pretty(&all).expect("a status always serializes")
 }
 
+/// `jobc list -o json` written page by page: the same text as [`list_to_json`] of every
+/// job, without holding every job's argv at once.
+#[derive(Debug, Default)]
+pub struct JsonArray {
+    started: bool,
+}
+
+impl JsonArray {
+    /// The text of these jobs as the next elements of the array.
+    pub fn elements(&mut self, jobs: &[pb::JobStatus]) -> String {
+        let mut out = String::new();
+        for job in jobs {
+            out.push_str(if self.started { ",\n" } else { "[\n" });
+            self.started = true;
+            // Pretty JSON indents by two spaces per level, and its strings hold no raw
+            // newline: an element is its own pretty form, each line indented once more.
+            let text = serde_json::to_string_pretty(&status_json(job))
+                .expect("a status always serializes");
+            for (i, line) in text.lines().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                out.push_str("  ");
+                out.push_str(line);
+            }
+        }
+        out
+    }
+
+    /// The end of the array, and of the output.
+    pub fn end(&self) -> &'static str {
+        if self.started {
+            "\n]\n"
+        } else {
+            "[]\n"
+        }
+    }
+}
+
 /// The `jobc list` table: id, owner, status, start time, command. Owners and argv are
 /// other people's text: an ESC or a newline in them would repaint the screen or draw
 /// fake rows, so every cell is shown [`Inert`].
 pub fn list_table(jobs: &[pb::JobStatus]) -> String {
-    let rows: Vec<[String; 5]> = jobs
-        .iter()
-        .map(|j| {
-            let started = time(&j.started_at)
-                .map(|t| t.get(..19).unwrap_or(&t).replace('T', " "))
-                .unwrap_or_default();
-            let mut command = Inert(&j.argv.join(" ")).to_string();
-            if command.chars().count() > 60 {
-                command = command.chars().take(59).collect::<String>() + "…";
-            }
-            [
-                Inert(&j.job_id).to_string(),
-                Inert(&j.owner).to_string(),
-                status_line(j),
-                started,
-                command,
-            ]
-        })
-        .collect();
+    let mut table = ListTable::default();
+    table.add(jobs);
+    table.render()
+}
+
+/// [`list_table`] built page by page: each job becomes its (short) row as its page
+/// arrives, so jobc never holds every job's argv at once.
+#[derive(Debug, Default)]
+pub struct ListTable {
+    rows: Vec<[String; 5]>,
+}
+
+impl ListTable {
+    pub fn add(&mut self, jobs: &[pb::JobStatus]) {
+        self.rows.extend(jobs.iter().map(row));
+    }
+
+    pub fn render(&self) -> String {
+        render_table(&self.rows)
+    }
+}
+
+/// One job's row; the command is cut to 60 characters.
+fn row(j: &pb::JobStatus) -> [String; 5] {
+    let started = time(&j.started_at)
+        .map(|t| t.get(..19).unwrap_or(&t).replace('T', " "))
+        .unwrap_or_default();
+    let mut command = Inert(&j.argv.join(" ")).to_string();
+    if command.chars().count() > 60 {
+        command = command.chars().take(59).collect::<String>() + "…";
+    }
+    [
+        Inert(&j.job_id).to_string(),
+        Inert(&j.owner).to_string(),
+        status_line(j),
+        started,
+        command,
+    ]
+}
+
+fn render_table(rows: &[[String; 5]]) -> String {
     let header = ["ID", "OWNER", "STATUS", "STARTED (UTC)", "COMMAND"].map(String::from);
     let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
@@ -342,5 +403,29 @@ mod tests {
              output not stored: the state dir is full\n\
              the job's end is not stored yet (retrying): \\u{1b}[2J\n"
         );
+    }
+
+    #[test]
+    fn json_written_page_by_page_is_the_whole_array() {
+        let job = |id: &str, argv: &[&str]| pb::JobStatus {
+            job_id: id.into(),
+            owner: "alice".into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            limits: Some(pb::Limits::default()),
+            ..Default::default()
+        };
+        let jobs = [
+            job("a", &["sh", "-c", "echo 'two\nlines'"]),
+            job("b", &["true"]),
+            job("c", &[]),
+        ];
+        let mut pages = JsonArray::default();
+        let mut text = pages.elements(&jobs[..2]);
+        text += &pages.elements(&[]);
+        text += &pages.elements(&jobs[2..]);
+        text += pages.end();
+        assert_eq!(text, list_to_json(&jobs) + "\n");
+        let none = JsonArray::default();
+        assert_eq!(none.end(), list_to_json(&[]) + "\n");
     }
 }

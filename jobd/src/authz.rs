@@ -3,6 +3,7 @@
 //! | action                  | admin | user            | no known role |
 //! |-------------------------|-------|-----------------|---------------|
 //! | start, list             | yes   | yes (list: own) | no            |
+//! | list one owner's jobs   | any   | own only        | no            |
 //! | start as root           | yes   | no              | no            |
 //! | stop/status/logs/remove | any   | own only        | no            |
 //! | start with less isolation than the server's default | where configured (default: yes) | where configured (default: no) | no |
@@ -10,7 +11,9 @@
 //! A job the caller may not touch is reported as not found, so that its existence does
 //! not leak to other users. Isolation is a server decision: a caller may always ask for
 //! the server's default namespaces or more, and for fewer (no PID namespace, the host's
-//! network) only with a role the server's `weaker_isolation_roles` names.
+//! network) only with a role the server's `weaker_isolation_roles` names. A user who asks
+//! to list another user's jobs is refused outright (the request names no job, so the
+//! refusal tells nothing about any).
 
 use worker::Isolation;
 
@@ -46,17 +49,18 @@ pub enum Denied {
 pub const DEFAULT_WEAKER_ISOLATION_ROLES: &[Role] = &[Role::Admin];
 
 /// Decides whether `caller` may perform `action` on a job owned by `owner` (`None` for
-/// actions that concern no single job).
+/// actions that concern no single job; for `List`, the owner a list is filtered by).
 pub fn authorize(caller: &Identity, action: Action, owner: Option<&str>) -> Result<(), Denied> {
     if caller.roles.is_empty() {
         return Err(Denied::NoRole);
     }
     match (action, owner) {
-        (Action::Start | Action::List, _) => Ok(()),
+        (Action::Start, _) | (Action::List, None) => Ok(()),
         (Action::StartAsRoot, _) if caller.has(Role::Admin) => Ok(()),
         (Action::StartAsRoot, _) => Err(Denied::AdminOnly),
         (_, _) if caller.has(Role::Admin) => Ok(()),
         (_, Some(owner)) if owner == caller.name => Ok(()),
+        (Action::List, _) => Err(Denied::AdminOnly),
         _ => Err(Denied::Hidden),
     }
 }
@@ -137,6 +141,11 @@ mod tests {
             (&admin, List, None, Ok(())),
             (&alice, List, None, Ok(())),
             (&nobody, List, None, Err(Denied::NoRole)),
+            (&admin, List, Some("alice"), Ok(())),
+            (&both, List, Some("alice"), Ok(())),
+            (&alice, List, Some("alice"), Ok(())),
+            (&alice, List, Some("bob"), Err(Denied::AdminOnly)),
+            (&nobody, List, Some("mallory"), Err(Denied::NoRole)),
             (&admin, StartAsRoot, None, Ok(())),
             (&both, StartAsRoot, None, Ok(())),
             (&alice, StartAsRoot, None, Err(Denied::AdminOnly)),

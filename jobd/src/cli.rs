@@ -145,6 +145,12 @@ struct FileConfig {
     max_log_streams: Option<usize>,
     max_running_jobs: Option<usize>,
     max_argv_bytes: Option<usize>,
+    max_running_jobs_per_user: Option<usize>,
+    max_kept_jobs_per_user: Option<usize>,
+    list_page_size: Option<usize>,
+    max_list_page_size: Option<usize>,
+    max_handshakes_per_address: Option<usize>,
+    handshake_timeout: Option<String>,
 }
 
 /// Merges flags, file and defaults; creates the development PKI when no TLS files are set.
@@ -271,6 +277,45 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(n) = file.max_argv_bytes {
         config.service.request.max_argv_bytes = n;
+    }
+    let at_least_one = |key: &str, n: Option<usize>| match n {
+        Some(0) => Err(anyhow::anyhow!(
+            "{key} in the config file must be at least 1"
+        )),
+        n => Ok(n),
+    };
+    if let Some(n) = at_least_one("max_running_jobs_per_user", file.max_running_jobs_per_user)? {
+        config.worker.max_running_jobs_per_user = n;
+    }
+    if let Some(n) = at_least_one("max_kept_jobs_per_user", file.max_kept_jobs_per_user)? {
+        config.worker.max_kept_jobs_per_user = n;
+    }
+    if let Some(n) = at_least_one("max_list_page_size", file.max_list_page_size)? {
+        config.service.list.max_page_size = n;
+        config.service.list.default_page_size = config.service.list.default_page_size.min(n);
+    }
+    if let Some(n) = at_least_one("list_page_size", file.list_page_size)? {
+        anyhow::ensure!(
+            n <= config.service.list.max_page_size,
+            "list_page_size in the config file ({n}) is larger than max_list_page_size ({})",
+            config.service.list.max_page_size
+        );
+        config.service.list.default_page_size = n;
+    }
+    if let Some(n) = at_least_one(
+        "max_handshakes_per_address",
+        file.max_handshakes_per_address,
+    )? {
+        config.transport.max_handshakes_per_address = n;
+    }
+    if let Some(text) = &file.handshake_timeout {
+        let timeout = humantime::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("handshake_timeout in the config file: {e}"))?;
+        anyhow::ensure!(
+            !timeout.is_zero(),
+            "handshake_timeout in the config file must be longer than zero"
+        );
+        config.transport.handshake_timeout = timeout;
     }
     Ok(config)
 }
@@ -445,5 +490,46 @@ mod tests {
         }
         // state, pki, and the CA's, the server's and three users' certificates and keys.
         assert_eq!(seen, 2 + 2 * 5, "{}", state.display());
+    }
+
+    #[test]
+    fn quotas_paging_and_handshake_limits_come_from_the_config_file() {
+        let defaults = with_file("").unwrap();
+        assert_eq!(defaults.worker.max_running_jobs_per_user, 256);
+        assert_eq!(defaults.worker.max_kept_jobs_per_user, 10_000);
+        assert_eq!(defaults.service.list.default_page_size, 100);
+        assert_eq!(defaults.service.list.max_page_size, 1000);
+        assert_eq!(defaults.transport.max_handshakes_per_address, 16);
+        assert_eq!(defaults.transport.handshake_timeout, Duration::from_secs(5));
+
+        let c = with_file(
+            "max_running_jobs_per_user = 3\nmax_kept_jobs_per_user = 40\n\
+             list_page_size = 5\nmax_list_page_size = 50\n\
+             max_handshakes_per_address = 4\nhandshake_timeout = \"1500ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.worker.max_running_jobs_per_user, 3);
+        assert_eq!(c.worker.max_kept_jobs_per_user, 40);
+        assert_eq!(c.service.list.default_page_size, 5);
+        assert_eq!(c.service.list.max_page_size, 50);
+        assert_eq!(c.transport.max_handshakes_per_address, 4);
+        assert_eq!(c.transport.handshake_timeout, Duration::from_millis(1500));
+
+        // A maximum below the default lowers the default with it.
+        let c = with_file("max_list_page_size = 2\n").unwrap();
+        assert_eq!(c.service.list.default_page_size, 2);
+
+        for (bad, says) in [
+            ("max_kept_jobs_per_user = 0", "must be at least 1"),
+            (
+                "list_page_size = 20\nmax_list_page_size = 10",
+                "larger than max_list_page_size",
+            ),
+            ("handshake_timeout = \"0s\"", "longer than zero"),
+            ("handshake_timeout = \"soon\"", "handshake_timeout"),
+        ] {
+            let e = format!("{:#}", with_file(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -96,6 +96,11 @@ pub fn isolation(i: Option<pb::Isolation>) -> Option<Isolation> {
 }
 
 pub fn status(info: &JobInfo) -> pb::JobStatus {
+    into_status(info.clone())
+}
+
+/// [`status`] without copying the job's argv and texts a second time.
+pub fn into_status(info: JobInfo) -> pb::JobStatus {
     let (state, exit_code, signal) = match info.state {
         JobState::Running => (pb::JobState::Running, None, None),
         JobState::Finished { exit_code } => (pb::JobState::Finished, Some(exit_code), None),
@@ -103,8 +108,8 @@ pub fn status(info: &JobInfo) -> pb::JobStatus {
     };
     pb::JobStatus {
         job_id: info.id.to_string(),
-        owner: info.owner.clone(),
-        argv: info.argv.clone(),
+        owner: info.owner,
+        argv: info.argv,
         limits: Some(limits_to_pb(&info.limits)),
         state: state as i32,
         exit_code,
@@ -116,8 +121,8 @@ pub fn status(info: &JobInfo) -> pb::JobStatus {
         cpu_usage_usec: info.cpu_usage_usec,
         memory_peak_bytes: info.memory_peak_bytes,
         pid: info.pid.max(0) as u32,
-        output_error: info.output_error.clone().unwrap_or_default(),
-        record_error: info.record_error.clone().unwrap_or_default(),
+        output_error: info.output_error.unwrap_or_default(),
+        record_error: info.record_error.unwrap_or_default(),
         server_lost: info.server_lost,
         isolation: Some(pb::Isolation {
             pid: info.isolation.pid,

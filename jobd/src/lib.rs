@@ -2,11 +2,13 @@
 //! TLS 1.3), identity (from the client certificate), policy (who may touch which job), and
 //! the gRPC handlers that tie them to the worker.
 
+pub mod admission;
 pub mod authz;
 pub mod cli;
 mod convert;
 pub mod identity;
 mod oversized;
+pub mod paging;
 pub mod pki;
 pub mod server;
 pub mod service;

@@ -68,7 +68,8 @@ impl ServerConfig {
             worker,
             transport: TransportLimits {
                 max_connections: 1024,
-                handshake_timeout: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(5),
+                max_handshakes_per_address: 16,
             },
             service: ServiceLimits::default(),
             max_streams_per_connection: 256,

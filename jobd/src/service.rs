@@ -15,6 +15,7 @@ use worker::{Job, JobId, JobSpec, Worker};
 use crate::authz::{self, Action, Denied};
 use crate::convert::{self, RequestLimits};
 use crate::identity::{Identity, Role};
+use crate::paging::{ListLimits, PageRequest};
 use crate::tls::ConnInfo;
 
 /// Server-side limits applied by the handlers.
@@ -25,6 +26,7 @@ pub struct ServiceLimits {
     pub max_grace: Duration,
     /// Roles that may start a job with less isolation than the server's default.
     pub weaker_isolation_roles: Vec<Role>,
+    pub list: ListLimits,
 }
 
 impl Default for ServiceLimits {
@@ -34,6 +36,7 @@ impl Default for ServiceLimits {
             max_log_streams: 4096,
             max_grace: Duration::from_secs(600),
             weaker_isolation_roles: authz::DEFAULT_WEAKER_ISOLATION_ROLES.to_vec(),
+            list: ListLimits::default(),
         }
     }
 }
@@ -253,15 +256,13 @@ impl JobService for Service {
         let caller = caller(&req)?;
         let result = authz::authorize(&caller, Action::List, None)
             .map_err(denied(""))
-            .map(|()| {
-                self.worker
-                    .list(authz::list_scope(&caller))
-                    .iter()
-                    .map(convert::status)
-                    .collect::<Vec<_>>()
+            .and_then(|()| PageRequest::parse(&caller, req.into_inner(), &self.limits.list))
+            .map(|request| {
+                let page = self.worker.page(&request.query());
+                request.response(page, &self.limits.list)
             });
         log(&caller, "List", "", started, &result);
-        result.map(|jobs| Response::new(pb::ListResponse { jobs }))
+        result.map(Response::new)
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::Handshakes;
 use crate::identity::Identity;
 
 /// Reads every certificate in a PEM file.
@@ -142,12 +143,17 @@ impl AsyncWrite for TlsConn {
 #[derive(Debug, Clone)]
 pub struct TransportLimits {
     pub max_connections: usize,
+    /// How long a connection may take to finish its TLS handshake.
     pub handshake_timeout: Duration,
+    /// Handshakes in flight from one source address (see [`crate::admission`]).
+    pub max_handshakes_per_address: usize,
 }
 
 /// Accepts connections until `incoming` is dropped (or the listener fails), handshaking
 /// each in its own task so a slow or hostile client cannot hold up the others.
 /// Refused handshakes are logged and dropped; only authenticated connections reach tonic.
+/// A source address with its maximum of handshakes in flight gets its further
+/// connections closed at once, so that it cannot take the connection slots of others.
 pub async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -155,6 +161,7 @@ pub async fn accept_loop(
     incoming: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Handshakes::new(limits.max_handshakes_per_address);
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -168,6 +175,9 @@ pub async fn accept_loop(
             },
             _ = incoming.closed() => return,
         };
+        let Some(handshake_slot) = handshakes.try_begin(remote.ip()) else {
+            continue;
+        };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(%remote, limit = limits.max_connections, "connection refused: too many connections");
             continue;
@@ -178,7 +188,9 @@ pub async fn accept_loop(
         let incoming = incoming.clone();
         let timeout = limits.handshake_timeout;
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, handshake(&acceptor, tcp)).await {
+            let handshaken = tokio::time::timeout(timeout, handshake(&acceptor, tcp)).await;
+            drop(handshake_slot);
+            match handshaken {
                 Ok(Ok((stream, identity))) => {
                     let conn = TlsConn {
                         stream,

@@ -110,7 +110,7 @@ async fn the_rbac_matrix() {
         ("both", &mut both, vec!["admin", "alice", "bob"]),
     ] {
         let listed = client
-            .list(pb::ListRequest {})
+            .list(pb::ListRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -234,7 +234,7 @@ async fn a_certificate_without_a_role_may_do_nothing() {
             })
             .await
             .map(|_| ()),
-        nobody.list(pb::ListRequest {}).await.map(|_| ()),
+        nobody.list(pb::ListRequest::default()).await.map(|_| ()),
         status(&mut nobody, &id).await.map(|_| ()),
         status(&mut nobody, "not-a-uuid").await.map(|_| ()),
         read_logs(&mut nobody, &id, false).await.map(|_| ()),
@@ -476,7 +476,7 @@ async fn handshakes_are_refused_for_bad_clients() {
     // gRPC status from the server, tonic's UNKNOWN "transport error" carrying the alert,
     // which jobc turns into one sentence.
     let mut c = client::connect(&target).await.unwrap();
-    let e = c.list(pb::ListRequest {}).await.unwrap_err();
+    let e = c.list(pb::ListRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unknown, "{e:?}");
     assert!(format!("{e:?}").contains("CertificateExpired"), "{e:?}");
     let failure = jobc::errors::from_status(&e, "localhost");
@@ -545,8 +545,8 @@ async fn the_server_offers_no_session_resumption() {
         .await
         .unwrap();
     // Tickets would come right after the handshake, before any reply.
-    c.list(pb::ListRequest {}).await.unwrap();
-    c.list(pb::ListRequest {}).await.unwrap();
+    c.list(pb::ListRequest::default()).await.unwrap();
+    c.list(pb::ListRequest::default()).await.unwrap();
     assert_eq!(
         store.tickets.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -864,7 +864,7 @@ async fn connections_past_the_limit_are_closed_before_the_handshake() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = server.client("alice").await;
-        c.list(pb::ListRequest {}).await.unwrap();
+        c.list(pb::ListRequest::default()).await.unwrap();
         held.push(c);
     }
 
@@ -893,7 +893,7 @@ async fn connections_past_the_limit_are_closed_before_the_handshake() {
     // A gRPC call: UNAVAILABLE.
     let e = tokio::time::timeout(
         Duration::from_secs(10),
-        lazy_client(&server.target("alice")).list(pb::ListRequest {}),
+        lazy_client(&server.target("alice")).list(pb::ListRequest::default()),
     )
     .await
     .expect("the call neither failed nor finished")
@@ -925,7 +925,7 @@ async fn connections_past_the_limit_are_closed_before_the_handshake() {
 
     // The held connections still work; once one closes, a new one is served.
     for c in &mut held {
-        c.list(pb::ListRequest {}).await.unwrap();
+        c.list(pb::ListRequest::default()).await.unwrap();
     }
     drop(held.pop());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -942,7 +942,7 @@ async fn connections_past_the_limit_are_closed_before_the_handshake() {
             }
         }
     };
-    fresh.list(pb::ListRequest {}).await.unwrap();
+    fresh.list(pb::ListRequest::default()).await.unwrap();
     drop((held, fresh));
     server.shutdown().await;
 }
@@ -1134,7 +1134,7 @@ async fn root_jobs_need_an_admin_and_a_server_that_allows_them() {
     );
     // Nothing was started.
     assert!(admin
-        .list(pb::ListRequest {})
+        .list(pb::ListRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -97,7 +97,16 @@ pub fn time_limit(n: u8, quick: bool) -> Duration {
 pub async fn wait_all_ended(c: &mut Client, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let jobs = c.list(pb::ListRequest {}).await?.into_inner().jobs;
+        // One page of running jobs: any at all means not yet.
+        let jobs = c
+            .list(pb::ListRequest {
+                state: pb::ListStateFilter::Running as i32,
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .jobs;
         let running = jobs.iter().filter(|j| !rpc::has_ended(j)).count();
         if running == 0 {
             return Ok(());
