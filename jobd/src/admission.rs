@@ -3,8 +3,11 @@
 //! connection slots every other client needs.
 //!
 //! A connection holds a slot of its address from its accept until its handshake ends
-//! (done, failed or timed out); past the cap the connection is closed at once, before
-//! the TLS handshake. IPv4 addresses count one by one; IPv6 addresses count by their /64,
+//! (done, failed or timed out). While the server is crowded (see
+//! [`crate::tls::accept_loop`]), a connection past its source's cap is closed at once,
+//! before the TLS handshake; otherwise every connection is let in, so that a burst of
+//! clients on one host (a CI runner starting 200 jobc) is not turned away from an idle
+//! server. IPv4 addresses count one by one; IPv6 addresses count by their /64,
 //! the block one host or customer usually gets (one host can pick any address in it);
 //! IPv4-mapped IPv6 addresses count as the IPv4 address they map.
 
@@ -77,14 +80,14 @@ impl Handshakes {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A slot for one handshake from `ip`, or `None` if its source is at the cap. A flood
-    /// is logged twice: at its first refusal, and with a count once its source has no
-    /// handshake left in flight, so that it cannot flood the log too.
-    pub fn try_begin(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+    /// A slot for one handshake from `ip`, or `None` if `crowded` and its source is at the
+    /// cap. A flood is logged twice: at its first refusal, and with a count once its source
+    /// has no handshake left in flight, so that it cannot flood the log too.
+    pub fn try_begin(self: &Arc<Self>, ip: IpAddr, crowded: bool) -> Option<HandshakeSlot> {
         let source = Source::of(ip);
         let mut entries = self.entries();
         let entry = entries.entry(source).or_default();
-        if entry.handshaking >= self.per_source {
+        if crowded && entry.handshaking >= self.per_source {
             if entry.refused == 0 {
                 tracing::warn!(%source, limit = self.per_source, "connection refused before the TLS handshake: too many handshakes in flight from this address; further refusals are counted");
             }
@@ -166,14 +169,17 @@ mod tests {
     #[test]
     fn each_source_has_its_own_cap_and_slots_come_back() {
         let h = Handshakes::new(2);
-        let a = h.try_begin(ip("127.0.0.2")).unwrap();
-        let b = h.try_begin(ip("127.0.0.2")).unwrap();
-        assert!(h.try_begin(ip("127.0.0.2")).is_none());
-        assert!(h.try_begin(ip("::ffff:127.0.0.2")).is_none());
-        let other = h.try_begin(ip("127.0.0.1")).unwrap();
-        drop(a);
+        let a = h.try_begin(ip("127.0.0.2"), true).unwrap();
+        let b = h.try_begin(ip("127.0.0.2"), true).unwrap();
+        assert!(h.try_begin(ip("127.0.0.2"), true).is_none());
+        assert!(h.try_begin(ip("::ffff:127.0.0.2"), true).is_none());
+        let other = h.try_begin(ip("127.0.0.1"), true).unwrap();
+        // An uncrowded server lets the source past its cap, and counts it.
+        let extra = h.try_begin(ip("127.0.0.2"), false).unwrap();
+        assert_eq!(h.in_flight(ip("127.0.0.2")), 3);
+        drop((a, extra));
         assert_eq!(h.in_flight(ip("127.0.0.2")), 1);
-        let c = h.try_begin(ip("127.0.0.2")).unwrap();
+        let c = h.try_begin(ip("127.0.0.2"), true).unwrap();
         drop((b, c, other));
         assert_eq!(h.in_flight(ip("127.0.0.2")), 0);
         assert!(

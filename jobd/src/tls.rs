@@ -152,8 +152,9 @@ pub struct TransportLimits {
 /// Accepts connections until `incoming` is dropped (or the listener fails), handshaking
 /// each in its own task so a slow or hostile client cannot hold up the others.
 /// Refused handshakes are logged and dropped; only authenticated connections reach tonic.
-/// A source address with its maximum of handshakes in flight gets its further
-/// connections closed at once, so that it cannot take the connection slots of others.
+/// Once more than half of the connection slots are taken, a source address with its
+/// maximum of handshakes in flight gets its further connections closed at once, so that
+/// it cannot take the remaining slots from others.
 pub async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -175,7 +176,8 @@ pub async fn accept_loop(
             },
             _ = incoming.closed() => return,
         };
-        let Some(handshake_slot) = handshakes.try_begin(remote.ip()) else {
+        let crowded = slots.available_permits() < limits.max_connections.div_ceil(2);
+        let Some(handshake_slot) = handshakes.try_begin(remote.ip(), crowded) else {
             continue;
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {

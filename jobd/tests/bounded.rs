@@ -984,11 +984,12 @@ async fn an_idle_connection_flood_from_one_address_leaves_others_served() {
 }
 
 /// A source's slots come back when its handshakes end, whether they fail (the peer goes
-/// away) or time out.
+/// away) or time out. Six connection slots: four idle connections make the server crowded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_slots_come_back_when_handshakes_end_or_time_out() {
     let scratch = Scratch::new();
     let server = TestServer::start(&scratch, |c| {
+        c.transport.max_connections = 6;
         c.transport.max_handshakes_per_address = 4;
         c.transport.handshake_timeout = Duration::from_secs(1);
     })
