@@ -984,19 +984,26 @@ async fn an_idle_connection_flood_from_one_address_leaves_others_served() {
 }
 
 /// A source's slots come back when its handshakes end, whether they fail (the peer goes
-/// away) or time out. Six connection slots: four idle connections make the server crowded.
+/// away) or time out. Ten connection slots, six of them held by clients on 127.0.0.1:
+/// the server stays crowded, so the cap of 127.0.0.2 applies throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_slots_come_back_when_handshakes_end_or_time_out() {
     let scratch = Scratch::new();
     let server = TestServer::start(&scratch, |c| {
-        c.transport.max_connections = 6;
-        c.transport.max_handshakes_per_address = 4;
+        c.transport.max_connections = 10;
+        c.transport.max_handshakes_per_address = 2;
         c.transport.handshake_timeout = Duration::from_secs(1);
     })
     .await;
-    // Four idle connections hold 127.0.0.2's slots; closing them frees them.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut c = server.client("alice").await;
+        c.list(pb::ListRequest::default()).await.unwrap();
+        held.push(c);
+    }
+    // Two idle connections hold 127.0.0.2's slots; closing them frees them.
     let mut idle = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         idle.push(idle_connection(FLOOD_SOURCE, server.addr).await);
     }
     assert!(!served_from(FLOOD_SOURCE, &server, Duration::from_millis(500)).await);
@@ -1006,10 +1013,10 @@ async fn handshake_slots_come_back_when_handshakes_end_or_time_out() {
         "127.0.0.2 not served once its idle connections were closed"
     );
 
-    // Four idle connections kept open: the server ends their handshakes after 1 s.
+    // Two idle connections kept open: the server ends their handshakes after 1 s.
     let began = Instant::now();
     let mut idle = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         idle.push(idle_connection(FLOOD_SOURCE, server.addr).await);
     }
     assert!(!served_from(FLOOD_SOURCE, &server, Duration::from_millis(500)).await);
@@ -1031,6 +1038,6 @@ async fn handshake_slots_come_back_when_handshakes_end_or_time_out() {
         served_from(FLOOD_SOURCE, &server, Duration::from_millis(800)).await,
         "127.0.0.2 not served after its idle handshakes timed out"
     );
-    drop(idle);
+    drop((idle, held));
     server.shutdown().await;
 }
