@@ -283,16 +283,25 @@ async fn a_jobd_killed_at_random_points_during_starts_loses_no_job_and_leaves_no
             .await
             .expect("connect within the deadline")
             .unwrap();
-        let listed: HashMap<String, pb::JobStatus> =
-            tokio::time::timeout(T, client.list(pb::ListRequest::default()))
+        // Every page: List is paged, and the rounds add up to more than one page.
+        let mut listed: HashMap<String, pb::JobStatus> = HashMap::new();
+        let mut page_token = String::new();
+        loop {
+            let request = pb::ListRequest {
+                page_token: std::mem::take(&mut page_token),
+                ..Default::default()
+            };
+            let page = tokio::time::timeout(T, client.list(request))
                 .await
                 .expect("List within the deadline")
                 .unwrap()
-                .into_inner()
-                .jobs
-                .into_iter()
-                .map(|j| (j.job_id.clone(), j))
-                .collect();
+                .into_inner();
+            listed.extend(page.jobs.into_iter().map(|j| (j.job_id.clone(), j)));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         for id in &ids {
             let job = listed.get(id).unwrap_or_else(|| {
                 panic!("round {round}: job {id}, whose Start returned, is not listed")
