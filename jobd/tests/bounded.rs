@@ -9,151 +9,22 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use jobc::client::{self, Target};
-use jobd::identity::Role;
-use jobd::pki::{self, PkiOptions, User};
-use jobd::server::{ServerConfig, TlsFiles};
+use jobd::server::ServerConfig;
 use proto::v1 as pb;
 use proto::v1::job_service_client::JobServiceClient;
 use rustls::pki_types::ServerName;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::Code;
 
+mod support;
+use support::{Scratch, TestServer};
+
 /// gRPC's default largest message, which most clients keep (jobc allows more).
 const GRPC_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
-
-/// A scratch dir with a PKI and a state dir laid out as production's: the state dir is a
-/// not-yet-existing child of a 0755 folder, created by whoever opens it first.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut opts = PkiOptions::new(dir.path().join("pki"));
-        opts.users.push(User {
-            name: "carol".into(),
-            roles: vec![Role::User],
-        });
-        pki::init(&opts).unwrap();
-        Scratch { dir }
-    }
-
-    fn pki(&self) -> PathBuf {
-        self.dir.path().join("pki")
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-}
-
-/// jobd in this process, on 127.0.0.1.
-struct TestServer {
-    addr: SocketAddr,
-    pki: PathBuf,
-    state: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl TestServer {
-    async fn start(scratch: &Scratch, tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = ServerConfig::new(addr, scratch.state(), TlsFiles::in_dir(&scratch.pki()));
-        tune(&mut config);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(jobd::server::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
-        TestServer {
-            addr,
-            pki: scratch.pki(),
-            state: scratch.state(),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn target(&self, user: &str) -> Target {
-        Target {
-            server: format!("localhost:{}", self.addr.port()),
-            ca: self.pki.join("ca.pem"),
-            cert: self.pki.join(format!("{user}.pem")),
-            key: self.pki.join(format!("{user}-key.pem")),
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
-
-    /// A client that accepts gRPC's default message size only, as most clients do.
-    async fn client(&self, user: &str) -> JobServiceClient<Channel> {
-        client::connect(&self.target(user))
-            .await
-            .unwrap()
-            .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(20), self.task.take().unwrap())
-            .await
-            .expect("server did not shut down")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-/// A test that fails before `shutdown` would leave its jobs running: kill each one still
-/// alive, by the pid and start time its record holds (as jobd/tests/grpc.rs does).
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if self.task.is_none() {
-            return;
-        }
-        kill_recorded_jobs(&self.state);
-    }
-}
-
-fn kill_recorded_jobs(state: &Path) {
-    let Ok(dirs) = std::fs::read_dir(state.join("jobs")) else {
-        return;
-    };
-    for dir in dirs.flatten() {
-        let Ok(text) = std::fs::read_to_string(dir.path().join("job.json")) else {
-            continue;
-        };
-        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        let (Some(pid), Some(ticks)) = (record["pid"].as_i64(), record["start_ticks"].as_u64())
-        else {
-            continue;
-        };
-        if ticks != 0 && start_ticks(pid) == Some(ticks) {
-            // SAFETY: kill has no memory preconditions. The job leads its own session
-            // and process group (and is PID 1 of its PID namespace, if it has one).
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
-fn start_ticks(pid: i64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    fields.get(19)?.parse().ok()
-}
 
 async fn try_start(
     c: &mut JobServiceClient<Channel>,
@@ -250,8 +121,8 @@ async fn fill_state(
     n: usize,
     describe: impl Fn(usize) -> (&'static str, i64),
 ) -> String {
-    let server = TestServer::start(scratch, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    let server = TestServer::start_in(scratch, |_| {}).await;
+    let mut alice = server.client_limited("alice", GRPC_MESSAGE_LIMIT).await;
     let id = start(&mut alice, argv).await;
     wait_ended(&mut alice, &id).await;
     server.shutdown().await;
@@ -297,10 +168,10 @@ async fn list_pages_through_ten_thousand_jobs_each_once() {
         (owners[i % 3], BASE_NANOS + (i / 4) as i64)
     })
     .await;
-    let server = TestServer::start(&scratch, |_| {}).await;
-    let mut admin = server.client("admin").await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let server = TestServer::start_in(&scratch, |_| {}).await;
+    let mut admin = server.client_limited("admin", GRPC_MESSAGE_LIMIT).await;
+    let mut alice = server.client_limited("alice", GRPC_MESSAGE_LIMIT).await;
+    let mut bob = server.client_limited("bob", GRPC_MESSAGE_LIMIT).await;
     let running = start(&mut bob, &["sleep", "60"]).await;
     let total: usize = 10_000 + 2;
 
@@ -397,14 +268,14 @@ async fn list_pages_through_ten_thousand_jobs_each_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_tokens_and_refusals() {
     let scratch = Scratch::new();
-    let server = TestServer::start(&scratch, |c| {
+    let server = TestServer::start_in(&scratch, |c| {
         c.service.list.default_page_size = 2;
         c.service.list.max_page_size = 3;
     })
     .await;
-    let mut admin = server.client("admin").await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let mut admin = server.client_limited("admin", GRPC_MESSAGE_LIMIT).await;
+    let mut alice = server.client_limited("alice", GRPC_MESSAGE_LIMIT).await;
+    let mut bob = server.client_limited("bob", GRPC_MESSAGE_LIMIT).await;
     let mut hers = Vec::new();
     for _ in 0..5 {
         let id = start(&mut alice, &["true"]).await;
@@ -731,9 +602,9 @@ async fn list_past_64_mib_of_argv_keeps_pages_and_memory_small() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_jobs_past_the_per_user_quota_are_refused() {
     let scratch = Scratch::new();
-    let server = TestServer::start(&scratch, |c| c.worker.max_running_jobs_per_user = 2).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let server = TestServer::start_in(&scratch, |c| c.worker.max_running_jobs_per_user = 2).await;
+    let mut alice = server.client_limited("alice", GRPC_MESSAGE_LIMIT).await;
+    let mut bob = server.client_limited("bob", GRPC_MESSAGE_LIMIT).await;
     let first = start(&mut alice, &["sleep", "60"]).await;
     let second = start(&mut alice, &["sleep", "60"]).await;
     let e = try_start(&mut alice, &["true"]).await.unwrap_err();
@@ -775,14 +646,14 @@ async fn running_jobs_past_the_per_user_quota_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_starts_cannot_overshoot_the_quotas() {
     let scratch = Scratch::new();
-    let server = TestServer::start(&scratch, |c| {
+    let server = TestServer::start_in(&scratch, |c| {
         c.worker.max_running_jobs_per_user = 3;
         c.worker.max_kept_jobs_per_user = 5;
     })
     .await;
     let mut clients = Vec::new();
     for _ in 0..4 {
-        clients.push(server.client("alice").await);
+        clients.push(server.client_limited("alice", GRPC_MESSAGE_LIMIT).await);
     }
     let mut starts = tokio::task::JoinSet::new();
     for i in 0..24 {
@@ -837,8 +708,8 @@ async fn concurrent_starts_cannot_overshoot_the_quotas() {
 async fn kept_jobs_past_the_per_user_quota_are_refused_also_after_a_restart() {
     let scratch = Scratch::new();
     let quota = |c: &mut ServerConfig| c.worker.max_kept_jobs_per_user = 3;
-    let server = TestServer::start(&scratch, quota).await;
-    let mut alice = server.client("alice").await;
+    let server = TestServer::start_in(&scratch, quota).await;
+    let mut alice = server.client_limited("alice", GRPC_MESSAGE_LIMIT).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         let id = start(&mut alice, &["true"]).await;
@@ -849,7 +720,7 @@ async fn kept_jobs_past_the_per_user_quota_are_refused_also_after_a_restart() {
                    delete ended ones (jobc rm ID)";
     let e = try_start(&mut alice, &["true"]).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::ResourceExhausted, refusal));
-    let mut bob = server.client("bob").await;
+    let mut bob = server.client_limited("bob", GRPC_MESSAGE_LIMIT).await;
     let bobs = start(&mut bob, &["true"]).await;
     wait_ended(&mut bob, &bobs).await;
     // Deleting one makes room for one.
@@ -868,11 +739,11 @@ async fn kept_jobs_past_the_per_user_quota_are_refused_also_after_a_restart() {
     server.shutdown().await;
 
     // The kept jobs a restart finds count as before.
-    let server = TestServer::start(&scratch, quota).await;
-    let mut alice = server.client("alice").await;
+    let server = TestServer::start_in(&scratch, quota).await;
+    let mut alice = server.client_limited("alice", GRPC_MESSAGE_LIMIT).await;
     let e = try_start(&mut alice, &["true"]).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::ResourceExhausted, refusal));
-    let mut bob = server.client("bob").await;
+    let mut bob = server.client_limited("bob", GRPC_MESSAGE_LIMIT).await;
     start(&mut bob, &["true"]).await;
     server.shutdown().await;
 }
@@ -957,7 +828,7 @@ async fn served_from(source: IpAddr, server: &TestServer, within: Duration) -> b
 async fn an_idle_connection_flood_from_one_address_leaves_others_served() {
     allow_open_files(4096);
     let scratch = Scratch::new();
-    let server = TestServer::start(&scratch, |_| {}).await;
+    let server = TestServer::start_in(&scratch, |_| {}).await;
     let mut flood = Vec::with_capacity(1100);
     for _ in 0..1100 {
         flood.push(idle_connection(FLOOD_SOURCE, server.addr).await);
@@ -989,7 +860,7 @@ async fn an_idle_connection_flood_from_one_address_leaves_others_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_slots_come_back_when_handshakes_end_or_time_out() {
     let scratch = Scratch::new();
-    let server = TestServer::start(&scratch, |c| {
+    let server = TestServer::start_in(&scratch, |c| {
         c.transport.max_connections = 10;
         c.transport.max_handshakes_per_address = 2;
         c.transport.handshake_timeout = Duration::from_secs(1);
@@ -997,7 +868,7 @@ async fn handshake_slots_come_back_when_handshakes_end_or_time_out() {
     .await;
     let mut held = Vec::new();
     for _ in 0..6 {
-        let mut c = server.client("alice").await;
+        let mut c = server.client_limited("alice", GRPC_MESSAGE_LIMIT).await;
         c.list(pb::ListRequest::default()).await.unwrap();
         held.push(c);
     }

@@ -1,6 +1,8 @@
-//! What jobd's in-process tests share: a server on 127.0.0.1 with its own PKI (the
-//! development users, plus `nobody` with no role and `both` with both roles), which kills
-//! the jobs of a test that fails before it shuts the server down.
+//! What jobd's in-process tests share: a scratch dir laid out as production's (a PKI with
+//! the development users, plus `nobody` with no role, `both` with both roles and `carol`,
+//! a user; the state dir a not-yet-existing child of a 0755 folder), and a server on
+//! 127.0.0.1 over it, which kills the jobs of a test that fails before it shuts the server
+//! down.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -14,41 +16,70 @@ use proto::v1::job_service_client::JobServiceClient;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-/// jobd in this process on 127.0.0.1, with its PKI and state in a temporary dir.
-pub struct TestServer {
-    pub addr: std::net::SocketAddr,
-    pub pki: PathBuf,
-    pub state: PathBuf,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+/// A PKI and a state dir in a 0755 temporary folder, as `/var/lib` is: a 0700 one would
+/// hide the modes of the state dir that jobd makes inside it. A test may fill the state
+/// dir before a server starts on it, and start several servers on it in turn.
+pub struct Scratch {
+    dir: tempfile::TempDir,
 }
 
-impl TestServer {
-    pub async fn start(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        // A 0755 scratch dir, as /var/lib is: a 0700 one would hide the modes of the
-        // state dir that jobd makes inside it.
+impl Scratch {
+    pub fn new() -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let pki_dir = dir.path().join("pki");
-        let mut opts = PkiOptions::new(&pki_dir);
-        opts.users.push(User {
-            name: "nobody".into(),
-            roles: vec![],
-        });
-        opts.users.push(User {
-            name: "both".into(),
-            roles: vec![Role::User, Role::Admin],
-        });
+        let mut opts = PkiOptions::new(dir.path().join("pki"));
+        for (name, roles) in [
+            ("nobody", vec![]),
+            ("both", vec![Role::User, Role::Admin]),
+            ("carol", vec![Role::User]),
+        ] {
+            opts.users.push(User {
+                name: name.into(),
+                roles,
+            });
+        }
         pki::init(&opts).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+/// jobd in this process on 127.0.0.1.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub pki: PathBuf,
+    pub state: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    // Dropped last, after `Drop` has killed what is left of the jobs.
+    owned: Option<Scratch>,
+}
+
+impl TestServer {
+    /// A server on a scratch dir of its own.
+    pub async fn start(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let scratch = Scratch::new();
+        let mut server = TestServer::start_in(&scratch, tune).await;
+        server.owned = Some(scratch);
+        server
+    }
+
+    /// A server on `scratch`, which outlives it.
+    pub async fn start_in(scratch: &Scratch, tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut config =
-            ServerConfig::new(addr, dir.path().join("state"), TlsFiles::in_dir(&pki_dir));
+        let mut config = ServerConfig::new(addr, scratch.state(), TlsFiles::in_dir(&scratch.pki()));
         tune(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(jobd::server::serve(config, listener, async {
@@ -56,11 +87,11 @@ impl TestServer {
         }));
         TestServer {
             addr,
-            pki: pki_dir,
-            state: dir.path().join("state"),
-            _dir: dir,
+            pki: scratch.pki(),
+            state: scratch.state(),
             stop: Some(stop),
             task: Some(task),
+            owned: None,
         }
     }
 
@@ -70,6 +101,18 @@ impl TestServer {
 
     pub async fn client(&self, user: &str) -> JobServiceClient<Channel> {
         client::connect(&self.target(user)).await.unwrap()
+    }
+
+    /// A client that takes messages up to `max_message` bytes only (gRPC's default is
+    /// 4 MiB, which most clients keep; jobc allows more).
+    pub async fn client_limited(
+        &self,
+        user: &str,
+        max_message: usize,
+    ) -> JobServiceClient<Channel> {
+        self.client(user)
+            .await
+            .max_decoding_message_size(max_message)
     }
 
     pub async fn shutdown(mut self) {
@@ -83,45 +126,48 @@ impl TestServer {
 }
 
 /// A test that fails before `shutdown` would leave its jobs running: they are in sessions
-/// of their own, and nothing else stops them. Kill each one still alive, by the pid and
-/// start time its record holds, so only this test's processes are touched.
+/// of their own, and nothing else stops them.
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if self.task.is_none() {
-            return;
+        if self.task.is_some() {
+            kill_recorded_jobs(&self.state);
         }
-        let Ok(dirs) = std::fs::read_dir(self.state.join("jobs")) else {
-            return;
+    }
+}
+
+/// Kills each job of `state` that is still alive, by the pid and start time its record
+/// holds, so that only this test's processes are touched.
+pub fn kill_recorded_jobs(state: &Path) {
+    let Ok(dirs) = std::fs::read_dir(state.join("jobs")) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let Ok(text) = std::fs::read_to_string(dir.path().join("job.json")) else {
+            continue;
         };
-        for dir in dirs.flatten() {
-            let Ok(text) = std::fs::read_to_string(dir.path().join("job.json")) else {
-                continue;
-            };
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let (Some(pid), Some(ticks)) = (record["pid"].as_i64(), record["start_ticks"].as_u64())
-            else {
-                continue;
-            };
-            let alive_as_recorded = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                    // Field 22 of stat is the 20th after the command name.
-                    fields.get(19)?.parse::<u64>().ok()
-                })
-                == Some(ticks);
-            if alive_as_recorded {
-                // SAFETY: kill has no memory preconditions. The job leads its own session
-                // and process group (and is PID 1 of its PID namespace, if it has one).
-                unsafe {
-                    libc::kill(-(pid as i32), libc::SIGKILL);
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let (Some(pid), Some(ticks)) = (record["pid"].as_i64(), record["start_ticks"].as_u64())
+        else {
+            continue;
+        };
+        if ticks != 0 && start_ticks(pid) == Some(ticks) {
+            // SAFETY: kill has no memory preconditions. The job leads its own session
+            // and process group (and is PID 1 of its PID namespace, if it has one).
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+                libc::kill(pid as i32, libc::SIGKILL);
             }
         }
     }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+pub fn start_ticks(pid: i64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    fields.get(19)?.parse().ok()
 }
 
 pub fn target_in(ca_dir: &Path, user_dir: &Path, user: &str, addr: std::net::SocketAddr) -> Target {
