@@ -30,6 +30,10 @@ use crate::store::{self, JobRecord, StoredState};
 /// The room kept for a job's final record.
 pub const RESERVE_FILE: &str = "job.json.reserve";
 
+/// The first record's file until it is renamed to `job.json`: made with the folder, so a
+/// start creates no inode (see [`crate::folder`]).
+pub const FIRST_RECORD_FILE: &str = "job.json.first";
+
 /// What every folder reserves when it is made: a page holds a typical record.
 const RESERVE_BYTES: u64 = 4096;
 
@@ -53,6 +57,14 @@ pub(crate) fn reserve(dir: &Path) -> io::Result<()> {
         .create_new(true)
         .open(dir.join(RESERVE_FILE))?;
     allocate(&file, RESERVE_BYTES)
+}
+
+/// Makes `dir`'s empty file for the first record.
+pub(crate) fn first_record_file(dir: &Path) -> io::Result<File> {
+    crate::private::options()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(FIRST_RECORD_FILE))
 }
 
 /// Makes sure `file` holds `len` bytes of allocated room.
@@ -101,11 +113,15 @@ pub(crate) fn first_record(
     }
 }
 
-/// Writes the record of a starting job, and grows its reserve if the final record may not
-/// fit. Not flushed to the device: what it guards against is a crash of jobd, which keeps
-/// the page cache, whereas a power loss ends the job too.
-pub(crate) fn write_first(dir: &Path, record: &JobRecord) -> io::Result<()> {
-    let len = store::replace_record(dir, record, false)?;
+/// Writes the record of a starting job into `file`, the folder's empty
+/// [`FIRST_RECORD_FILE`], renames it to `job.json`, and grows the reserve if the final
+/// record may not fit. Not flushed to the device: what it guards against is a crash of
+/// jobd, which keeps the page cache, whereas a power loss ends the job too.
+pub(crate) fn write_first(dir: &Path, file: &File, record: &JobRecord) -> io::Result<()> {
+    let json = store::encode(record)?;
+    file.write_all_at(&json, 0)?;
+    fs::rename(dir.join(FIRST_RECORD_FILE), dir.join(store::RECORD_FILE))?;
+    let len = json.len() as u64;
     if len + FINAL_SLACK > RESERVE_BYTES {
         let file = crate::private::options()
             .write(true)

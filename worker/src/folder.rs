@@ -1,8 +1,10 @@
-//! A job's folder in the state dir: `jobs/<id>/` with its output log's header written.
+//! A job's folder in the state dir: `jobs/<id>/` with its output log's header written,
+//! the room for its final record, and an empty file for its first one.
 //!
-//! Making a folder and a file costs this host's ext4 0.1-0.2 ms, a third of a start
-//! without namespaces. So folders are made ahead (see [`crate::ahead`]) in `spare/`, and a
-//! start renames one into place under its job's id, which costs tens of microseconds.
+//! Making a folder and its files costs a filesystem an inode each, which on ext4 is the
+//! largest part of a start without namespaces. So folders are made ahead (see
+//! [`crate::ahead`]) in `spare/`, and a start renames one into place under its job's id:
+//! the start itself then creates no inode, not even for the job's record.
 //! Nothing in `spare/` is a job: it is emptied whenever a worker opens the state dir, so a
 //! crash leaves nothing there that a restart could mistake for one.
 
@@ -21,9 +23,17 @@ use crate::store;
 /// rename moves them.
 pub const SPARE_DIR: &str = "spare";
 
-/// Makes `dir` with an output log holding just the header and the room for the job's
-/// final record (see [`crate::durable`]); returns the log, open for writing at its end.
-pub fn create(dir: &Path) -> io::Result<File> {
+/// The open files of a new job folder.
+pub struct Folder {
+    /// The output log, holding just its header, open for writing at its end.
+    pub log: File,
+    /// An empty file for the job's first record (see [`durable::write_first`]).
+    pub first_record: File,
+}
+
+/// Makes `dir` with an output log holding just the header, the room for the job's final
+/// record and an empty file for its first (see [`crate::durable`]).
+pub fn create(dir: &Path) -> io::Result<Folder> {
     private::create_dir(dir)?;
     let made = (|| {
         let mut log = private::options()
@@ -32,7 +42,8 @@ pub fn create(dir: &Path) -> io::Result<File> {
             .open(dir.join(store::LOG_FILE))?;
         log.write_all(&logfile::file_header())?;
         durable::reserve(dir)?;
-        Ok(log)
+        let first_record = durable::first_record_file(dir)?;
+        Ok(Folder { log, first_record })
     })();
     if made.is_err() {
         let _ = fs::remove_dir_all(dir);
@@ -43,18 +54,18 @@ pub fn create(dir: &Path) -> io::Result<File> {
 /// A folder made ahead; deleted unless a job claims it.
 pub struct Spare {
     /// `None` once claimed.
-    made: Option<(PathBuf, File)>,
+    made: Option<(PathBuf, Folder)>,
 }
 
 impl Spare {
-    /// Moves the folder to `dir`, the job's, and returns its log.
-    pub fn claim(mut self, dir: &Path) -> io::Result<File> {
-        let (from, log) = self
+    /// Moves the folder to `dir`, the job's, and returns its open files.
+    pub fn claim(mut self, dir: &Path) -> io::Result<Folder> {
+        let (from, folder) = self
             .made
             .take()
             .expect("only claim empties a spare, and claim consumes it");
         match fs::rename(&from, dir) {
-            Ok(()) => Ok(log),
+            Ok(()) => Ok(folder),
             Err(e) => {
                 let _ = fs::remove_dir_all(&from);
                 Err(e)
@@ -81,9 +92,9 @@ pub fn spares(state_dir: &Path, capacity: usize) -> io::Result<Ahead<Spare>> {
     }
     Ahead::start("folders-ahead", capacity, move || {
         let dir = spare_dir.join(JobId::new().to_string());
-        let log = create(&dir)?;
+        let folder = create(&dir)?;
         Ok(Spare {
-            made: Some((dir, log)),
+            made: Some((dir, folder)),
         })
     })
 }
@@ -102,15 +113,22 @@ mod tests {
         fs::create_dir(state.path().join("jobs")).unwrap();
         let pool = spares(state.path(), 2).unwrap();
         let dir = state.path().join("jobs").join("job-1");
-        let mut log = pool.take().unwrap().claim(&dir).unwrap();
+        let mut log = pool.take().unwrap().claim(&dir).unwrap().log;
         log.write_all(b"more").unwrap();
         let mut expected = logfile::file_header().to_vec();
         expected.extend_from_slice(b"more");
         assert_eq!(fs::read(dir.join(store::LOG_FILE)).unwrap(), expected);
         assert_eq!(
             entries(&dir),
-            2,
-            "a job folder starts with its log and its final record's room only"
+            3,
+            "a job folder starts with its log, its final record's room and an empty file \
+             for its first record only"
+        );
+        assert_eq!(
+            fs::metadata(dir.join(durable::FIRST_RECORD_FILE))
+                .unwrap()
+                .len(),
+            0
         );
         assert_eq!(
             fs::metadata(dir.join(durable::RESERVE_FILE)).unwrap().len(),

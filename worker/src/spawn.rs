@@ -12,11 +12,12 @@
 //! `(stage, errno)`; end of file on that pipe means `execve` succeeded.
 //!
 //! The exec gate: once set up (in its cgroup, namespaces, session, as its user), the child
-//! says so on that pipe and blocks reading a second one before it execs. The parent then
-//! records the job (see [`spawn`]'s `admit`) and releases it with one byte. If the parent
-//! dies first, or cannot record the job, the child reads end of file and exits without
-//! running a single instruction of the job's program: a job's program never runs
-//! untracked, with or without cgroups.
+//! says so on that pipe and blocks reading a second one, the [`Gate`], before it execs.
+//! The pid is known as soon as `clone3` returns, so the job is recorded by another thread
+//! while the child sets itself up, and released with one byte (often before the child
+//! gets there, so it never waits). If jobd dies first, or cannot record the job, the child
+//! reads end of file and exits without running a single instruction of the job's program:
+//! a job's program never runs untracked, with or without cgroups.
 
 use std::ffi::{c_char, CStr, CString};
 use std::fmt;
@@ -147,8 +148,9 @@ pub enum SpawnError {
         stage: Stage,
         error: io::Error,
     },
-    /// The parent could not record the job at the exec gate; the child exited unreleased.
-    Admit(io::Error),
+    /// The [`Gate`] was dropped unreleased (the job could not be recorded): the child
+    /// exited without running the program.
+    Refused,
 }
 
 /// Everything the child needs, prepared by the parent so the child allocates nothing.
@@ -247,10 +249,10 @@ const CHILD_STACK_BYTES: usize = 64 * 1024;
 /// cost of a fork grows with the server's memory; this does not). Not `CLONE_VFORK`: this
 /// thread must run while the child waits at the exec gate. The child runs on `stack`
 /// with every signal blocked (so none of our handlers can run in it), and unblocks them
-/// only once it has reset their dispositions. It shares this thread's `errno`, so the two
-/// take turns: this thread only waits on the report pipe while the child works, and works
-/// only while the child waits at the gate (see [`spawn`]). Returns the child's pid, or -1
-/// with errno set.
+/// only once it has reset their dispositions. It shares this thread's `errno`, so this
+/// thread makes no system call that could fail while the child lives: it hands the gate
+/// to another thread and waits on the report pipe (see [`spawn`]). Returns the child's
+/// pid, or -1 with errno set.
 ///
 /// # Safety
 /// `ctx` and `stack` must stay valid, and unused by anyone else, until the child has
@@ -354,11 +356,31 @@ enum Report {
     Closed,
     /// The child waits at the exec gate.
     AtGate,
+    /// The gate closed unreleased; the child exits without exec.
+    Refused,
     Failed(Stage, i32),
 }
 
 /// The report code that means "at the gate" rather than a stage that failed.
 const AT_GATE: u32 = u32::MAX;
+
+/// The report code that means "the gate closed unreleased: exiting without exec".
+const REFUSED: u32 = u32::MAX - 1;
+
+/// The parent's end of a child's exec gate. [`Gate::release`] lets the child exec;
+/// dropping the gate unreleased makes it exit with 127 and never run the program.
+#[derive(Debug)]
+pub struct Gate(OwnedFd);
+
+impl Gate {
+    /// Lets the child exec, now or as soon as it has set itself up. A child that died
+    /// meanwhile makes the write fail (EPIPE), which its report explains.
+    pub fn release(self) {
+        let byte = 1u8;
+        // SAFETY: writing one byte from a local to a pipe we own.
+        unsafe { libc::write(self.0.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+    }
+}
 
 /// Blocks every signal in this thread until dropped: no handler runs here, and no system
 /// call of ours is interrupted, while the child shares our memory and our `errno`.
@@ -387,13 +409,14 @@ impl Drop for SignalsBlocked {
 
 /// Starts `cmd` in a new session with the given stdio, and returns once it has exec'd.
 ///
-/// `admit` runs once the child is set up and waits at the exec gate, with its pid: it
-/// records the job. Only if it succeeds is the child released to exec; otherwise the child
-/// exits unreleased and the error is returned as [`SpawnError::Admit`].
+/// `hand_over` gets the child's pid and its [`Gate`] right after `clone3`, while the child
+/// still sets itself up in this thread's memory and `errno`: it must only pass them to
+/// another thread (a channel send), which records the job and releases the gate. If the
+/// gate is dropped unreleased, the child exits and this returns [`SpawnError::Refused`].
 pub fn spawn(
     cmd: &Command,
     stdio: &Stdio<'_>,
-    admit: impl FnOnce(i32) -> io::Result<()>,
+    hand_over: impl FnOnce(i32, Gate),
 ) -> Result<Child, SpawnError> {
     let argv = pointers(&cmd.argv);
     let envp = pointers(&cmd.envp);
@@ -427,7 +450,7 @@ pub fn spawn(
     // 16-byte aligned, and a multiple of 16 long: the stack top the kernel hands the
     // child is then aligned as the ABI wants at a call. Kept (like `ctx`) until the child
     // has exec'd or exited, which `read_report` below sees as end of file; leaked, not
-    // freed, should `admit` panic, since the child may still be on it then.
+    // freed, should `hand_over` panic, since the child may still be on it then.
     let mut stack = std::mem::ManuallyDrop::new(vec![0u128; CHILD_STACK_BYTES / 16]);
     let blocked = SignalsBlocked::new();
     // SAFETY: `ctx` and `stack` outlive the child's use of them: this function returns
@@ -457,30 +480,23 @@ pub fn spawn(
         pid: ret as i32,
         pidfd,
     };
+    hand_over(child.pid, Gate(gate_w));
     let outcome = match read_report(report_r.as_fd()) {
-        Ok(Report::AtGate) => match admit(child.pid) {
-            Ok(()) => {
-                release(&gate_w);
-                drop(gate_w);
-                match read_report(report_r.as_fd()) {
-                    Ok(Report::Closed) => Ok(()),
-                    Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
-                        stage,
-                        error: io::Error::from_raw_os_error(errno),
-                    }),
-                    Ok(Report::AtGate) => Err(SpawnError::Clone(io::Error::other(
-                        "the child reported twice from its exec gate",
-                    ))),
-                    Err(e) => Err(SpawnError::Clone(e)),
-                }
-            }
-            Err(e) => {
-                // Unreleased, the child reads end of file and exits; wait until it has.
-                drop(gate_w);
-                let _ = read_report(report_r.as_fd());
-                Err(SpawnError::Admit(e))
-            }
+        Ok(Report::AtGate) => match read_report(report_r.as_fd()) {
+            Ok(Report::Closed) => Ok(()),
+            Ok(Report::Refused) => Err(SpawnError::Refused),
+            Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
+                stage,
+                error: io::Error::from_raw_os_error(errno),
+            }),
+            Ok(Report::AtGate) => Err(SpawnError::Clone(io::Error::other(
+                "the child reported twice from its exec gate",
+            ))),
+            Err(e) => Err(SpawnError::Clone(e)),
         },
+        Ok(Report::Refused) => Err(SpawnError::Clone(io::Error::other(
+            "the child reported a refusal before its exec gate",
+        ))),
         Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
             stage,
             error: io::Error::from_raw_os_error(errno),
@@ -500,14 +516,6 @@ pub fn spawn(
             Err(e)
         }
     }
-}
-
-/// Writes the one byte that lets the child exec. A child that died meanwhile makes this
-/// fail (EPIPE), which the report that follows explains.
-fn release(gate: &OwnedFd) {
-    let byte = 1u8;
-    // SAFETY: writing one byte from a local to a pipe we own.
-    unsafe { libc::write(gate.as_raw_fd(), (&byte as *const u8).cast(), 1) };
 }
 
 fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
@@ -536,8 +544,10 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
     }
     let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if stage == AT_GATE {
-        return Ok(Report::AtGate);
+    match stage {
+        AT_GATE => return Ok(Report::AtGate),
+        REFUSED => return Ok(Report::Refused),
+        _ => {}
     }
     Ok(Report::Failed(Stage::from_code(stage), errno))
 }
@@ -673,11 +683,10 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         fail(report, Stage::CloseFds);
     }
     say(report, AT_GATE, 0);
-    // From here until the byte arrives the parent works and this child only waits: errno
-    // is the parent's, so nothing here reads it.
     let mut byte = 0u8;
     if libc::read(gate, (&mut byte as *mut u8).cast(), 1) != 1 {
         // End of file: jobd died or could not record the job. Never run it.
+        say(report, REFUSED, 0);
         libc::_exit(127);
     }
     libc::close(gate);

@@ -32,7 +32,7 @@ use crate::spawn::{self, SpawnError, Stage};
 use crate::spawn::{Credentials, Namespaces};
 use crate::spec::{Isolation, JobId, JobSpec};
 use crate::status::JobInfo;
-use crate::store::{self, StateLock};
+use crate::store::{self, JobRecord, StateLock};
 use crate::users::{JobUsers, UidRange};
 
 /// The search path and the whole environment a job gets: like systemd services, jobs do
@@ -358,8 +358,8 @@ impl Worker {
         let dir = self.config.state_dir.join("jobs").join(id.to_string());
         let prepared = self
             .job_folder(&dir)
-            .and_then(|log| Ok((log, Pipes::new()?)));
-        let (log, pipes) = match prepared {
+            .and_then(|folder| Ok((folder, Pipes::new()?)));
+        let (folder::Folder { log, first_record }, pipes) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -380,10 +380,24 @@ impl Worker {
             _ => None,
         };
 
+        // The record, but for what only the clone tells: written while the child sets up.
+        let mut record = durable::first_record(
+            id,
+            &spec,
+            credentials,
+            0,
+            0,
+            cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            SystemTime::UNIX_EPOCH,
+        );
+        let record_dir = dir.clone();
+        let (cloned_tx, cloned_rx) = oneshot::channel::<(i32, spawn::Gate)>();
+        let (recorded_tx, recorded_rx) = std::sync::mpsc::sync_channel::<JobRecord>(1);
         let (tx, rx) = oneshot::channel();
         let jobs = Arc::clone(&self.jobs);
         let max_output = self.config.max_output_bytes;
         let program_name = spec.argv[0].clone();
+        let spec_program = program_name.clone();
         // No other worker may open the state dir while this job's final record is unwritten.
         let state_lock = Arc::clone(&self.state_lock);
         let retries = Arc::clone(&self.retries);
@@ -397,25 +411,23 @@ impl Worker {
                     stderr: pipes.stderr.1.as_fd(),
                     cgroup: cgroup.as_ref().and_then(|c| c.dir_fd()),
                 };
-                // The job is recorded while its process waits at the exec gate: a jobd
-                // killed at any moment leaves a record of every job whose program runs.
-                let mut first = None;
-                let spawned = spawn::spawn(&command, &stdio, |pid| {
-                    let record = durable::first_record(
-                        id,
-                        &spec,
-                        credentials,
-                        pid,
-                        store::process_start_ticks(pid).unwrap_or(0),
-                        cgroup.as_ref().map(|c| c.path().to_path_buf()),
-                        SystemTime::now(),
-                    );
-                    durable::write_first(&dir, &record)?;
-                    first = Some(record);
-                    Ok(())
+                // The caller records the job and releases the exec gate (see
+                // `record_and_release`): a jobd killed at any moment leaves a record of
+                // every job whose program runs.
+                let spawned = spawn::spawn(&command, &stdio, |pid, gate| {
+                    let _ = cloned_tx.send((pid, gate));
                 });
-                let child = match spawned {
-                    Ok(child) => child,
+                // The record comes before the release, so a child that exec'd has one; a
+                // child that died at the gate may have none.
+                let spawned = spawned.and_then(|child| match recorded_rx.recv() {
+                    Ok(first) => Ok((child, first)),
+                    Err(_) => {
+                        let _ = spawn::wait(child.pidfd.as_fd());
+                        Err(SpawnError::Refused)
+                    }
+                });
+                let (child, first) = match spawned {
+                    Ok(spawned) => spawned,
                     Err(e) => {
                         if let Some(c) = &cgroup {
                             let _ = c.remove();
@@ -425,7 +437,6 @@ impl Worker {
                         return;
                     }
                 };
-                let first = first.expect("spawn releases the child only once admit recorded it");
                 let Pipes {
                     stdout: (stdout, _),
                     stderr: (stderr, _),
@@ -471,12 +482,32 @@ impl Worker {
         if let Err(e) = thread {
             return Err(Error::io("cannot start a capture thread", e));
         }
+        // No await between the pid's arrival and the gate's release or refusal: a
+        // cancelled Start cannot leave a child waiting at its gate.
+        if let Ok((pid, gate)) = cloned_rx.await {
+            record.pid = pid;
+            record.start_ticks = store::process_start_ticks(pid).unwrap_or(0);
+            record.started_at_unix_nanos = logfile::to_unix_nanos(SystemTime::now());
+            match durable::write_first(&record_dir, &first_record, &record) {
+                Ok(()) => {
+                    let _ = recorded_tx.send(record);
+                    gate.release();
+                }
+                Err(e) => {
+                    drop((gate, recorded_tx));
+                    // The capture thread removes what was made for the job.
+                    let _ = rx.await;
+                    let shown = crate::inert::Brief(&spec_program);
+                    return Err(Error::storage(format!("cannot start {shown}"), e));
+                }
+            }
+        }
         rx.await
             .map_err(|_| Error::io("job start failed", io::Error::other("capture thread died")))?
     }
 
-    /// A new folder at `dir` for a job, made ahead if one is ready; returns its log.
-    fn job_folder(&self, dir: &Path) -> io::Result<File> {
+    /// A new folder at `dir` for a job, made ahead if one is ready.
+    fn job_folder(&self, dir: &Path) -> io::Result<folder::Folder> {
         match self.folders.as_ref().and_then(|pool| pool.take()) {
             Some(spare) => spare.claim(dir),
             None => folder::create(dir),
@@ -766,7 +797,11 @@ fn spawn_error(program: &str, e: SpawnError) -> Error {
     let shown = crate::inert::Brief(program);
     match e {
         // The caller never learns this job's id: name its program.
-        SpawnError::Admit(error) => Error::storage(format!("cannot start {shown}"), error),
+        // The caller reports why it could not record the job; this is what is left.
+        SpawnError::Refused => Error::io(
+            format!("cannot start {shown}"),
+            io::Error::other("the job could not be recorded"),
+        ),
         SpawnError::Child {
             stage: Stage::Exec,
             error,
