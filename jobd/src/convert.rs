@@ -151,24 +151,44 @@ pub fn records(batch: Vec<Record>) -> pb::LogsResponse {
     }
 }
 
-/// Maps a worker error to the status a caller should see.
+/// Maps a worker error to the status a caller should see: the one place that tells a
+/// caller's mistake from a server fault. No wildcard arm: a new variant must be judged here.
 pub fn error(e: worker::Error) -> Status {
     use worker::Error as E;
     match e {
-        E::InvalidArgument(_) | E::Exec { .. } => Status::invalid_argument(e.to_string()),
+        // The caller's mistakes.
+        E::InvalidArgument(_) | E::Exec { .. } | E::LimitRefused(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         E::NotFound(_) => Status::not_found(e.to_string()),
         E::PermissionDenied(_) => Status::permission_denied(e.to_string()),
         E::ResourceExhausted(_) | E::StateDirFull { .. } => {
             Status::resource_exhausted(e.to_string())
         }
         E::Unsupported(_) | E::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-        E::Io { .. } => Status::internal(e.to_string()),
+        // The server's faults.
+        E::Cgroup(_) | E::Io { .. } => Status::internal(e.to_string()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::path::PathBuf;
+
+    use tonic::Code;
+    use worker::cgroup::CgroupError;
+    use worker::JobId;
+
     use super::*;
+
+    fn write_failed(errno: i32) -> CgroupError {
+        CgroupError::Write {
+            path: PathBuf::from("/sys/fs/cgroup/jobd/jobs/x/io.max"),
+            value: "7:0 rbps=1048576 wbps=max".into(),
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
 
     #[test]
     fn a_full_state_dir_is_resource_exhausted_and_says_so() {
@@ -179,6 +199,68 @@ mod tests {
         assert_eq!(
             status.message(),
             "cannot record job 1234: the state dir is full"
+        );
+    }
+
+    #[test]
+    fn callers_mistakes_and_server_faults_get_their_codes() {
+        use worker::Error as E;
+        let id: JobId = "6f1c2a7e-8a7b-4b7e-9c1d-2e3f4a5b6c7d".parse().unwrap();
+        let cases = [
+            (E::InvalidArgument("bad".into()), Code::InvalidArgument),
+            (
+                E::Exec {
+                    program: "nope".into(),
+                    reason: "command not found".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (E::from(write_failed(libc::EINVAL)), Code::InvalidArgument),
+            (E::from(write_failed(libc::ENODEV)), Code::InvalidArgument),
+            (E::PermissionDenied("no".into()), Code::PermissionDenied),
+            (E::NotFound(id), Code::NotFound),
+            (
+                E::Unsupported("no cgroups".into()),
+                Code::FailedPrecondition,
+            ),
+            (E::ResourceExhausted("full".into()), Code::ResourceExhausted),
+            (
+                E::StateDirFull {
+                    context: "x".into(),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                E::FailedPrecondition("running".into()),
+                Code::FailedPrecondition,
+            ),
+            (E::from(write_failed(libc::ENOSPC)), Code::Internal),
+            (E::from(write_failed(libc::EIO)), Code::Internal),
+            (E::from(CgroupError::NoHierarchy), Code::Internal),
+            (
+                E::Io {
+                    context: "cannot prepare job".into(),
+                    source: io::Error::from_raw_os_error(libc::EIO),
+                },
+                Code::Internal,
+            ),
+        ];
+        for (e, code) in cases {
+            let shown = format!("{e:?}");
+            assert_eq!(error(e).code(), code, "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_refused_limit_names_the_file_and_the_value() {
+        let status = error(worker::Error::from(write_failed(libc::EINVAL)));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("\"7:0 rbps=1048576 wbps=max\" to /sys/fs/cgroup/jobd/jobs/x/io.max"),
+            "{}",
+            status.message()
         );
     }
 }

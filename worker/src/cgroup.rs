@@ -52,23 +52,105 @@ impl std::str::FromStr for CgroupMode {
     }
 }
 
+/// A failure of a cgroup file operation, naming the file and, for a write, the value:
+/// "Invalid argument" alone says nothing about which of a job's limits was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("no cgroup v2 hierarchy is mounted")]
     NoHierarchy,
     #[error("the cgroup v2 hierarchy at {base} lacks the {missing} controller(s)")]
     MissingControllers { base: PathBuf, missing: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {value:?} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot enable {controllers} in {} (a cgroup that holds processes cannot delegate \
+         controllers; give jobd a cgroup of its own with --cgroup-root): {source}",
+        path.display()
+    )]
+    Delegate {
+        path: PathBuf,
+        controllers: String,
         #[source]
         source: io::Error,
     },
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> CgroupError {
-    let context = context.into();
-    move |source| CgroupError::Io { context, source }
+impl CgroupError {
+    /// Whether the kernel refused the value written as such: EINVAL or ERANGE for a value
+    /// the file does not take, ENODEV for a device io.max cannot throttle (a partition, a
+    /// device without a request queue). The value comes from the job's limits, so that is
+    /// the caller's to change; any other failure (ENOSPC, EIO, ...) is the server's.
+    pub fn refuses_value(&self) -> bool {
+        match self {
+            CgroupError::Write { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EINVAL) | Some(libc::ERANGE) | Some(libc::ENODEV)
+            ),
+            CgroupError::NoHierarchy
+            | CgroupError::MissingControllers { .. }
+            | CgroupError::Read { .. }
+            | CgroupError::Create { .. }
+            | CgroupError::Open { .. }
+            | CgroupError::Delegate { .. } => false,
+        }
+    }
+}
+
+/// A block device named in a limit that cannot be limited here. Always the caller's: the
+/// device is theirs to name.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device {device}: {source}")]
+    Unreadable {
+        device: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{device} is not a block device")]
+    NotBlock { device: String },
+    #[error("cannot find the disk that holds partition {device}")]
+    NoDisk { device: String },
+    #[error("cannot read the disk number of {device}")]
+    NoDiskNumber { device: String },
+    #[error("bad device number {number:?} of the disk that holds {device}")]
+    BadNumber { device: String, number: String },
+}
+
+fn read_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn create_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Create {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Finds the cgroup v2 mount point in a `/proc/self/mountinfo` text.
@@ -112,24 +194,28 @@ pub fn own_cgroup(proc_cgroup: &str) -> Option<String> {
 /// The cgroup jobd's subtree goes under: the one jobd runs in, or, if jobd already runs
 /// in `<base>/jobd/server` (a restart within its own subtree), that `<base>`.
 pub fn default_base() -> Result<PathBuf, CgroupError> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_err("cannot read /proc/self/mountinfo"))?;
+    let mountinfo_path = Path::new("/proc/self/mountinfo");
+    let mountinfo = fs::read_to_string(mountinfo_path).map_err(read_err(mountinfo_path))?;
     let mount = cgroup2_mount(&mountinfo).ok_or(CgroupError::NoHierarchy)?;
-    let own =
-        fs::read_to_string("/proc/self/cgroup").map_err(io_err("cannot read /proc/self/cgroup"))?;
+    let own_path = Path::new("/proc/self/cgroup");
+    let own = fs::read_to_string(own_path).map_err(read_err(own_path))?;
     let own = own_cgroup(&own).ok_or(CgroupError::NoHierarchy)?;
     let own = own.trim_end_matches("/jobd/server");
     Ok(mount.join(own.trim_start_matches('/')))
 }
 
 fn controllers(path: &Path) -> Result<BTreeSet<String>, CgroupError> {
-    let text =
-        fs::read_to_string(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+    let text = fs::read_to_string(path).map_err(read_err(path))?;
     Ok(text.split_whitespace().map(str::to_string).collect())
 }
 
-fn write(path: &Path, value: &str) -> io::Result<()> {
-    fs::write(path, value)
+/// Writes `value` to the cgroup file at `path`.
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
 }
 
 /// Enables our controllers for the children of `dir` (those not enabled yet).
@@ -144,12 +230,12 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
     if missing.is_empty() {
         return Ok(());
     }
-    write(&control, &missing.join(" ")).map_err(io_err(format!(
-        "cannot enable {} in {} (a cgroup that holds processes cannot delegate \
-         controllers; give jobd a cgroup of its own with --cgroup-root)",
-        missing.join(" "),
-        control.display()
-    )))
+    let controllers = missing.join(" ");
+    fs::write(&control, &controllers).map_err(|source| CgroupError::Delegate {
+        path: control,
+        controllers,
+        source,
+    })
 }
 
 /// jobd's cgroup subtree.
@@ -176,12 +262,11 @@ impl Cgroups {
         }
         let top = base.join("jobd");
         for dir in [top.join("server"), top.join("jobs")] {
-            fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+            fs::create_dir_all(&dir).map_err(create_err(&dir))?;
         }
         if move_self {
             let procs = top.join("server/cgroup.procs");
-            write(&procs, &std::process::id().to_string())
-                .map_err(io_err(format!("cannot move jobd into {}", procs.display())))?;
+            write(&procs, &std::process::id().to_string())?;
         }
         enable_controllers(base)?;
         enable_controllers(&top)?;
@@ -215,7 +300,7 @@ impl Cgroups {
     /// Creates the cgroup of job `name` with its limits written, ready for `clone3`.
     pub fn create_job(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
         let path = self.jobs_dir().join(name);
-        fs::create_dir(&path).map_err(io_err(format!("cannot create {}", path.display())))?;
+        fs::create_dir(&path).map_err(create_err(&path))?;
         let mut cgroup = JobCgroup { path, dir: None };
         if let Err(e) = cgroup.apply(limits) {
             let _ = fs::remove_dir(&cgroup.path);
@@ -225,7 +310,10 @@ impl Cgroups {
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(&cgroup.path)
-            .map_err(io_err(format!("cannot open {}", cgroup.path.display())));
+            .map_err(|source| CgroupError::Open {
+                path: cgroup.path.clone(),
+                source,
+            });
         match dir {
             Ok(f) => cgroup.dir = Some(OwnedFd::from(f)),
             Err(e) => {
@@ -249,19 +337,20 @@ pub struct CgroupLimits {
 
 impl CgroupLimits {
     /// Translates validated limits; resolves device paths on this host.
-    pub fn from_limits(limits: &Limits) -> Result<CgroupLimits, String> {
+    pub fn from_limits(limits: &Limits) -> Result<CgroupLimits, DeviceError> {
         let mut io: Vec<(u32, u32, Option<u64>, Option<u64>)> = Vec::new();
-        let mut add = |device: &str, read: Option<u64>, write: Option<u64>| -> Result<(), String> {
-            let (major, minor) = whole_disk(device)?;
-            match io.iter_mut().find(|e| e.0 == major && e.1 == minor) {
-                Some(e) => {
-                    e.2 = read.or(e.2);
-                    e.3 = write.or(e.3);
+        let mut add =
+            |device: &str, read: Option<u64>, write: Option<u64>| -> Result<(), DeviceError> {
+                let (major, minor) = whole_disk(device)?;
+                match io.iter_mut().find(|e| e.0 == major && e.1 == minor) {
+                    Some(e) => {
+                        e.2 = read.or(e.2);
+                        e.3 = write.or(e.3);
+                    }
+                    None => io.push((major, minor, read, write)),
                 }
-                None => io.push((major, minor, read, write)),
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         for r in &limits.device_read_bps {
             add(&r.device, Some(r.bytes_per_second), None)?;
         }
@@ -298,10 +387,15 @@ impl CgroupLimits {
 
 /// Resolves a block device path to the major:minor of its whole disk (a partition is
 /// limited through the disk it is on, which is what io.max accepts).
-pub fn whole_disk(device: &str) -> Result<(u32, u32), String> {
-    let meta = fs::metadata(device).map_err(|e| format!("device {device}: {e}"))?;
+pub fn whole_disk(device: &str) -> Result<(u32, u32), DeviceError> {
+    let meta = fs::metadata(device).map_err(|source| DeviceError::Unreadable {
+        device: device.to_string(),
+        source,
+    })?;
     if !meta.file_type().is_block_device() {
-        return Err(format!("{device} is not a block device"));
+        return Err(DeviceError::NotBlock {
+            device: device.to_string(),
+        });
     }
     let rdev = meta.rdev();
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
@@ -312,14 +406,21 @@ pub fn whole_disk(device: &str) -> Result<(u32, u32), String> {
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("dev")))
             .and_then(|d| fs::read_to_string(d).ok())
-            .ok_or_else(|| format!("cannot find the disk that holds partition {device}"))?;
-        let (ma, mi) = disk_dev
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| format!("cannot read the disk number of {device}"))?;
+            .ok_or_else(|| DeviceError::NoDisk {
+                device: device.to_string(),
+            })?;
+        let (ma, mi) =
+            disk_dev
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| DeviceError::NoDiskNumber {
+                    device: device.to_string(),
+                })?;
         let parse = |s: &str| {
-            s.parse::<u32>()
-                .map_err(|_| format!("bad device number {s:?}"))
+            s.parse::<u32>().map_err(|_| DeviceError::BadNumber {
+                device: device.to_string(),
+                number: s.to_string(),
+            })
         };
         return Ok((parse(ma)?, parse(mi)?));
     }
@@ -358,23 +459,17 @@ impl JobCgroup {
     }
 
     fn apply(&mut self, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        let set = |file: &str, value: &str| {
-            write(&self.path.join(file), value).map_err(io_err(format!(
-                "cannot write {value:?} to {file} of {}",
-                self.path.display()
-            )))
-        };
+        let set = |file: &str, value: &str| write(&self.path.join(file), value);
         if let Some(cpu) = limits.cpu_max() {
             set("cpu.max", &cpu)?;
         }
         if let Some(bytes) = limits.memory_bytes {
             set("memory.max", &bytes.to_string())?;
             // Without swap accounting the file does not exist, and there is no swap to limit.
-            match write(&self.path.join("memory.swap.max"), "0") {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_err("cannot write memory.swap.max")(e))
-                }
-                _ => {}
+            match set("memory.swap.max", "0") {
+                Err(CgroupError::Write { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                result => result?,
             }
         }
         if let Some(pids) = limits.pids {
@@ -396,7 +491,7 @@ impl JobCgroup {
     /// which also catches processes forked while we look).
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         if signal == libc::SIGKILL {
-            return write(&self.path.join("cgroup.kill"), "1");
+            return fs::write(self.path.join("cgroup.kill"), "1");
         }
         for pid in self.pids()? {
             // SAFETY: kill has no memory-safety preconditions; pids come from this cgroup.
@@ -526,14 +621,60 @@ mod tests {
         );
     }
 
+    /// A job cgroup in a plain folder whose `io.max` leads to `target`: the cgroup code is
+    /// plain file operations, so files that answer as the kernel would stage its refusals.
+    fn staged_job_cgroup(target: &str) -> (tempfile::TempDir, JobCgroup) {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(target, dir.path().join("io.max")).unwrap();
+        let cgroup = JobCgroup::at(dir.path().to_path_buf());
+        (dir, cgroup)
+    }
+
+    fn io_limit() -> CgroupLimits {
+        CgroupLimits {
+            io: vec![(7, 0, Some(1 << 20), None)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_io_max_value_the_kernel_refuses_is_the_callers_error_with_path_and_value() {
+        // oom_score_adj refuses this line with EINVAL, as io.max refuses a device it
+        // cannot throttle.
+        let (dir, mut cgroup) = staged_job_cgroup("/proc/self/oom_score_adj");
+        let err = crate::Error::from(cgroup.apply(&io_limit()).unwrap_err());
+        assert!(matches!(err, crate::Error::LimitRefused(_)), "{err:?}");
+        let shown = err.to_string();
+        let expected = format!(
+            "\"7:0 rbps=1048576 wbps=max\" to {}",
+            dir.path().join("io.max").display()
+        );
+        assert!(shown.contains(&expected), "{shown}");
+        assert!(shown.contains("Invalid argument"), "{shown}");
+    }
+
+    #[test]
+    fn a_cgroup_write_that_fails_on_the_servers_side_is_a_server_fault() {
+        // /dev/full fails every write with ENOSPC: nothing the caller asked for is wrong.
+        let (dir, mut cgroup) = staged_job_cgroup("/dev/full");
+        let err = crate::Error::from(cgroup.apply(&io_limit()).unwrap_err());
+        assert!(matches!(err, crate::Error::Cgroup(_)), "{err:?}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&dir.path().join("io.max").display().to_string()),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn devices_must_be_block_devices() {
         assert_eq!(
-            whole_disk("/dev/null").unwrap_err(),
+            whole_disk("/dev/null").unwrap_err().to_string(),
             "/dev/null is not a block device"
         );
         assert!(whole_disk("/no/such/device")
             .unwrap_err()
+            .to_string()
             .starts_with("device /no/such/device:"));
     }
 }

@@ -3,7 +3,9 @@
 
 use std::io;
 
+use crate::cgroup::{CgroupError, DeviceError};
 use crate::spec::JobId;
+use crate::store::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +40,15 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// The kernel refused one of the job's limits as written to its cgroup (a device
+    /// io.max cannot throttle, a value out of the file's range): the caller's to change.
+    #[error("the kernel refused a limit: {0}")]
+    LimitRefused(#[source] CgroupError),
+
+    /// A cgroup operation failed on the server's side (ENOSPC, EIO, a missing file...).
+    #[error("{0}")]
+    Cgroup(#[source] CgroupError),
+
     /// Something on the server failed; not the caller's doing.
     #[error("{context}: {source}")]
     Io {
@@ -63,6 +74,41 @@ impl Error {
             }
         } else {
             Error::io(context, source)
+        }
+    }
+}
+
+/// The one place a cgroup failure is judged: a value the kernel refuses is the caller's,
+/// anything else the server's.
+impl From<CgroupError> for Error {
+    fn from(e: CgroupError) -> Self {
+        if e.refuses_value() {
+            Error::LimitRefused(e)
+        } else {
+            Error::Cgroup(e)
+        }
+    }
+}
+
+/// A device named in a limit is always the caller's to fix.
+impl From<DeviceError> for Error {
+    fn from(e: DeviceError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// Another server holding the state dir is a precondition of start-up; failing to open
+/// or write the lock file is this server's fault.
+impl From<LockError> for Error {
+    fn from(e: LockError) -> Self {
+        match e {
+            e @ LockError::InUse { .. } => Error::FailedPrecondition(e.to_string()),
+            LockError::Open { path, source } => {
+                Error::io(format!("cannot open {}", path.display()), source)
+            }
+            LockError::Write { path, source } => {
+                Error::io(format!("cannot write {}", path.display()), source)
+            }
         }
     }
 }

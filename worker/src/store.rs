@@ -117,35 +117,63 @@ pub struct StateLock {
     _file: File,
 }
 
+/// Why the state dir could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another jobd{} is using the state dir {}",
+        holder.as_ref().map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        state_dir.display()
+    )]
+    InUse {
+        state_dir: PathBuf,
+        /// The pid the holder wrote into the lock file, if it could be read.
+        holder: Option<String>,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 impl StateLock {
-    pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
         let path = state_dir.join("lock");
-        let file = crate::private::options()
+        let file = match crate::private::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        {
+            Ok(file) => file,
+            Err(source) => return Err(LockError::Open { path, source }),
+        };
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
             let holder = fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
-            return Err(format!(
-                "another jobd{} is using the state dir {}",
-                if holder.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (pid {holder})")
-                },
-                state_dir.display()
-            ));
+            return Err(LockError::InUse {
+                state_dir: state_dir.to_path_buf(),
+                holder: (!holder.is_empty()).then(|| holder.to_string()),
+            });
         }
         let pid = std::process::id().to_string();
-        file.set_len(0)
+        if let Err(source) = file
+            .set_len(0)
             .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        {
+            return Err(LockError::Write { path, source });
+        }
         Ok(StateLock { _file: file })
     }
 }
@@ -207,7 +235,7 @@ mod tests {
     fn a_second_lock_on_the_same_state_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let first = StateLock::acquire(dir.path()).unwrap();
-        let err = StateLock::acquire(dir.path()).unwrap_err();
+        let err = StateLock::acquire(dir.path()).unwrap_err().to_string();
         assert!(err.starts_with("another jobd (pid "), "{err}");
         drop(first);
         StateLock::acquire(dir.path()).unwrap();

@@ -162,7 +162,7 @@ impl Worker {
         let jobs_dir = config.state_dir.join("jobs");
         private::create_dir_all(&jobs_dir)
             .map_err(|e| Error::io(format!("cannot create {}", jobs_dir.display()), e))?;
-        let lock = StateLock::acquire(&config.state_dir).map_err(Error::FailedPrecondition)?;
+        let lock = StateLock::acquire(&config.state_dir)?;
         make_private(&config.state_dir)?;
         let users = job_users(&config)?.map(Arc::new);
         // Cgroups first: their set-up kills what an earlier jobd left running.
@@ -297,7 +297,7 @@ impl Worker {
         let cgroup_limits = match &self.cgroups {
             Some(_) => {
                 spec.limits = self.config.limits.resolve(&spec.limits)?;
-                Some(CgroupLimits::from_limits(&spec.limits).map_err(Error::InvalidArgument)?)
+                Some(CgroupLimits::from_limits(&spec.limits)?)
             }
             None if !spec.limits.is_empty() => {
                 return Err(Error::Unsupported(
@@ -371,10 +371,8 @@ impl Worker {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let _ = fs::remove_dir_all(&dir);
-                    return Err(Error::io(
-                        format!("cannot create the cgroup of job {id}"),
-                        std::io::Error::other(e),
-                    ));
+                    // The caller's if the kernel refused one of its limits.
+                    return Err(Error::from(e));
                 }
             },
             _ => None,
