@@ -59,7 +59,8 @@ struct StopSequence {
     /// When SIGKILL is due; a later stop with a shorter grace moves it earlier.
     kill_at: watch::Sender<tokio::time::Instant>,
     /// Set once the task has sent SIGKILL, or failed to.
-    outcome: watch::Sender<Option<Result<(), String>>>,
+    /// The error is shared by every stop waiting on the sequence, hence the `Arc`.
+    outcome: watch::Sender<Option<Result<(), Arc<Error>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -375,7 +376,7 @@ impl Job {
         let result = self
             .signal_if_running(libc::SIGKILL)
             .map(|_| ())
-            .map_err(|e| e.to_string());
+            .map_err(Arc::new);
         if let Err(e) = &result {
             tracing::error!(job = %self.id, error = %e, "cannot kill the job at the end of its grace period");
         }
