@@ -134,7 +134,7 @@ impl JobService for Service {
             let limits = convert::limits(req.limits)?;
             let mut spec = JobSpec::new(caller.name.clone(), argv).with_limits(limits);
             let default = self.worker.default_isolation();
-            let mut isolation = convert::isolation(req.isolation).unwrap_or(default);
+            let mut isolation = self.worker.isolation(convert::isolation(req.isolation));
             if req.host_network {
                 isolation.net = false;
             }

@@ -24,6 +24,8 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::spec::Isolation;
+
 const CLONE_VM: u64 = 0x100;
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -115,20 +117,11 @@ impl fmt::Display for Stage {
     }
 }
 
-/// New namespaces for the child, created by the same `clone3` that starts it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Namespaces {
-    pub pid: bool,
-    pub mount: bool,
-    pub net: bool,
-}
-
-impl Namespaces {
-    fn clone_flags(self) -> u64 {
-        (if self.pid { CLONE_NEWPID } else { 0 })
-            | (if self.mount { CLONE_NEWNS } else { 0 })
-            | (if self.net { CLONE_NEWNET } else { 0 })
-    }
+/// The `clone3` flags that give the child the new namespaces of `isolation`.
+fn clone_flags(isolation: Isolation) -> u64 {
+    (if isolation.pid { CLONE_NEWPID } else { 0 })
+        | (if isolation.mount { CLONE_NEWNS } else { 0 })
+        | (if isolation.net { CLONE_NEWNET } else { 0 })
 }
 
 /// The user and group the child switches to before exec (supplementary groups dropped).
@@ -159,7 +152,8 @@ pub struct Command {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: CString,
-    namespaces: Namespaces,
+    /// New namespaces, created by the same `clone3` that starts the child.
+    namespaces: Isolation,
     /// A network namespace made ahead (see [`crate::netns`]) to enter instead of a new one.
     netns: Option<OwnedFd>,
     credentials: Option<Credentials>,
@@ -175,14 +169,14 @@ impl Command {
             argv,
             envp,
             cwd,
-            namespaces: Namespaces::default(),
+            namespaces: Isolation::NONE,
             netns: None,
             credentials: None,
             tmp: None,
         }
     }
 
-    pub fn namespaces(mut self, namespaces: Namespaces) -> Self {
+    pub fn namespaces(mut self, namespaces: Isolation) -> Self {
         self.namespaces = namespaces;
         self
     }
@@ -423,7 +417,7 @@ pub fn spawn(
     let (report_r, report_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
     let (gate_r, gate_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
 
-    let mut flags = CLONE_PIDFD | cmd.namespaces.clone_flags();
+    let mut flags = CLONE_PIDFD | clone_flags(cmd.namespaces);
     if cmd.netns_to_join().is_some() {
         flags &= !CLONE_NEWNET; // the child enters the one made ahead
     }
@@ -462,9 +456,7 @@ pub fn spawn(
         let e = io::Error::last_os_error();
         drop(blocked);
         let ns_errors = [libc::EPERM, libc::ENOSPC, libc::EINVAL, libc::EUSERS];
-        if cmd.namespaces != Namespaces::default()
-            && ns_errors.contains(&e.raw_os_error().unwrap_or(0))
-        {
+        if cmd.namespaces != Isolation::NONE && ns_errors.contains(&e.raw_os_error().unwrap_or(0)) {
             return Err(SpawnError::Namespaces(e));
         }
         return Err(SpawnError::Clone(e));
@@ -772,10 +764,10 @@ struct KernelSigaction {
 
 /// Tells whether this process may create `namespaces`: starts a child in them that
 /// exits at once, and reaps it.
-pub fn probe(namespaces: Namespaces) -> io::Result<()> {
+pub fn probe(namespaces: Isolation) -> io::Result<()> {
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD | namespaces.clone_flags(),
+        flags: CLONE_PIDFD | clone_flags(namespaces),
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()

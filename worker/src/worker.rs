@@ -28,8 +28,8 @@ use crate::private;
 use crate::processes::Processes;
 use crate::quota::Quotas;
 use crate::restore;
+use crate::spawn::Credentials;
 use crate::spawn::{self, SpawnError, Stage};
-use crate::spawn::{Credentials, Namespaces};
 use crate::spec::{Isolation, JobId, JobSpec};
 use crate::status::JobInfo;
 use crate::store::{self, JobRecord, StateLock};
@@ -281,6 +281,13 @@ impl Worker {
         self.default_isolation
     }
 
+    /// The isolation a job that asks for `asked` gets: the one place the server's default
+    /// is applied (jobd calls it too, to judge a request against the default before it
+    /// starts anything).
+    pub fn isolation(&self, asked: Option<Isolation>) -> Isolation {
+        asked.unwrap_or(self.default_isolation)
+    }
+
     /// Where job cgroups are created, when cgroups are in use.
     pub fn cgroup_jobs_dir(&self) -> Option<PathBuf> {
         self.cgroups.as_ref().map(|c| c.jobs_dir())
@@ -308,7 +315,8 @@ impl Worker {
             }
             None => None,
         };
-        let isolation = *spec.isolation.get_or_insert(self.default_isolation);
+        let isolation = self.isolation(spec.isolation);
+        spec.isolation = Some(isolation);
         if self.cgroups.is_none() && !isolation.pid && !self.config.allow_unheld_jobs {
             return Err(Error::FailedPrecondition(
                 "without cgroups a job needs a PID namespace to hold its processes".into(),
@@ -336,11 +344,7 @@ impl Worker {
             vec![cstring(format!("PATH={JOB_PATH}").as_bytes())?],
             cstring(b"/")?,
         )
-        .namespaces(Namespaces {
-            pid: isolation.pid,
-            mount: isolation.mount,
-            net: isolation.net,
-        })
+        .namespaces(isolation)
         .netns(
             self.netns
                 .as_ref()
@@ -758,25 +762,25 @@ fn supported_isolation(wanted: Isolation) -> Isolation {
     for (asked, ns, name) in [
         (
             &mut got.pid,
-            Namespaces {
+            Isolation {
                 pid: true,
-                ..Default::default()
+                ..Isolation::NONE
             },
             "pid",
         ),
         (
             &mut got.mount,
-            Namespaces {
+            Isolation {
                 mount: true,
-                ..Default::default()
+                ..Isolation::NONE
             },
             "mount",
         ),
         (
             &mut got.net,
-            Namespaces {
+            Isolation {
                 net: true,
-                ..Default::default()
+                ..Isolation::NONE
             },
             "net",
         ),
