@@ -22,10 +22,10 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::job::Job;
-use crate::logfile::to_unix_nanos;
 use crate::spawn::Credentials;
 use crate::spec::{JobId, JobSpec};
-use crate::store::{self, JobRecord, StoredState};
+use crate::status::JobInfo;
+use crate::store::{self, JobRecord};
 
 /// The room kept for a job's final record.
 pub const RESERVE_FILE: &str = "job.json.reserve";
@@ -89,28 +89,8 @@ pub(crate) fn first_record(
     cgroup: Option<PathBuf>,
     started_at: SystemTime,
 ) -> JobRecord {
-    JobRecord {
-        version: store::RECORD_VERSION,
-        id,
-        owner: spec.owner.clone(),
-        argv: spec.argv.clone(),
-        limits: spec.limits.clone(),
-        isolation: spec.isolation.unwrap_or_default(),
-        uid: credentials.map(|c| c.uid),
-        gid: credentials.map(|c| c.gid),
-        pid,
-        start_ticks,
-        cgroup,
-        started_at_unix_nanos: to_unix_nanos(started_at),
-        state: StoredState::Running,
-        ended_at_unix_nanos: None,
-        stop_requested: false,
-        oom_killed: false,
-        cpu_usage_usec: 0,
-        memory_peak_bytes: 0,
-        server_lost: false,
-        output_error: None,
-    }
+    let info = JobInfo::started(id, spec, credentials, pid, started_at);
+    JobRecord::new(info, start_ticks, cgroup)
 }
 
 /// Writes the record of a starting job into `file`, the folder's empty

@@ -12,13 +12,12 @@ use tokio::sync::watch;
 use crate::cgroup::Usage;
 use crate::durable::{self, Retries};
 use crate::error::Error;
-use crate::logfile::{from_unix_nanos, to_unix_nanos};
 use crate::processes::Processes;
 use crate::quota::RunningQuota;
 use crate::spawn::{Credentials, ExitStatus};
 use crate::spec::{JobId, JobSpec};
 use crate::status::{JobInfo, JobState};
-use crate::store::{self, JobRecord, StoredState};
+use crate::store::{self, JobRecord};
 use crate::subscribe::LogReader;
 
 /// How much of the job's log is committed, and whether the writer has finished.
@@ -145,42 +144,44 @@ impl Job {
 
     /// A job of an earlier jobd, from its record; it has ended and its log is complete.
     pub(crate) fn restored(record: JobRecord, dir: PathBuf, committed: u64) -> Self {
-        let state = match record.state {
-            StoredState::Finished { exit_code } => JobState::Finished { exit_code },
-            StoredState::Stopped { signal } => JobState::Stopped { signal },
-            StoredState::Running => JobState::Stopped {
+        let start_ticks = record.start_ticks;
+        let info = record.into_info();
+        let state = match info.state {
+            // Restoring records it as killed; a record that still says running was not.
+            JobState::Running => JobState::Stopped {
                 signal: libc::SIGKILL,
             },
+            ended => ended,
         };
         Job {
-            id: record.id,
+            id: info.id,
             spec: JobSpec {
-                owner: record.owner,
-                argv: record.argv,
-                limits: record.limits,
-                isolation: Some(record.isolation),
-                as_root: record.uid == Some(0),
+                owner: info.owner,
+                argv: info.argv,
+                limits: info.limits,
+                isolation: Some(info.isolation),
+                as_root: info.uid == Some(0),
             },
-            credentials: record
+            credentials: info
                 .uid
-                .zip(record.gid)
+                .zip(info.gid)
                 .map(|(uid, gid)| Credentials { uid, gid }),
-            pid: record.pid,
-            start_ticks: record.start_ticks,
-            started_at: from_unix_nanos(record.started_at_unix_nanos),
+            pid: info.pid,
+            start_ticks,
+            started_at: info.started_at,
             dir,
             processes: Processes::Gone,
             run: Mutex::new(RunState {
                 state,
-                ended_at: record.ended_at_unix_nanos.map(from_unix_nanos),
-                stop_requested: record.stop_requested,
-                output_error: record.output_error,
+                ended_at: info.ended_at,
+                stop_requested: info.stop_requested,
+                output_error: info.output_error,
                 usage: Usage {
-                    oom_killed: record.oom_killed,
-                    cpu_usage_usec: record.cpu_usage_usec,
-                    memory_peak_bytes: record.memory_peak_bytes,
+                    oom_killed: info.oom_killed,
+                    cpu_usage_usec: info.cpu_usage_usec,
+                    memory_peak_bytes: info.memory_peak_bytes,
                 },
-                server_lost: record.server_lost,
+                server_lost: info.server_lost,
                 reapable: false,
                 pending_end: None,
                 stopping: None,
@@ -203,33 +204,7 @@ impl Job {
 
     /// The record that describes the job now.
     pub(crate) fn record(&self) -> JobRecord {
-        let info = self.info();
-        JobRecord {
-            version: store::RECORD_VERSION,
-            id: self.id,
-            owner: info.owner,
-            argv: info.argv,
-            limits: info.limits,
-            isolation: info.isolation,
-            uid: info.uid,
-            gid: info.gid,
-            pid: self.pid,
-            start_ticks: self.start_ticks,
-            cgroup: self.processes.cgroup_path(),
-            started_at_unix_nanos: to_unix_nanos(self.started_at),
-            state: match info.state {
-                JobState::Running => StoredState::Running,
-                JobState::Finished { exit_code } => StoredState::Finished { exit_code },
-                JobState::Stopped { signal } => StoredState::Stopped { signal },
-            },
-            ended_at_unix_nanos: info.ended_at.map(to_unix_nanos),
-            stop_requested: info.stop_requested,
-            oom_killed: info.oom_killed,
-            cpu_usage_usec: info.cpu_usage_usec,
-            memory_peak_bytes: info.memory_peak_bytes,
-            server_lost: info.server_lost,
-            output_error: info.output_error,
-        }
+        JobRecord::new(self.info(), self.start_ticks, self.processes.cgroup_path())
     }
 
     pub fn id(&self) -> JobId {
@@ -267,16 +242,7 @@ impl Job {
             run.usage
         };
         JobInfo {
-            id: self.id,
-            owner: self.spec.owner.clone(),
-            argv: self.spec.argv.clone(),
-            limits: self.spec.limits.clone(),
-            isolation: self.spec.isolation.unwrap_or_default(),
-            uid: self.credentials.map(|c| c.uid),
-            gid: self.credentials.map(|c| c.gid),
             state: run.state,
-            pid: self.pid,
-            started_at: self.started_at,
             ended_at: run.ended_at,
             stop_requested: run.stop_requested,
             oom_killed: usage.oom_killed,
@@ -285,6 +251,13 @@ impl Job {
             server_lost: run.server_lost,
             output_error: run.output_error.clone(),
             record_error: run.record_error.clone(),
+            ..JobInfo::started(
+                self.id,
+                &self.spec,
+                self.credentials,
+                self.pid,
+                self.started_at,
+            )
         }
     }
 

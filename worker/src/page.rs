@@ -147,7 +147,8 @@ pub(crate) fn select<'j>(jobs: impl Iterator<Item = &'j Arc<Job>>, query: &ListQ
 mod tests {
     use super::*;
     use crate::spec::{Isolation, Limits};
-    use crate::store::{JobRecord, StoredState, RECORD_VERSION};
+    use crate::status::JobState;
+    use crate::store::{JobRecord, RECORD_VERSION};
 
     /// An ended job as a restart would load it.
     fn job(owner: &str, started_at_unix_nanos: i64) -> Arc<Job> {
@@ -164,7 +165,7 @@ mod tests {
             start_ticks: 0,
             cgroup: None,
             started_at_unix_nanos,
-            state: StoredState::Finished { exit_code: 0 },
+            state: JobState::Finished { exit_code: 0 },
             ended_at_unix_nanos: Some(started_at_unix_nanos + 1),
             stop_requested: false,
             oom_killed: false,

@@ -14,7 +14,8 @@ use crate::cgroup::JobCgroup;
 use crate::durable;
 use crate::job::Job;
 use crate::logfile;
-use crate::store::{self, JobRecord, StoredState};
+use crate::status::JobState;
+use crate::store::{self, JobRecord};
 
 /// Loads the jobs in `jobs_dir`. Folders that cannot be read are left alone and logged.
 pub(crate) fn restore_jobs(jobs_dir: &Path) -> Vec<Job> {
@@ -65,9 +66,9 @@ fn restore_job(mut record: JobRecord, dir: &Path) -> Job {
         record.output_error.get_or_insert(e);
         changed = true;
     }
-    if record.state == StoredState::Running {
+    if record.state == JobState::Running {
         kill_orphans(&record);
-        record.state = StoredState::Stopped {
+        record.state = JobState::Stopped {
             signal: libc::SIGKILL,
         };
         record.server_lost = true;

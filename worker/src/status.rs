@@ -3,10 +3,18 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use crate::spec::{Isolation, JobId, Limits};
+use serde::{Deserialize, Serialize};
+
+use crate::spawn::Credentials;
+use crate::spec::{Isolation, JobId, JobSpec, Limits};
 
 /// Where a job is in its life. The `Display` forms are part of the product's interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Job records store it as it is (`"state": "finished", "exit_code": 3`, flattened into
+/// the record): a change here is a change of the record format (see
+/// [`crate::store::RECORD_VERSION`]), which the store's tests pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
 pub enum JobState {
     Running,
     /// The process exited on its own with this code.
@@ -63,6 +71,39 @@ pub struct JobInfo {
     /// Set while the job's final record cannot be stored (it is retried): until it is, a
     /// restart would find the job running, and so report it lost.
     pub record_error: Option<String>,
+}
+
+impl JobInfo {
+    /// A job whose process has just started: the one place a job's description is taken
+    /// from its spec.
+    pub(crate) fn started(
+        id: JobId,
+        spec: &JobSpec,
+        credentials: Option<Credentials>,
+        pid: i32,
+        started_at: SystemTime,
+    ) -> JobInfo {
+        JobInfo {
+            id,
+            owner: spec.owner.clone(),
+            argv: spec.argv.clone(),
+            limits: spec.limits.clone(),
+            isolation: spec.isolation.unwrap_or_default(),
+            uid: credentials.map(|c| c.uid),
+            gid: credentials.map(|c| c.gid),
+            state: JobState::Running,
+            pid,
+            started_at,
+            ended_at: None,
+            stop_requested: false,
+            oom_killed: false,
+            cpu_usage_usec: 0,
+            memory_peak_bytes: 0,
+            server_lost: false,
+            output_error: None,
+            record_error: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,23 +11,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::logfile::{from_unix_nanos, to_unix_nanos};
 use crate::spec::{Isolation, JobId, Limits};
+use crate::status::{JobInfo, JobState};
 
 /// Bumped when the record's meaning changes; older jobd refuses newer records.
 pub const RECORD_VERSION: u32 = 1;
 pub const RECORD_FILE: &str = "job.json";
 pub const LOG_FILE: &str = "output.log";
 
-/// How a job ended, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum StoredState {
-    Running,
-    Finished { exit_code: i32 },
-    Stopped { signal: i32 },
-}
-
-/// Everything jobd must know about a job to report it after a restart.
+/// Everything jobd must know about a job to report it after a restart: the disk form of
+/// [`JobInfo`] (times as Unix nanoseconds, no `record_error`, which is only ever about a
+/// record not written) plus what a later jobd needs to find the job's processes. Its own
+/// type because its format is versioned; [`JobRecord::new`] and [`JobRecord::into_info`]
+/// are the only conversions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub version: u32,
@@ -49,7 +46,7 @@ pub struct JobRecord {
     pub cgroup: Option<PathBuf>,
     pub started_at_unix_nanos: i64,
     #[serde(flatten)]
-    pub state: StoredState,
+    pub state: JobState,
     pub ended_at_unix_nanos: Option<i64>,
     pub stop_requested: bool,
     pub oom_killed: bool,
@@ -58,6 +55,59 @@ pub struct JobRecord {
     /// The job was still running when jobd went away and was killed at the next start.
     pub server_lost: bool,
     pub output_error: Option<String>,
+}
+
+impl JobRecord {
+    /// The record of the job `info` describes, whose leader started at `start_ticks`, in
+    /// `cgroup` if it has one.
+    pub(crate) fn new(info: JobInfo, start_ticks: u64, cgroup: Option<PathBuf>) -> JobRecord {
+        JobRecord {
+            version: RECORD_VERSION,
+            id: info.id,
+            owner: info.owner,
+            argv: info.argv,
+            limits: info.limits,
+            isolation: info.isolation,
+            uid: info.uid,
+            gid: info.gid,
+            pid: info.pid,
+            start_ticks,
+            cgroup,
+            started_at_unix_nanos: to_unix_nanos(info.started_at),
+            state: info.state,
+            ended_at_unix_nanos: info.ended_at.map(to_unix_nanos),
+            stop_requested: info.stop_requested,
+            oom_killed: info.oom_killed,
+            cpu_usage_usec: info.cpu_usage_usec,
+            memory_peak_bytes: info.memory_peak_bytes,
+            server_lost: info.server_lost,
+            output_error: info.output_error,
+        }
+    }
+
+    /// The job as the record describes it.
+    pub(crate) fn into_info(self) -> JobInfo {
+        JobInfo {
+            id: self.id,
+            owner: self.owner,
+            argv: self.argv,
+            limits: self.limits,
+            isolation: self.isolation,
+            uid: self.uid,
+            gid: self.gid,
+            state: self.state,
+            pid: self.pid,
+            started_at: from_unix_nanos(self.started_at_unix_nanos),
+            ended_at: self.ended_at_unix_nanos.map(from_unix_nanos),
+            stop_requested: self.stop_requested,
+            oom_killed: self.oom_killed,
+            cpu_usage_usec: self.cpu_usage_usec,
+            memory_peak_bytes: self.memory_peak_bytes,
+            server_lost: self.server_lost,
+            output_error: self.output_error,
+            record_error: None,
+        }
+    }
 }
 
 /// Replaces `dir/job.json` atomically and durably.
@@ -196,7 +246,7 @@ mod tests {
             start_ticks: 7,
             cgroup: None,
             started_at_unix_nanos: 1,
-            state: StoredState::Finished { exit_code: 3 },
+            state: JobState::Finished { exit_code: 3 },
             ended_at_unix_nanos: Some(2),
             stop_requested: false,
             oom_killed: false,
@@ -213,12 +263,48 @@ mod tests {
         let mut r = record();
         write_record(dir.path(), &r).unwrap();
         assert_eq!(read_record(dir.path()).unwrap(), r);
-        r.state = StoredState::Stopped { signal: 9 };
+        r.state = JobState::Stopped { signal: 9 };
         write_record(dir.path(), &r).unwrap();
         assert_eq!(read_record(dir.path()).unwrap(), r);
         assert!(!dir.path().join("job.json.tmp").exists());
         let text = fs::read_to_string(dir.path().join(RECORD_FILE)).unwrap();
         assert!(text.contains("\"version\": 1"), "{text}");
+    }
+
+    /// A record as the build before this one wrote it (version 1): it must load, and a
+    /// record is written in exactly that form, so a change of the domain types that would
+    /// change the format fails here rather than on a server's state dir.
+    #[test]
+    fn the_version_1_format_is_kept() {
+        let golden = include_str!("../tests/data/job-record-v1.json");
+        let mut expected = record();
+        expected.cgroup =
+            Some("/sys/fs/cgroup/jobd/jobs/6f1c2a7e-8a7b-4b7e-9c1d-2e3f4a5b6c7d".into());
+        expected.output_error = Some("output not stored: the state dir is full".into());
+        expected.limits.cpus = Some(0.5);
+        expected
+            .limits
+            .device_read_bps
+            .push(crate::spec::DeviceRate {
+                device: "/dev/sda".into(),
+                bytes_per_second: 1 << 20,
+            });
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(RECORD_FILE), golden).unwrap();
+        assert_eq!(read_record(dir.path()).unwrap(), expected);
+        assert_eq!(
+            String::from_utf8(encode(&expected).unwrap()).unwrap(),
+            golden
+        );
+        for (state, json) in [
+            (JobState::Running, r#"{"state":"running"}"#),
+            (
+                JobState::Stopped { signal: 9 },
+                r#"{"state":"stopped","signal":9}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), json);
+        }
     }
 
     #[test]

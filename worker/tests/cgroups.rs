@@ -848,7 +848,7 @@ fn crash_a_worker(state: &std::path::Path, base: &std::path::Path) -> Crashed {
         "the job's processes outlive the crash in its cgroup: {procs:?}"
     );
     let record = worker::store::read_record(&state.join("jobs").join(id.to_string())).unwrap();
-    assert_eq!(record.state, worker::store::StoredState::Running);
+    assert_eq!(record.state, worker::JobState::Running);
     assert_eq!(record.cgroup.as_ref(), Some(&cgroup));
     Crashed {
         id,
@@ -868,10 +868,7 @@ fn assert_recovered(worker: &Worker, state: &std::path::Path, crashed: &Crashed)
     assert!(info.server_lost, "{info:?}");
     let record =
         worker::store::read_record(&state.join("jobs").join(crashed.id.to_string())).unwrap();
-    assert_eq!(
-        record.state,
-        worker::store::StoredState::Stopped { signal: 9 }
-    );
+    assert_eq!(record.state, worker::JobState::Stopped { signal: 9 });
     assert!(record.server_lost);
 }
 

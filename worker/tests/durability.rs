@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use worker::store::{self, StoredState};
+use worker::store;
 use worker::{Config, Error, JobInfo, JobSpec, JobState, Worker};
 
 mod support;
@@ -168,7 +168,7 @@ fn reopen(dir: &Path) -> Worker {
     }
 }
 
-fn stored_state(dir: &Path, job: &worker::Job) -> StoredState {
+fn stored_state(dir: &Path, job: &worker::Job) -> JobState {
     store::read_record(&dir.join("jobs").join(job.id().to_string()))
         .unwrap()
         .state
@@ -246,7 +246,7 @@ async fn a_job_that_ends_on_a_full_disk_is_finished_after_a_clean_restart() {
     assert!(!info.server_lost, "{info:?}");
     assert_eq!(
         stored_state(fs_.path(), &job),
-        StoredState::Finished { exit_code: 7 }
+        JobState::Finished { exit_code: 7 }
     );
     fs::remove_file(filler).unwrap();
 }
@@ -275,7 +275,7 @@ async fn a_final_record_without_room_is_reported_retried_and_stored_once_there_i
         Some("the job's end is not stored yet (retrying): the state dir is full")
     );
     assert_eq!(info.state, JobState::Finished { exit_code: 7 });
-    assert_eq!(stored_state(fs_.path(), &job), StoredState::Running);
+    assert_eq!(stored_state(fs_.path(), &job), JobState::Running);
 
     fs::remove_file(filler).unwrap();
     wait_info(&worker, &job, "the retried record stored", |i| {
@@ -284,7 +284,7 @@ async fn a_final_record_without_room_is_reported_retried_and_stored_once_there_i
     .await;
     assert_eq!(
         stored_state(fs_.path(), &job),
-        StoredState::Finished { exit_code: 7 }
+        JobState::Finished { exit_code: 7 }
     );
 
     within(T, "shutdown", worker.0.shutdown()).await;

@@ -9,7 +9,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use worker::logfile::{self, Stream as LogStream};
-use worker::store::{self, JobRecord, StoredState};
+use worker::store::{self, JobRecord};
 use worker::{Config, Error, JobSpec, JobState, Stream, Worker};
 
 mod support;
@@ -167,7 +167,7 @@ fn running_record(id: worker::JobId, pid: i32, start_ticks: u64, argv: Vec<&str>
         start_ticks,
         cgroup: None,
         started_at_unix_nanos: logfile::now_unix_nanos(),
-        state: StoredState::Running,
+        state: JobState::Running,
         ended_at_unix_nanos: None,
         stop_requested: false,
         oom_killed: false,
@@ -288,7 +288,7 @@ async fn shutdown_returns_with_final_records_written() {
     let id = job.id();
     within(T, "the shutdown", w.shutdown()).await;
     let record = store::read_record(&dir.path().join("jobs").join(id.to_string())).unwrap();
-    assert_eq!(record.state, StoredState::Stopped { signal: 15 });
+    assert_eq!(record.state, JobState::Stopped { signal: 15 });
     assert!(record.stop_requested && !record.server_lost);
     drop((job, w));
     let w = reopen(dir.path());
@@ -339,7 +339,7 @@ async fn a_job_running_at_a_crash_is_killed_and_recorded_and_its_torn_log_recove
     assert!(info.ended_at.is_some());
     assert_eq!(
         store::read_record(&job_dir).unwrap().state,
-        StoredState::Stopped { signal: 9 }
+        JobState::Stopped { signal: 9 }
     );
     // The torn record is cut; the whole one is readable.
     assert_eq!(
