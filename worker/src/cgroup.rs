@@ -621,49 +621,40 @@ mod tests {
         );
     }
 
-    /// A job cgroup in a plain folder whose `io.max` leads to `target`: the cgroup code is
-    /// plain file operations, so files that answer as the kernel would stage its refusals.
-    fn staged_job_cgroup(target: &str) -> (tempfile::TempDir, JobCgroup) {
+    /// The worker's error for an io.max write that `target` answers: the cgroup code is
+    /// plain file operations, so a plain folder whose `io.max` leads to a file that answers
+    /// as the kernel would stages the kernel's refusals. Also returns the io.max path.
+    fn io_max_written_to(target: &str) -> (tempfile::TempDir, String, crate::Error) {
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(target, dir.path().join("io.max")).unwrap();
-        let cgroup = JobCgroup::at(dir.path().to_path_buf());
-        (dir, cgroup)
-    }
-
-    fn io_limit() -> CgroupLimits {
-        CgroupLimits {
+        let io_max = dir.path().join("io.max");
+        std::os::unix::fs::symlink(target, &io_max).unwrap();
+        let limits = CgroupLimits {
             io: vec![(7, 0, Some(1 << 20), None)],
             ..Default::default()
-        }
+        };
+        let err = JobCgroup::at(dir.path().to_path_buf())
+            .apply(&limits)
+            .unwrap_err();
+        (dir, io_max.display().to_string(), crate::Error::from(err))
     }
 
     #[test]
     fn an_io_max_value_the_kernel_refuses_is_the_callers_error_with_path_and_value() {
         // oom_score_adj refuses this line with EINVAL, as io.max refuses a device it
         // cannot throttle.
-        let (dir, mut cgroup) = staged_job_cgroup("/proc/self/oom_score_adj");
-        let err = crate::Error::from(cgroup.apply(&io_limit()).unwrap_err());
+        let (_dir, io_max, err) = io_max_written_to("/proc/self/oom_score_adj");
         assert!(matches!(err, crate::Error::LimitRefused(_)), "{err:?}");
         let shown = err.to_string();
-        let expected = format!(
-            "\"7:0 rbps=1048576 wbps=max\" to {}",
-            dir.path().join("io.max").display()
-        );
+        let expected = format!("\"7:0 rbps=1048576 wbps=max\" to {io_max}: Invalid argument");
         assert!(shown.contains(&expected), "{shown}");
-        assert!(shown.contains("Invalid argument"), "{shown}");
     }
 
     #[test]
     fn a_cgroup_write_that_fails_on_the_servers_side_is_a_server_fault() {
         // /dev/full fails every write with ENOSPC: nothing the caller asked for is wrong.
-        let (dir, mut cgroup) = staged_job_cgroup("/dev/full");
-        let err = crate::Error::from(cgroup.apply(&io_limit()).unwrap_err());
+        let (_dir, io_max, err) = io_max_written_to("/dev/full");
         assert!(matches!(err, crate::Error::Cgroup(_)), "{err:?}");
-        let shown = err.to_string();
-        assert!(
-            shown.contains(&dir.path().join("io.max").display().to_string()),
-            "{shown}"
-        );
+        assert!(err.to_string().contains(&io_max), "{err}");
     }
 
     #[test]

@@ -146,34 +146,19 @@ pub(crate) fn select<'j>(jobs: impl Iterator<Item = &'j Arc<Job>>, query: &ListQ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Isolation, Limits};
-    use crate::status::JobState;
-    use crate::store::{JobRecord, RECORD_VERSION};
+    use crate::logfile::from_unix_nanos;
+    use crate::spec::{Isolation, JobSpec};
+    use crate::status::{JobInfo, JobState};
+    use crate::store::JobRecord;
 
     /// An ended job as a restart would load it.
     fn job(owner: &str, started_at_unix_nanos: i64) -> Arc<Job> {
-        let record = JobRecord {
-            version: RECORD_VERSION,
-            id: JobId::new(),
-            owner: owner.into(),
-            argv: vec!["true".into()],
-            limits: Limits::default(),
-            isolation: Isolation::NONE,
-            uid: None,
-            gid: None,
-            pid: 1,
-            start_ticks: 0,
-            cgroup: None,
-            started_at_unix_nanos,
-            state: JobState::Finished { exit_code: 0 },
-            ended_at_unix_nanos: Some(started_at_unix_nanos + 1),
-            stop_requested: false,
-            oom_killed: false,
-            cpu_usage_usec: 0,
-            memory_peak_bytes: 0,
-            server_lost: false,
-            output_error: None,
-        };
+        let spec = JobSpec::new(owner, vec!["true".into()]).with_isolation(Isolation::NONE);
+        let started_at = from_unix_nanos(started_at_unix_nanos);
+        let info = JobInfo::started(JobId::new(), &spec, None, 1, started_at);
+        let mut record = JobRecord::new(info, 0, None);
+        record.state = JobState::Finished { exit_code: 0 };
+        record.ended_at_unix_nanos = Some(started_at_unix_nanos + 1);
         Arc::new(Job::restored(record, "/nonexistent".into(), 0))
     }
 

@@ -233,28 +233,18 @@ mod tests {
     use super::*;
 
     fn record() -> JobRecord {
-        JobRecord {
-            version: RECORD_VERSION,
-            id: "6f1c2a7e-8a7b-4b7e-9c1d-2e3f4a5b6c7d".parse().unwrap(),
-            owner: "alice".into(),
-            argv: vec!["sleep".into(), "60".into()],
-            limits: Limits::default(),
-            isolation: Isolation::ALL,
-            uid: Some(65534),
-            gid: Some(65534),
-            pid: 42,
-            start_ticks: 7,
-            cgroup: None,
-            started_at_unix_nanos: 1,
-            state: JobState::Finished { exit_code: 3 },
-            ended_at_unix_nanos: Some(2),
-            stop_requested: false,
-            oom_killed: false,
-            cpu_usage_usec: 0,
-            memory_peak_bytes: 0,
-            server_lost: false,
-            output_error: None,
-        }
+        let spec = crate::spec::JobSpec::new("alice", vec!["sleep".into(), "60".into()])
+            .with_isolation(Isolation::ALL);
+        let credentials = crate::spawn::Credentials {
+            uid: 65534,
+            gid: 65534,
+        };
+        let id = "6f1c2a7e-8a7b-4b7e-9c1d-2e3f4a5b6c7d".parse().unwrap();
+        let started = JobInfo::started(id, &spec, Some(credentials), 42, from_unix_nanos(1));
+        let mut record = JobRecord::new(started, 7, None);
+        record.state = JobState::Finished { exit_code: 3 };
+        record.ended_at_unix_nanos = Some(2);
+        record
     }
 
     #[test]
