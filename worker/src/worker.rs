@@ -1,42 +1,32 @@
-//! The job table and the start path: from a validated spec to a running, captured job.
+//! The job table: every job the worker owns, and what is done to them once started (see
+//! [`crate::start`] for the start path).
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
-
-use tokio::sync::oneshot;
+use std::time::Duration;
 
 use crate::ahead::Ahead;
-use crate::capture::{self, Capture};
-use crate::cgroup::{self, CgroupLimits, CgroupMode, Cgroups};
-use crate::durable::{self, Retries};
+use crate::cgroup::{self, CgroupMode, Cgroups};
+use crate::durable::Retries;
 use crate::error::Error;
 use crate::folder::{self, Spare};
 use crate::job::Job;
 use crate::limits::LimitPolicy;
-use crate::logfile;
 use crate::netns;
 use crate::page::{self, ListQuery, Page};
 use crate::private;
-use crate::processes::Processes;
 use crate::quota::Quotas;
 use crate::restore;
-use crate::spawn::{self, Credentials, SpawnError, Stage};
-use crate::spec::{Isolation, JobId, JobSpec};
+use crate::spawn;
+use crate::spec::{Isolation, JobId};
 use crate::status::JobInfo;
-use crate::store::{self, JobRecord, StateLock};
+use crate::store::StateLock;
 use crate::users::{JobUsers, UidRange};
-
-/// The search path and the whole environment a job gets: like systemd services, jobs do
-/// not inherit the server's environment.
-pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Network namespaces kept ready for starts: enough for a burst of starts, while each idle
 /// one holds a little kernel memory.
@@ -44,13 +34,6 @@ const SPARE_NETNS: usize = 8;
 
 /// Job folders kept ready for starts.
 const SPARE_FOLDERS: usize = 8;
-
-/// The size of a job's private `/tmp` (and `/var/tmp`) when it has no memory limit. With
-/// one, the limit bounds them instead: tmpfs pages are charged to the job's memory cgroup.
-pub const PRIVATE_TMP_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Pipe capacity asked for per stream: fewer wake-ups for chatty jobs. Best effort.
-const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
 
 /// The state dir when none is configured: the system location as root, else the user's
 /// (`$XDG_STATE_HOME/jobworker` or `~/.local/state/jobworker`). jobc uses it to find the
@@ -135,25 +118,25 @@ type JobTable = RwLock<HashMap<JobId, Arc<Job>>>;
 /// The worker: owns every job. Cheap to clone; clones share the same jobs.
 #[derive(Clone)]
 pub struct Worker {
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// `config.isolation` less what the kernel refused.
-    default_isolation: Isolation,
-    jobs: Arc<JobTable>,
-    cgroups: Option<Arc<Cgroups>>,
+    pub(crate) default_isolation: Isolation,
+    pub(crate) jobs: Arc<JobTable>,
+    pub(crate) cgroups: Option<Arc<Cgroups>>,
     /// Jobs started and not yet reaped, counted without walking the table.
-    running: Arc<AtomicUsize>,
+    pub(crate) running: Arc<AtomicUsize>,
     /// Each owner's running and kept jobs, against the per-user quotas.
-    quotas: Arc<Quotas>,
+    pub(crate) quotas: Arc<Quotas>,
     /// Held by each capture thread too, until its job's final record is written.
-    state_lock: Arc<StateLock>,
+    pub(crate) state_lock: Arc<StateLock>,
     /// Network namespaces made ahead, when jobs get one by default.
-    netns: Option<Arc<Ahead<OwnedFd>>>,
+    pub(crate) netns: Option<Arc<Ahead<OwnedFd>>>,
     /// Job folders made ahead.
-    folders: Option<Arc<Ahead<Spare>>>,
+    pub(crate) folders: Option<Arc<Ahead<Spare>>>,
     /// Tells capture threads retrying a final record that the worker shuts down.
-    retries: Arc<Retries>,
+    pub(crate) retries: Arc<Retries>,
     /// Each owner's uid, when jobs get one.
-    users: Option<Arc<JobUsers>>,
+    pub(crate) users: Option<Arc<JobUsers>>,
 }
 
 impl Worker {
@@ -296,225 +279,6 @@ impl Worker {
         &self.config
     }
 
-    /// Starts a job and returns once its program has been exec'd. On failure nothing of
-    /// the job is left: no process, no files, no table entry.
-    pub async fn start(&self, mut spec: JobSpec) -> Result<Arc<Job>, Error> {
-        spec.validate()?;
-        let cgroup_limits = match &self.cgroups {
-            Some(_) => {
-                spec.limits = self.config.limits.resolve(&spec.limits)?;
-                Some(CgroupLimits::from_limits(&spec.limits)?)
-            }
-            None if !spec.limits.is_empty() => {
-                return Err(Error::Unsupported(
-                    "resource limits need cgroup v2 with the cpu, memory, io and pids \
-                     controllers, which this server does not have"
-                        .into(),
-                ))
-            }
-            None => None,
-        };
-        let isolation = self.isolation(spec.isolation);
-        spec.isolation = Some(isolation);
-        if self.cgroups.is_none() && !isolation.pid && !self.config.allow_unheld_jobs {
-            return Err(Error::FailedPrecondition(
-                "without cgroups a job needs a PID namespace to hold its processes".into(),
-            ));
-        }
-        let slot = RunningSlot::take(&self.running, self.config.max_running_jobs)?;
-        let (running_quota, kept_quota) = self.quotas.reserve(&spec.owner)?;
-        let credentials = match (spec.as_root, &self.users) {
-            (true, _) if !self.config.allow_root => {
-                return Err(Error::PermissionDenied(
-                    "this server does not run jobs as root".into(),
-                ))
-            }
-            (true, Some(_)) => Some(Credentials { uid: 0, gid: 0 }),
-            (false, Some(users)) => Some(users.credentials(&spec.owner)?),
-            (_, None) => None,
-        };
-        let program = resolve_program(&spec.argv[0])?;
-        let command = spawn::Command::new(
-            cstring(program.as_os_str().as_encoded_bytes())?,
-            spec.argv
-                .iter()
-                .map(|a| cstring(a.as_bytes()))
-                .collect::<Result<_, _>>()?,
-            vec![cstring(format!("PATH={JOB_PATH}").as_bytes())?],
-            cstring(b"/")?,
-        )
-        .namespaces(isolation)
-        .netns(
-            self.netns
-                .as_ref()
-                .filter(|_| isolation.net)
-                .and_then(|pool| pool.take()),
-        )
-        .credentials(credentials)
-        .private_tmp(
-            isolation
-                .mount
-                .then(|| spec.limits.memory_bytes.unwrap_or(PRIVATE_TMP_BYTES)),
-        );
-
-        let id = JobId::new();
-        let dir = self.config.state_dir.join("jobs").join(id.to_string());
-        let prepared = self
-            .job_folder(&dir)
-            .and_then(|folder| Ok((folder, Pipes::new()?)));
-        let (folder::Folder { log, first_record }, pipes) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(Error::storage(format!("cannot prepare job {id}"), e));
-            }
-        };
-        let cgroup = match (&self.cgroups, &cgroup_limits) {
-            (Some(cgroups), Some(limits)) => match cgroups.create_job(&id.to_string(), limits) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&dir);
-                    // The caller's if the kernel refused one of its limits.
-                    return Err(Error::from(e));
-                }
-            },
-            _ => None,
-        };
-
-        // The record, but for what only the clone tells: written while the child sets up.
-        let mut record = durable::first_record(
-            id,
-            &spec,
-            credentials,
-            0,
-            0,
-            cgroup.as_ref().map(|c| c.path().to_path_buf()),
-            SystemTime::UNIX_EPOCH,
-        );
-        let record_dir = dir.clone();
-        let (cloned_tx, cloned_rx) = oneshot::channel::<(i32, spawn::Gate)>();
-        let (recorded_tx, recorded_rx) = std::sync::mpsc::sync_channel::<JobRecord>(1);
-        let (tx, rx) = oneshot::channel();
-        let jobs = Arc::clone(&self.jobs);
-        let max_output = self.config.max_output_bytes;
-        let program_name = spec.argv[0].clone();
-        let spec_program = program_name.clone();
-        // No other worker may open the state dir while this job's final record is unwritten.
-        let state_lock = Arc::clone(&self.state_lock);
-        let retries = Arc::clone(&self.retries);
-        let thread = std::thread::Builder::new()
-            .name(format!("job-{}", &id.to_string()[..8]))
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let stdio = spawn::Stdio {
-                    stdin: pipes.devnull.as_fd(),
-                    stdout: pipes.stdout.1.as_fd(),
-                    stderr: pipes.stderr.1.as_fd(),
-                    cgroup: cgroup.as_ref().and_then(|c| c.dir_fd()),
-                };
-                // The caller records the job and releases the exec gate (see
-                // `record_and_release`): a jobd killed at any moment leaves a record of
-                // every job whose program runs.
-                let spawned = spawn::spawn(&command, &stdio, |pid, gate| {
-                    let _ = cloned_tx.send((pid, gate));
-                });
-                // The record comes before the release, so a child that exec'd has one; a
-                // child that died at the gate may have none.
-                let spawned = spawned.and_then(|child| match recorded_rx.recv() {
-                    Ok(first) => Ok((child, first)),
-                    Err(_) => {
-                        let _ = spawn::wait(child.pidfd.as_fd());
-                        Err(SpawnError::Refused)
-                    }
-                });
-                let (child, first) = match spawned {
-                    Ok(spawned) => spawned,
-                    Err(e) => {
-                        if let Some(c) = &cgroup {
-                            let _ = c.remove();
-                        }
-                        let _ = fs::remove_dir_all(&dir);
-                        let _ = tx.send(Err(spawn_error(&program_name, e)));
-                        return;
-                    }
-                };
-                let Pipes {
-                    stdout: (stdout, _),
-                    stderr: (stderr, _),
-                    ..
-                } = pipes; // the write ends close here: EOF comes when the job's side closes
-                let processes = match cgroup {
-                    Some(cgroup) => Processes::Cgroup { cgroup },
-                    None => Processes::Group { pgid: child.pid },
-                };
-                let job = Arc::new(Job::new(
-                    id,
-                    spec,
-                    credentials,
-                    child.pid,
-                    first.start_ticks,
-                    logfile::from_unix_nanos(first.started_at_unix_nanos),
-                    dir,
-                    processes,
-                    logfile::FILE_HEADER_LEN,
-                ));
-                // Registered before the caller hears of it, so a cancelled Start call
-                // cannot leave a running job that nobody can see or stop.
-                jobs.write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id, Arc::clone(&job));
-                kept_quota.keep();
-                job.hold_until_end(running_quota);
-                let _ = tx.send(Ok(Arc::clone(&job)));
-                // Counted as running until the capture thread has reaped it.
-                let _slot = slot;
-                capture::run(
-                    &job,
-                    Capture {
-                        child,
-                        stdout,
-                        stderr,
-                        log,
-                        max_output,
-                    },
-                );
-                job.settle(&retries, || drop(state_lock));
-            });
-        if let Err(e) = thread {
-            return Err(Error::io("cannot start a capture thread", e));
-        }
-        // No await between the pid's arrival and the gate's release or refusal: a
-        // cancelled Start cannot leave a child waiting at its gate.
-        if let Ok((pid, gate)) = cloned_rx.await {
-            record.pid = pid;
-            record.start_ticks = store::process_start_ticks(pid).unwrap_or(0);
-            record.started_at_unix_nanos = logfile::to_unix_nanos(SystemTime::now());
-            match durable::write_first(&record_dir, &first_record, &record) {
-                Ok(()) => {
-                    let _ = recorded_tx.send(record);
-                    gate.release();
-                }
-                Err(e) => {
-                    drop((gate, recorded_tx));
-                    // The capture thread removes what was made for the job.
-                    let _ = rx.await;
-                    let shown = crate::inert::Brief(&spec_program);
-                    return Err(Error::storage(format!("cannot start {shown}"), e));
-                }
-            }
-        }
-        rx.await
-            .map_err(|_| Error::io("job start failed", io::Error::other("capture thread died")))?
-    }
-
-    /// A new folder at `dir` for a job, made ahead if one is ready.
-    fn job_folder(&self, dir: &Path) -> io::Result<folder::Folder> {
-        match self.folders.as_ref().and_then(|pool| pool.take()) {
-            Some(spare) => spare.claim(dir),
-            None => folder::create(dir),
-        }
-    }
-
     /// The job with this id.
     pub fn job(&self, id: &JobId) -> Result<Arc<Job>, Error> {
         self.jobs
@@ -624,10 +388,10 @@ fn made_ahead<T: Send>(what: &str, pool: io::Result<Ahead<T>>) -> Option<Arc<Ahe
 }
 
 /// One running job counted against `max_running_jobs`; dropping it frees the slot.
-struct RunningSlot(Arc<AtomicUsize>);
+pub(crate) struct RunningSlot(Arc<AtomicUsize>);
 
 impl RunningSlot {
-    fn take(running: &Arc<AtomicUsize>, max: usize) -> Result<RunningSlot, Error> {
+    pub(crate) fn take(running: &Arc<AtomicUsize>, max: usize) -> Result<RunningSlot, Error> {
         running
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -674,87 +438,6 @@ fn setup_cgroups(config: &Config) -> Result<Option<Cgroups>, Error> {
     }
 }
 
-fn cstring(bytes: &[u8]) -> Result<CString, Error> {
-    CString::new(bytes)
-        .map_err(|_| Error::InvalidArgument("arguments cannot contain NUL bytes".into()))
-}
-
-/// The job's three standard streams: /dev/null and two pipes (read end, write end).
-struct Pipes {
-    devnull: File,
-    stdout: (OwnedFd, OwnedFd),
-    stderr: (OwnedFd, OwnedFd),
-}
-
-impl Pipes {
-    fn new() -> io::Result<Self> {
-        Ok(Pipes {
-            devnull: File::open("/dev/null")?,
-            stdout: output_pipe()?,
-            stderr: output_pipe()?,
-        })
-    }
-}
-
-/// A pipe whose read end is ours (non-blocking, so draining never waits) and whose write
-/// end becomes the job's stdout or stderr.
-fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded and we are the only owner of both descriptors.
-    let (r, w) = unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-    };
-    // The job's end must block like any ordinary stdout.
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(w.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(w.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY);
-    }
-    Ok((r, w))
-}
-
-/// Finds the program as `execvp` would (in [`JOB_PATH`] when the name has no `/`), so a
-/// missing or non-executable program is a clear error before anything is created.
-fn resolve_program(name: &str) -> Result<PathBuf, Error> {
-    let exec_error = |reason: &str| Error::Exec {
-        program: name.to_string(),
-        reason: reason.to_string(),
-    };
-    let is_executable = |m: &fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
-    if name.contains('/') {
-        return match fs::metadata(name) {
-            Ok(m) if is_executable(&m) => Ok(PathBuf::from(name)),
-            Ok(m) if m.is_dir() => Err(exec_error("is a directory")),
-            Ok(_) => Err(exec_error("permission denied (not executable)")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(exec_error("no such file or directory"))
-            }
-            Err(e) => Err(exec_error(&e.to_string())),
-        };
-    }
-    let mut found_unexecutable = false;
-    for dir in JOB_PATH.split(':') {
-        let candidate = Path::new(dir).join(name);
-        if let Ok(m) = fs::metadata(&candidate) {
-            if is_executable(&m) {
-                return Ok(candidate);
-            }
-            found_unexecutable |= m.is_file();
-        }
-    }
-    if found_unexecutable {
-        Err(exec_error("permission denied (not executable)"))
-    } else {
-        Err(exec_error("command not found"))
-    }
-}
-
 /// Keeps the namespaces of `wanted` that the kernel lets this process create.
 fn supported_isolation(wanted: Isolation) -> Isolation {
     let mut got = wanted;
@@ -792,32 +475,4 @@ fn supported_isolation(wanted: Isolation) -> Isolation {
         }
     }
     got
-}
-
-fn spawn_error(program: &str, e: SpawnError) -> Error {
-    let shown = crate::inert::Brief(program);
-    match e {
-        // The caller never learns this job's id: name its program.
-        // The caller reports why it could not record the job; this is what is left.
-        SpawnError::Refused => Error::io(
-            format!("cannot start {shown}"),
-            io::Error::other("the job could not be recorded"),
-        ),
-        SpawnError::Child {
-            stage: Stage::Exec,
-            error,
-        } => Error::Exec {
-            program: program.to_string(),
-            reason: error.to_string(),
-        },
-        SpawnError::Child { stage, error } => {
-            Error::Unsupported(format!("cannot start {shown}: cannot {stage}: {error}"))
-        }
-        SpawnError::Namespaces(error) => Error::Unsupported(format!(
-            "cannot start {shown}: the kernel refused the job's namespaces: {error}"
-        )),
-        SpawnError::Clone(error) => {
-            Error::io(format!("cannot start {shown}: clone3 failed"), error)
-        }
-    }
 }
