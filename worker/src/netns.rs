@@ -31,8 +31,7 @@ fn fresh(home: &File) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     let made = (|| {
-        // SAFETY: loopback_up makes plain system calls on a socket it closes.
-        if !unsafe { spawn::loopback_up() } {
+        if !spawn::loopback_up() {
             return Err(io::Error::last_os_error());
         }
         Ok(OwnedFd::from(File::open(THREAD_NETNS)?))

@@ -263,7 +263,11 @@ unsafe fn clone_child(
     let ret: libc::c_long;
     // The child returns from the system call on its new stack: it must not touch this
     // function's frame, so it goes straight into `child_entry` with the context pointer.
-    std::arch::asm!(
+    // SAFETY: the caller keeps `ctx` and `stack` alive for the child (this function's
+    // contract); the parent's side of the asm only makes the system call, clobbering
+    // rcx and r11 as `syscall` does.
+    unsafe {
+        std::arch::asm!(
         "syscall",
         "test rax, rax",
         "jnz 2f",
@@ -280,10 +284,12 @@ unsafe fn clone_child(
         lateout("rcx") _,
         lateout("r11") _,
         options(nostack),
-    );
+        );
+    }
     // The raw system call returns -errno; report it as libc wrappers do.
     if ret < 0 {
-        *libc::__errno_location() = -ret as i32;
+        // SAFETY: __errno_location returns this thread's errno, valid for writes.
+        unsafe { *libc::__errno_location() = -ret as i32 };
         return -1;
     }
     ret
@@ -299,17 +305,23 @@ unsafe fn clone_child(
     ctx: &ChildContext<'_>,
     _stack: &mut [u128],
 ) -> libc::c_long {
-    let ret = clone3(args);
+    // SAFETY: as the caller promised for this function.
+    let ret = unsafe { clone3(args) };
     if ret == 0 {
-        child_entry(ctx);
+        // SAFETY: `ctx` is valid in the child's copy of memory.
+        unsafe { child_entry(ctx) };
     }
     ret
 }
 
 /// The child's first Rust frame.
+///
+/// # Safety
+/// Only in a child just cloned by [`clone_child`], with `ctx` pointing to the context
+/// the parent keeps alive until the child has exec'd or exited.
 unsafe extern "C" fn child_entry(ctx: *const ChildContext<'_>) -> ! {
-    let ctx = &*ctx;
-    child_after_clone(ctx)
+    // SAFETY: the contract above: `ctx` is valid and nobody else uses it meanwhile.
+    unsafe { child_after_clone(&*ctx) }
 }
 
 /// The raw `clone3` system call: 0 in the child, its pid in the parent, -1 on error.
@@ -319,11 +331,15 @@ unsafe extern "C" fn child_entry(ctx: *const ChildContext<'_>) -> ! {
 /// copy of this stack, as after `fork`; in a multi-threaded process it may then only make
 /// async-signal-safe calls until it execs or exits.
 unsafe fn clone3(args: &mut CloneArgs) -> libc::c_long {
-    libc::syscall(
-        libc::SYS_clone3,
-        args as *mut CloneArgs,
-        std::mem::size_of::<CloneArgs>(),
-    )
+    // SAFETY: `args` is a valid `clone_args` of the size passed; what the child may do
+    // after is the caller's contract.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    }
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const c_char> {
@@ -547,6 +563,11 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
 /// The child's side, from `clone3` to `execve`. Only async-signal-safe system calls, and
 /// raw ones where glibc's wrapper would consult thread state that this copy of a
 /// multi-threaded process no longer matches (the set*id family).
+///
+/// # Safety
+/// Only in a child just cloned by [`clone_child`], before it execs: it closes and
+/// replaces descriptors that Rust objects of the parent own, and runs on memory the
+/// parent shares with it.
 unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
     let ChildContext {
         cmd,
@@ -556,201 +577,226 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         report,
         gate,
     } = *ctx;
-    unsafe fn say(report: RawFd, code: u32, errno: i32) {
+    fn say(report: RawFd, code: u32, errno: i32) {
         let mut msg = [0u8; 8];
         msg[..4].copy_from_slice(&code.to_ne_bytes());
         msg[4..].copy_from_slice(&errno.to_ne_bytes());
-        libc::write(report, msg.as_ptr().cast(), msg.len());
+        // SAFETY: writes a local buffer of its own length.
+        unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
     }
-    unsafe fn fail(report: RawFd, stage: Stage) -> ! {
-        say(report, stage.code(), *libc::__errno_location());
-        libc::_exit(127)
+    fn fail(report: RawFd, stage: Stage) -> ! {
+        // SAFETY: reads this thread's errno.
+        say(report, stage.code(), unsafe { *libc::__errno_location() });
+        // SAFETY: _exit ends the child without running anything of the parent's.
+        unsafe { libc::_exit(127) }
     }
-
-    if libc::setsid() < 0 {
-        fail(report, Stage::Setsid);
-    }
-    let ns = cmd.namespaces;
-    let made_ahead = cmd.netns_to_join();
-    // First, so /sys below shows this namespace's devices.
-    if let Some(netns) = made_ahead {
-        if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
-            fail(report, Stage::JoinNetns);
+    // SAFETY: this function's contract. Every call below is an async-signal-safe system
+    // call on the parent's prepared, still-valid data (C strings, descriptors, argv and
+    // envp arrays), or a raw one where glibc's wrapper would consult thread state.
+    unsafe {
+        if libc::setsid() < 0 {
+            fail(report, Stage::Setsid);
         }
-    }
-    if ns.mount {
-        // Nothing the job mounts may propagate back to the host.
-        let private = libc::MS_REC | libc::MS_PRIVATE;
-        if mount(None, c"/", None, private) < 0 {
-            fail(report, Stage::MountPrivate);
+        let ns = cmd.namespaces;
+        let made_ahead = cmd.netns_to_join();
+        // First, so /sys below shows this namespace's devices.
+        if let Some(netns) = made_ahead {
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
+                fail(report, Stage::JoinNetns);
+            }
         }
-        let fresh = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        // A /proc of the job's own PID namespace: `ps` shows only its processes.
-        if ns.pid && mount(Some(c"proc"), c"/proc", Some(c"proc"), fresh) < 0 {
-            fail(report, Stage::MountProc);
+        if ns.mount {
+            // Nothing the job mounts may propagate back to the host.
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if mount(None, c"/", None, private) < 0 {
+                fail(report, Stage::MountPrivate);
+            }
+            let fresh = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            // A /proc of the job's own PID namespace: `ps` shows only its processes.
+            if ns.pid && mount(Some(c"proc"), c"/proc", Some(c"proc"), fresh) < 0 {
+                fail(report, Stage::MountProc);
+            }
+            // sysfs shows the network devices of the namespace that mounts it.
+            if ns.net
+                && mount(
+                    Some(c"sysfs"),
+                    c"/sys",
+                    Some(c"sysfs"),
+                    fresh | libc::MS_RDONLY,
+                ) < 0
+            {
+                fail(report, Stage::MountSys);
+            }
         }
-        // sysfs shows the network devices of the namespace that mounts it.
-        if ns.net
-            && mount(
-                Some(c"sysfs"),
-                c"/sys",
-                Some(c"sysfs"),
-                fresh | libc::MS_RDONLY,
-            ) < 0
-        {
-            fail(report, Stage::MountSys);
+        if let Some(options) = cmd.tmp.as_ref().filter(|_| ns.mount) {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            if mount_with(c"tmpfs", c"/tmp", c"tmpfs", flags, options) < 0 {
+                fail(report, Stage::MountTmp);
+            }
+            if mount_with(c"tmpfs", c"/var/tmp", c"tmpfs", flags, options) < 0
+                && *libc::__errno_location() != libc::ENOENT
+            {
+                fail(report, Stage::MountTmp);
+            }
         }
-    }
-    if let Some(options) = cmd.tmp.as_ref().filter(|_| ns.mount) {
-        let flags = libc::MS_NOSUID | libc::MS_NODEV;
-        if mount_with(c"tmpfs", c"/tmp", c"tmpfs", flags, options) < 0 {
-            fail(report, Stage::MountTmp);
+        if ns.net && made_ahead.is_none() && !loopback_up() {
+            fail(report, Stage::LoopbackUp);
         }
-        if mount_with(c"tmpfs", c"/var/tmp", c"tmpfs", flags, options) < 0
-            && *libc::__errno_location() != libc::ENOENT
-        {
-            fail(report, Stage::MountTmp);
+        for (fd, target) in [
+            (stdio.stdin.as_raw_fd(), 0),
+            (stdio.stdout.as_raw_fd(), 1),
+            (stdio.stderr.as_raw_fd(), 2),
+        ] {
+            // dup2 onto itself would keep FD_CLOEXEC; clear it explicitly in that case.
+            let ok = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) == target
+            };
+            if !ok {
+                fail(report, Stage::Stdio);
+            }
         }
-    }
-    if ns.net && made_ahead.is_none() && !loopback_up() {
-        fail(report, Stage::LoopbackUp);
-    }
-    for (fd, target) in [
-        (stdio.stdin.as_raw_fd(), 0),
-        (stdio.stdout.as_raw_fd(), 1),
-        (stdio.stderr.as_raw_fd(), 2),
-    ] {
-        // dup2 onto itself would keep FD_CLOEXEC; clear it explicitly in that case.
-        let ok = if fd == target {
-            libc::fcntl(fd, libc::F_SETFD, 0) == 0
-        } else {
-            libc::dup2(fd, target) == target
+        // The Rust runtime ignores SIGPIPE and exec keeps ignored signals ignored; jobs expect
+        // default dispositions and an empty signal mask, as from a login shell.
+        // The raw system call, because glibc's wrapper refuses its own reserved signals
+        // (32, 33), which a parent may have left ignored.
+        let default_action = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
         };
-        if !ok {
-            fail(report, Stage::Stdio);
+        for sig in 1..=64usize {
+            if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &default_action as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
+            }
         }
-    }
-    // The Rust runtime ignores SIGPIPE and exec keeps ignored signals ignored; jobs expect
-    // default dispositions and an empty signal mask, as from a login shell.
-    // The raw system call, because glibc's wrapper refuses its own reserved signals
-    // (32, 33), which a parent may have left ignored.
-    let default_action = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    for sig in 1..=64usize {
-        if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &default_action as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8usize,
-            );
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if libc::chdir(cmd.cwd.as_ptr()) < 0 {
+            fail(report, Stage::Chdir);
         }
-    }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    if libc::chdir(cmd.cwd.as_ptr()) < 0 {
-        fail(report, Stage::Chdir);
-    }
-    if let Some(Credentials { uid, gid }) = cmd.credentials {
-        if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
-            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
-            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
-        {
-            fail(report, Stage::Credentials);
+        if let Some(Credentials { uid, gid }) = cmd.credentials {
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+            {
+                fail(report, Stage::Credentials);
+            }
         }
+        // No setuid binary or file capability can give the job more than it starts with.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(report, Stage::NoNewPrivs);
+        }
+        // The exec gate. Every other descriptor goes first: a copy of another start's gate
+        // kept here would keep that child waiting, and ours waiting on it, if jobd died now.
+        if !close_all_but([0, 1, 2, report, gate]) {
+            fail(report, Stage::CloseFds);
+        }
+        say(report, AT_GATE, 0);
+        let mut byte = 0u8;
+        if libc::read(gate, (&mut byte as *mut u8).cast(), 1) != 1 {
+            // End of file: jobd died or could not record the job. Never run it.
+            say(report, REFUSED, 0);
+            libc::_exit(127);
+        }
+        libc::close(gate);
+        libc::execve(cmd.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(report, Stage::Exec)
     }
-    // No setuid binary or file capability can give the job more than it starts with.
-    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
-        fail(report, Stage::NoNewPrivs);
-    }
-    // The exec gate. Every other descriptor goes first: a copy of another start's gate
-    // kept here would keep that child waiting, and ours waiting on it, if jobd died now.
-    if !close_all_but([0, 1, 2, report, gate]) {
-        fail(report, Stage::CloseFds);
-    }
-    say(report, AT_GATE, 0);
-    let mut byte = 0u8;
-    if libc::read(gate, (&mut byte as *mut u8).cast(), 1) != 1 {
-        // End of file: jobd died or could not record the job. Never run it.
-        say(report, REFUSED, 0);
-        libc::_exit(127);
-    }
-    libc::close(gate);
-    libc::execve(cmd.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(report, Stage::Exec)
 }
 
 /// Closes every descriptor but `keep`; async-signal-safe, allocates nothing.
+///
+/// # Safety
+/// Only in a child about to exec: it closes descriptors that the parent's Rust objects
+/// own.
 unsafe fn close_all_but(mut keep: [RawFd; 5]) -> bool {
     keep.sort_unstable();
+    let close_range = |from: u32, to: u32| {
+        // SAFETY: the caller's contract; close_range reads no memory.
+        unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) }
+    };
     let mut from: u32 = 0;
     for fd in keep {
         let fd = fd as u32;
-        if fd > from && libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) < 0 {
+        if fd > from && close_range(from, fd - 1) < 0 {
             return false;
         }
         from = from.max(fd + 1);
     }
-    libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) == 0
+    close_range(from, u32::MAX) == 0
 }
 
 /// `mount(2)` without data; async-signal-safe.
-unsafe fn mount(
+fn mount(
     source: Option<&CStr>,
     target: &CStr,
     fstype: Option<&CStr>,
     flags: libc::c_ulong,
 ) -> libc::c_int {
     let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
-    libc::mount(
-        ptr(source),
-        target.as_ptr(),
-        ptr(fstype),
-        flags,
-        std::ptr::null(),
-    )
+    // SAFETY: NUL-terminated strings or null, as mount(2) takes them.
+    unsafe {
+        libc::mount(
+            ptr(source),
+            target.as_ptr(),
+            ptr(fstype),
+            flags,
+            std::ptr::null(),
+        )
+    }
 }
 
 /// `mount(2)` with filesystem options; async-signal-safe.
-unsafe fn mount_with(
+fn mount_with(
     source: &CStr,
     target: &CStr,
     fstype: &CStr,
     flags: libc::c_ulong,
     data: &CStr,
 ) -> libc::c_int {
-    libc::mount(
-        source.as_ptr(),
-        target.as_ptr(),
-        fstype.as_ptr(),
-        flags,
-        data.as_ptr().cast(),
-    )
+    // SAFETY: NUL-terminated strings, as mount(2) takes them.
+    unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    }
 }
 
 /// Brings up `lo` in the caller's network namespace (the only interface a new one has).
 /// Async-signal-safe, for the child; errno tells why it failed.
-pub(crate) unsafe fn loopback_up() -> bool {
-    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-    if sock < 0 {
-        return false;
+pub(crate) fn loopback_up() -> bool {
+    // SAFETY: a socket of our own, closed below; `ifreq` is plain data, zeroed is valid;
+    // the two ioctls read and write that local `ifreq` only.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return false;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as c_char;
+        }
+        let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0
+        };
+        libc::close(sock);
+        ok
     }
-    let mut req: libc::ifreq = std::mem::zeroed();
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as c_char;
-    }
-    let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 && {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0
-    };
-    libc::close(sock);
-    ok
 }
 
 /// The kernel's `struct sigaction` for `rt_sigaction` (not glibc's, which differs).
