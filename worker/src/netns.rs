@@ -1,8 +1,7 @@
 //! Fresh network namespaces, made before they are needed.
 //!
-//! A new network namespace with its loopback up costs this kernel most of a default
-//! start (about 0.5 ms of CPU, against 0.16 ms for the whole fork and exit of a process).
-//! So they are made ahead (see [`crate::ahead`]), and a start enters one with `setns`
+//! A new network namespace with its loopback up costs the kernel more than the whole
+//! fork and exit of a process (BENCHMARKS.md has the figures). So they are made ahead (see [`crate::ahead`]), and a start enters one with `setns`
 //! instead of creating it inside `clone3`. None is ever reused: a reused namespace would
 //! let a job reach sockets an earlier job left behind.
 

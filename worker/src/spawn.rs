@@ -351,13 +351,7 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
 }
 
 fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// What the report pipe said.
@@ -386,9 +380,7 @@ impl Gate {
     /// Lets the child exec, now or as soon as it has set itself up. A child that died
     /// meanwhile makes the write fail (EPIPE), which its report explains.
     pub fn release(self) {
-        let byte = 1u8;
-        // SAFETY: writing one byte from a local to a pipe we own.
-        unsafe { libc::write(self.0.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+        let _ = rustix::io::write(&self.0, &[1]);
     }
 }
 

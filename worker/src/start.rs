@@ -14,7 +14,7 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, PoisonError};
@@ -46,7 +46,7 @@ pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub const PRIVATE_TMP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Pipe capacity asked for per stream: fewer wake-ups for chatty jobs. Best effort.
-const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
+const PIPE_CAPACITY: usize = 1024 * 1024;
 
 /// Stack of a capture thread: it runs the clone and a read loop, nothing deep.
 const CAPTURE_STACK_BYTES: usize = 256 * 1024;
@@ -487,23 +487,12 @@ impl Pipes {
 /// A pipe whose read end is ours (non-blocking, so draining never waits) and whose write
 /// end becomes the job's stdout or stderr.
 fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded and we are the only owner of both descriptors.
-    let (r, w) = unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-    };
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags};
+    let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     // The job's end must block like any ordinary stdout.
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(w.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(w.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY);
-    }
+    fcntl_setfl(&w, fcntl_getfl(&w)? - OFlags::NONBLOCK)?;
+    let _ = fcntl_setpipe_size(&r, PIPE_CAPACITY);
     Ok((r, w))
 }
 

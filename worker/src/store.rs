@@ -207,9 +207,7 @@ impl StateLock {
             Ok(file) => file,
             Err(source) => return Err(LockError::Open { path, source }),
         };
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             let holder = fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
             return Err(LockError::InUse {

@@ -39,8 +39,7 @@ const SPARE_FOLDERS: usize = 8;
 /// (`$XDG_STATE_HOME/jobworker` or `~/.local/state/jobworker`). jobc uses it to find the
 /// development PKI that jobd creates there.
 pub fn default_state_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return PathBuf::from("/var/lib/jobworker");
     }
     std::env::var_os("XDG_STATE_HOME")
@@ -364,11 +363,10 @@ fn job_users(config: &Config) -> Result<Option<JobUsers>, Error> {
     let Some(range) = config.job_uids else {
         return Ok(None);
     };
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
+    let euid = rustix::process::geteuid();
+    if !euid.is_root() {
         tracing::warn!(
-            uid = euid,
+            uid = euid.as_raw(),
             "not running as root: every job runs as this server's own user, so the host does not keep tenants apart (any job can read, signal and trace every other job, the server and its state)"
         );
         return Ok(None);
