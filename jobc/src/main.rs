@@ -51,7 +51,7 @@ fn tune_malloc() {
 /// so control characters are shown escaped rather than sent to the terminal.
 fn exit(failure: Failure) -> ! {
     if !failure.message.is_empty() {
-        eprintln!("jobc: {}", worker::inert::Inert(&failure.message));
+        eprintln!("jobc: {}", common::inert::Inert(&failure.message));
     }
     std::process::exit(failure.exit_code)
 }

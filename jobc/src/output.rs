@@ -6,9 +6,9 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
 use std::time::{Duration, UNIX_EPOCH};
 
+use common::inert::Inert;
 use proto::v1 as pb;
 use serde::Serialize;
-use worker::inert::Inert;
 
 /// `running`, `finished (exit code: N)` or `stopped (signal: N)`.
 pub fn status_line(s: &pb::JobStatus) -> String {

@@ -78,7 +78,7 @@ impl Identity {
 /// a newline or an ESC must not forge or repaint a line of jobd's log.
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", worker::inert::Brief(&self.name))
+        write!(f, "{}", common::inert::Brief(&self.name))
     }
 }
 

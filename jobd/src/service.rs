@@ -100,7 +100,7 @@ fn log<T>(
 ) {
     let elapsed_us = started.elapsed().as_micros() as u64;
     // The job id is the caller's text until it parsed: shown inert and short.
-    let job = worker::inert::Brief(job);
+    let job = common::inert::Brief(job);
     match result {
         Ok(_) => tracing::info!(caller = %caller, method, %job, elapsed_us, "ok"),
         Err(s) if s.code() == tonic::Code::Internal => {

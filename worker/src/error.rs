@@ -14,7 +14,7 @@ pub enum Error {
     InvalidArgument(String),
 
     /// The program could not be started: no such file, not executable, and so on.
-    #[error("cannot start {}: {reason}", crate::inert::Brief(program))]
+    #[error("cannot start {}: {reason}", common::inert::Brief(program))]
     Exec { program: String, reason: String },
 
     /// The caller may not ask for this (e.g. a root job where the server forbids them).

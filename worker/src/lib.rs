@@ -12,7 +12,6 @@ pub mod cgroup;
 mod durable;
 mod error;
 mod folder;
-pub mod inert;
 mod job;
 mod limits;
 pub mod logfile;

@@ -2,8 +2,8 @@
 //! maxima it may not exceed, and refusal of values that make no sense.
 
 use crate::error::Error;
-use crate::inert::{Brief, Quoted};
 use crate::spec::Limits;
+use common::inert::{Brief, Quoted};
 
 /// Bounds no configuration can widen: beyond them a value is a mistake, not a wish.
 const MIN_CPUS: f64 = 0.01;

@@ -39,7 +39,7 @@ impl FromStr for JobId {
         uuid::Uuid::try_parse(s).map(JobId).map_err(|_| {
             Error::InvalidArgument(format!(
                 "malformed job id {}: expected a UUID",
-                crate::inert::Quoted(s)
+                common::inert::Quoted(s)
             ))
         })
     }

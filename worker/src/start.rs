@@ -27,7 +27,7 @@ use crate::cgroup::{CgroupLimits, JobCgroup};
 use crate::durable;
 use crate::error::Error;
 use crate::folder::{self, Folder};
-use crate::inert::Brief;
+use common::inert::Brief;
 use crate::job::Job;
 use crate::logfile;
 use crate::processes::Processes;

@@ -88,7 +88,7 @@ impl FromStr for UidRange {
         let bad = || {
             format!(
                 "{}: expected FIRST-LAST, e.g. 61184-65519",
-                crate::inert::Quoted(s)
+                common::inert::Quoted(s)
             )
         };
         let (first, last) = s.split_once('-').ok_or_else(bad)?;
@@ -150,7 +150,7 @@ impl JobUsers {
             };
             match why {
                 Some(why) => tracing::warn!(
-                    user = %crate::inert::Brief(&name),
+                    user = %common::inert::Brief(&name),
                     uid,
                     "dropping the user's job uid because {why}: their next job gets another"
                 ),
@@ -193,7 +193,7 @@ impl JobUsers {
                 e,
             ));
         }
-        tracing::info!(user = %crate::inert::Brief(owner), uid, "gave a new user a uid for their jobs");
+        tracing::info!(user = %common::inert::Brief(owner), uid, "gave a new user a uid for their jobs");
         Ok(Credentials { uid, gid: uid })
     }
 

@@ -1,0 +1,5 @@
+//! The little that the worker, jobd and jobc must do alike, in a crate light enough for
+//! the client to link: jobc shares these rules with the server without compiling the
+//! server's process and cgroup code.
+
+pub mod inert;
