@@ -3,3 +3,6 @@
 //! server's process and cgroup code.
 
 pub mod inert;
+mod state_dir;
+
+pub use state_dir::default_state_dir;

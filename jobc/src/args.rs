@@ -56,7 +56,7 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 impl ConnArgs {
     /// Fills what was not given from the development PKI of a local jobd (as admin).
     pub fn target(&self) -> Target {
-        let pki = worker::default_state_dir().join("pki");
+        let pki = common::default_state_dir().join("pki");
         Target {
             server: self
                 .server

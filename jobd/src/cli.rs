@@ -172,7 +172,7 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     let state_dir = args
         .state_dir
         .or(file.state_dir)
-        .unwrap_or_else(worker::default_state_dir);
+        .unwrap_or_else(common::default_state_dir);
     let tls = match (
         args.ca.or(file.ca),
         args.cert.or(file.cert),

@@ -43,4 +43,4 @@ pub use start::PRIVATE_TMP_BYTES;
 pub use status::{JobInfo, JobState};
 pub use subscribe::LogReader;
 pub use users::{UidRange, USERS_FILE};
-pub use worker::{default_state_dir, Config, Worker};
+pub use worker::{Config, Worker};

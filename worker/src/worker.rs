@@ -35,19 +35,6 @@ const SPARE_NETNS: usize = 8;
 /// Job folders kept ready for starts.
 const SPARE_FOLDERS: usize = 8;
 
-/// The state dir when none is configured: the system location as root, else the user's
-/// (`$XDG_STATE_HOME/jobworker` or `~/.local/state/jobworker`). jobc uses it to find the
-/// development PKI that jobd creates there.
-pub fn default_state_dir() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/jobworker");
-    }
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("jobworker")
-}
 
 /// How the worker is set up.
 #[derive(Debug, Clone)]
