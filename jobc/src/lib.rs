@@ -5,3 +5,4 @@ pub mod args;
 pub mod client;
 pub mod errors;
 pub mod output;
+mod render;

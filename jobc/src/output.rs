@@ -265,7 +265,7 @@ fn render_table(rows: &[[String; 5]]) -> String {
 /// stderr as the job wrote them.
 pub enum LogSink {
     Json {
-        lines: worker::render::JsonLines,
+        lines: crate::render::JsonLines,
         buf: Vec<u8>,
     },
     Raw,
@@ -277,7 +277,7 @@ impl LogSink {
             LogSink::Raw
         } else {
             LogSink::Json {
-                lines: worker::render::JsonLines::default(),
+                lines: crate::render::JsonLines::default(),
                 buf: Vec::with_capacity(64 * 1024),
             }
         }

@@ -20,7 +20,6 @@ pub mod page;
 pub mod private;
 mod processes;
 mod quota;
-pub mod render;
 mod restore;
 pub mod spawn;
 mod spec;

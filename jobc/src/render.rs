@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use crate::logfile::{self, Record, Stream};
+use worker::logfile::{self, Record, Stream};
 
 /// Default longest line emitted as one JSON object, in bytes (Docker uses 16 KiB too).
 pub const DEFAULT_LINE_CAP: usize = 16 * 1024;
@@ -195,13 +195,12 @@ pub fn format_time(unix_nanos: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn rec(stream: Stream, t: i64, data: &[u8]) -> Record {
         Record {
             stream,
             time_unix_nanos: t,
-            data: Bytes::copy_from_slice(data),
+            data: data.to_vec().into(),
         }
     }
 
