@@ -290,8 +290,8 @@ impl LogSink {
         match self {
             LogSink::Json { lines, buf } => {
                 buf.clear();
-                for r in records {
-                    lines.push(&record(r), buf);
+                for r in &records {
+                    lines.push(r, buf);
                 }
                 out.write_all(buf)
             }
@@ -321,18 +321,6 @@ impl LogSink {
             out.write_all(buf)?;
         }
         Ok(())
-    }
-}
-
-fn record(r: pb::OutputRecord) -> worker::Record {
-    worker::Record {
-        stream: match pb::Stream::try_from(r.stream) {
-            Ok(pb::Stream::Stderr) => worker::Stream::Stderr,
-            Ok(pb::Stream::System) => worker::Stream::System,
-            _ => worker::Stream::Stdout,
-        },
-        time_unix_nanos: r.time_unix_nanos,
-        data: r.data,
     }
 }
 

@@ -12,8 +12,39 @@
 //! serde_json's escapes, byte for byte).
 
 use std::borrow::Cow;
+use std::time::{Duration, UNIX_EPOCH};
 
-use worker::logfile::{self, Record, Stream};
+use proto::v1::{OutputRecord as Record, Stream};
+
+/// The streams a line can belong to, each with its own partial line. A record of an
+/// unknown stream (a newer server) is shown as stdout, its bytes kept.
+const STREAMS: [Stream; 3] = [Stream::Stdout, Stream::Stderr, Stream::System];
+
+/// Which of [`STREAMS`] a record's wire value is.
+fn stream_of(value: i32) -> Stream {
+    match Stream::try_from(value) {
+        Ok(s @ (Stream::Stderr | Stream::System)) => s,
+        _ => Stream::Stdout,
+    }
+}
+
+/// Where `stream` is in [`STREAMS`].
+fn slot(stream: Stream) -> usize {
+    match stream {
+        Stream::Stderr => 1,
+        Stream::System => 2,
+        _ => 0,
+    }
+}
+
+/// The name `jobc logs` prints for a stream.
+fn name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stderr => "stderr",
+        Stream::System => "system",
+        _ => "stdout",
+    }
+}
 
 /// Default longest line emitted as one JSON object, in bytes (Docker uses 16 KiB too).
 pub const DEFAULT_LINE_CAP: usize = 16 * 1024;
@@ -76,8 +107,8 @@ impl JsonLines {
     /// Appends to `out` every line that `record` completes.
     pub fn push(&mut self, record: &Record, out: &mut Vec<u8>) {
         let JsonLines { cap, partial, time } = self;
-        let stream = record.stream;
-        let partial = &mut partial[stream as usize];
+        let stream = stream_of(record.stream);
+        let partial = &mut partial[slot(stream)];
         let mut rest: &[u8] = &record.data;
         while !rest.is_empty() {
             // Look one byte past the room left, so a line of exactly `cap` bytes followed
@@ -108,8 +139,8 @@ impl JsonLines {
 
     /// Appends the pending partial lines; call once the output has ended.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        for stream in [Stream::Stdout, Stream::Stderr, Stream::System] {
-            let partial = &mut self.partial[stream as usize];
+        for stream in STREAMS {
+            let partial = &mut self.partial[slot(stream)];
             if !partial.bytes.is_empty() {
                 partial.emit(stream, &mut self.time, out);
             }
@@ -127,7 +158,7 @@ fn line(bytes: &[u8], stream: Stream, time: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"log\":\"");
     escape(&text, out);
     out.extend_from_slice(b"\",\"stream\":\"");
-    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(name(stream).as_bytes());
     out.extend_from_slice(b"\",\"time\":\"");
     // RFC 3339 is digits, '-', ':', 'T', '.' and 'Z': nothing to escape.
     out.extend_from_slice(time.as_bytes());
@@ -189,7 +220,8 @@ fn push_escape(b: u8, out: &mut Vec<u8>) {
 
 /// RFC 3339 in UTC with nanoseconds, e.g. `2026-01-24T10:00:00.000000000Z`.
 pub fn format_time(unix_nanos: i64) -> String {
-    humantime::format_rfc3339_nanos(logfile::from_unix_nanos(unix_nanos)).to_string()
+    let at = UNIX_EPOCH + Duration::from_nanos(unix_nanos.max(0) as u64);
+    humantime::format_rfc3339_nanos(at).to_string()
 }
 
 #[cfg(test)]
@@ -198,7 +230,7 @@ mod tests {
 
     fn rec(stream: Stream, t: i64, data: &[u8]) -> Record {
         Record {
-            stream,
+            stream: stream as i32,
             time_unix_nanos: t,
             data: data.to_vec().into(),
         }
@@ -359,13 +391,13 @@ z",
         #[derive(serde::Serialize)]
         struct Line<'a> {
             log: &'a str,
-            stream: Stream,
+            stream: &'a str,
             time: &'a str,
         }
         fn emit(bytes: &[u8], stream: Stream, time: i64, out: &mut Vec<u8>) {
             let line = Line {
                 log: &String::from_utf8_lossy(bytes),
-                stream,
+                stream: name(stream),
                 time: &format_time(time),
             };
             serde_json::to_writer(&mut *out, &line).unwrap();
@@ -374,25 +406,26 @@ z",
         let mut pending: [(Vec<u8>, i64); 3] = Default::default();
         let mut out = Vec::new();
         for r in records {
-            let (line, time) = &mut pending[r.stream as usize];
+            let stream = stream_of(r.stream);
+            let (line, time) = &mut pending[slot(stream)];
             for &b in r.data.iter() {
                 if b != b'\n' && line.len() == cap {
-                    emit(line, r.stream, *time, &mut out);
+                    emit(line, stream, *time, &mut out);
                     line.clear();
                 }
                 if line.is_empty() {
                     *time = r.time_unix_nanos;
                 }
                 if b == b'\n' {
-                    emit(line, r.stream, *time, &mut out);
+                    emit(line, stream, *time, &mut out);
                     line.clear();
                 } else {
                     line.push(b);
                 }
             }
         }
-        for stream in [Stream::Stdout, Stream::Stderr, Stream::System] {
-            let (line, time) = &pending[stream as usize];
+        for stream in STREAMS {
+            let (line, time) = &pending[slot(stream)];
             if !line.is_empty() {
                 emit(line, stream, *time, &mut out);
             }
