@@ -189,7 +189,7 @@ fn handshake_timed_out(limit: Duration) -> std::io::Error {
 /// the server's HTTP/2 settings if it accepts us or its alert if it does not. Only an
 /// alert is a diagnosis: any other failure of the fresh attempt (say, connection refused
 /// by a server that has since shut down) tells nothing about the first one.
-pub async fn diagnose(target: &Target) -> Option<String> {
+pub async fn diagnose(target: &Target) -> Option<crate::errors::Reason> {
     use tokio::io::AsyncReadExt;
     let config = tls_config(target).ok()?;
     let name = server_name(&target.server).ok()?;
@@ -200,10 +200,7 @@ pub async fn diagnose(target: &Target) -> Option<String> {
         tls.read(&mut byte).await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
-        Ok(Err(e)) => e
-            .to_string()
-            .strip_prefix("received fatal alert: ")
-            .map(crate::errors::alert_reason),
+        Ok(Err(e)) => crate::errors::alert_of(&e).map(crate::errors::alert_reason),
         _ => None,
     }
 }

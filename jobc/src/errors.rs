@@ -33,8 +33,57 @@ impl Failure {
     }
 }
 
+/// What went wrong underneath a transport failure. Typed, so that how a failure is
+/// reported is decided on its kind, never on the words of its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The server's certificate did not verify; says why.
+    ServerCertificate(String),
+    /// The server sent an alert about our certificate.
+    CertificateRefused,
+    /// The server sent an alert saying it does not speak TLS 1.3.
+    OldTls,
+    /// The server sent another alert (its name).
+    Alert(String),
+    /// TLS failed on our side.
+    Tls(String),
+    ConnectionRefused,
+    ConnectionReset,
+    TimedOut,
+    /// Any other I/O failure, as the system or jobc's own timeout words it.
+    Io(String),
+}
+
+impl Reason {
+    /// A certificate problem is the whole story: it is shown without "cannot connect to".
+    pub fn stands_alone(&self) -> bool {
+        matches!(
+            self,
+            Reason::ServerCertificate(_) | Reason::CertificateRefused
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::ServerCertificate(why) => {
+                write!(f, "cannot verify the server's certificate: {why}")
+            }
+            Reason::CertificateRefused => f.write_str("server refused this certificate"),
+            Reason::OldTls => f.write_str("the server does not speak TLS 1.3"),
+            Reason::Alert(name) => write!(f, "TLS failed: the server sent {name}"),
+            Reason::Tls(why) => write!(f, "TLS failed: {why}"),
+            Reason::ConnectionRefused => f.write_str("connection refused"),
+            Reason::ConnectionReset => f.write_str("connection reset by the server"),
+            Reason::TimedOut => f.write_str("timed out"),
+            Reason::Io(why) => f.write_str(why),
+        }
+    }
+}
+
 /// What went wrong underneath a transport failure, found by walking the error chain.
-fn transport_reason(err: &(dyn StdError + 'static)) -> Option<String> {
+fn transport_reason(err: &(dyn StdError + 'static)) -> Option<Reason> {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
@@ -44,18 +93,18 @@ fn transport_reason(err: &(dyn StdError + 'static)) -> Option<String> {
             if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 return Some(tls_reason(tls));
             }
-            // h2 keeps only the text of I/O errors it passes on, so a TLS alert that
-            // arrives after the handshake is known by its message alone.
-            if let Some(alert) = io.to_string().strip_prefix("received fatal alert: ") {
+            if let Some(alert) = alert_in_text(io) {
                 return Some(alert_reason(alert));
             }
             return Some(match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionRefused => Reason::ConnectionRefused,
                 // jobc's own connect timeout says which limit ran out.
-                std::io::ErrorKind::TimedOut if io.get_ref().is_some() => io.to_string(),
-                std::io::ErrorKind::TimedOut => "timed out".into(),
-                std::io::ErrorKind::ConnectionReset => "connection reset by the server".into(),
-                _ => io.to_string(),
+                std::io::ErrorKind::TimedOut if io.get_ref().is_some() => {
+                    Reason::Io(io.to_string())
+                }
+                std::io::ErrorKind::TimedOut => Reason::TimedOut,
+                std::io::ErrorKind::ConnectionReset => Reason::ConnectionReset,
+                _ => Reason::Io(io.to_string()),
             });
         }
         next = e.source();
@@ -63,9 +112,29 @@ fn transport_reason(err: &(dyn StdError + 'static)) -> Option<String> {
     None
 }
 
-fn tls_reason(e: &rustls::Error) -> String {
+/// The TLS alert an I/O error reports. tokio-rustls keeps the rustls error inside; h2
+/// keeps only the text of the I/O errors it passes on, so an alert that arrives after the
+/// handshake is known by rustls's wording alone, turned back into the alert here.
+pub fn alert_of(io: &std::io::Error) -> Option<rustls::AlertDescription> {
+    match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => Some(*alert),
+        Some(_) => None,
+        None => alert_in_text(io),
+    }
+}
+
+fn alert_in_text(io: &std::io::Error) -> Option<rustls::AlertDescription> {
+    let text = io.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    // Every code has its own Debug name (unknown ones too), so this finds the one sent.
+    (0..=u8::MAX)
+        .map(rustls::AlertDescription::from)
+        .find(|alert| format!("{alert:?}") == name)
+}
+
+fn tls_reason(e: &rustls::Error) -> Reason {
     match e {
-        rustls::Error::AlertReceived(alert) => alert_reason(&format!("{alert:?}")),
+        rustls::Error::AlertReceived(alert) => alert_reason(*alert),
         rustls::Error::InvalidCertificate(why) => {
             use rustls::CertificateError as E;
             let why = match why {
@@ -77,9 +146,9 @@ fn tls_reason(e: &rustls::Error) -> String {
                 E::NotValidYet | E::NotValidYetContext { .. } => "it is not valid yet".into(),
                 other => other.to_string(),
             };
-            format!("cannot verify the server's certificate: {why}")
+            Reason::ServerCertificate(why)
         }
-        other => format!("TLS failed: {other}"),
+        other => Reason::Tls(other.to_string()),
     }
 }
 
@@ -100,19 +169,20 @@ fn abrupt_close(err: &(dyn StdError + 'static)) -> bool {
 }
 
 /// What a TLS alert from the server means for the person running jobc.
-pub fn alert_reason(alert: &str) -> String {
+pub fn alert_reason(alert: rustls::AlertDescription) -> Reason {
+    use rustls::AlertDescription as A;
     match alert {
-        "BadCertificate"
-        | "UnknownCA"
-        | "CertificateExpired"
-        | "CertificateRequired"
-        | "CertificateRevoked"
-        | "CertificateUnknown"
-        | "UnsupportedCertificate"
-        | "AccessDenied"
-        | "DecryptError" => "server refused this certificate".into(),
-        "ProtocolVersion" => "the server does not speak TLS 1.3".into(),
-        other => format!("TLS failed: the server sent {other}"),
+        A::BadCertificate
+        | A::UnknownCA
+        | A::CertificateExpired
+        | A::CertificateRequired
+        | A::CertificateRevoked
+        | A::CertificateUnknown
+        | A::UnsupportedCertificate
+        | A::AccessDenied
+        | A::DecryptError => Reason::CertificateRefused,
+        A::ProtocolVersion => Reason::OldTls,
+        other => Reason::Alert(format!("{other:?}")),
     }
 }
 
@@ -132,9 +202,10 @@ impl From<ConnectError> for Failure {
                 ),
             ),
             ConnectError::Connect { server, source } => {
-                let reason = transport_reason(source).unwrap_or_else(|| source.to_string());
-                let message = if reason.contains("certificate") {
-                    reason
+                let reason =
+                    transport_reason(source).unwrap_or_else(|| Reason::Io(source.to_string()));
+                let message = if reason.stands_alone() {
+                    reason.to_string()
                 } else {
                     format!("cannot connect to {server}: {reason}")
                 };
@@ -150,8 +221,8 @@ pub fn from_status(status: &tonic::Status, server: &str) -> Failure {
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled => {
             if let Some(reason) = transport_reason(status) {
-                return if reason.contains("certificate") {
-                    Failure::new(EXIT_CONNECT, reason)
+                return if reason.stands_alone() {
+                    Failure::new(EXIT_CONNECT, reason.to_string())
                 } else {
                     Failure {
                         // A connection the server cut says little by itself: the reason
@@ -173,5 +244,42 @@ pub fn from_status(status: &tonic::Status, server: &str) -> Failure {
             }
         }
         _ => Failure::new(EXIT_REQUEST, status.message().to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_are_known_from_the_error_and_from_its_text_alone() {
+        for code in 0..=u8::MAX {
+            let alert = rustls::AlertDescription::from(code);
+            let typed = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(alert),
+            );
+            // What h2 passes on: the kind and the text, nothing typed.
+            let text = std::io::Error::new(typed.kind(), typed.to_string());
+            assert_eq!(alert_of(&typed), Some(alert), "{code}");
+            assert_eq!(alert_of(&text), Some(alert), "{code}");
+        }
+        let bad = rustls::AlertDescription::BadCertificate;
+        let text = std::io::Error::other(rustls::Error::AlertReceived(bad).to_string());
+        let reason = transport_reason(&text).expect("an alert is a reason");
+        assert_eq!(reason, Reason::CertificateRefused);
+        assert!(reason.stands_alone());
+    }
+
+    #[test]
+    fn only_certificate_reasons_stand_alone_whatever_the_words() {
+        let io = std::io::Error::other("no certificate store here");
+        let reason = transport_reason(&io).expect("an I/O error is a reason");
+        assert!(!reason.stands_alone(), "{reason}");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            transport_reason(&refused).map(|r| r.to_string()).as_deref(),
+            Some("connection refused")
+        );
     }
 }

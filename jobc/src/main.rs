@@ -23,7 +23,7 @@ fn main() {
     let result = runtime.block_on(async {
         match run(cli).await {
             Err(failure) if failure.unexplained => match client::diagnose(&target).await {
-                Some(reason) => Err(Failure::new(failure.exit_code, reason)),
+                Some(reason) => Err(Failure::new(failure.exit_code, reason.to_string())),
                 None => Err(failure),
             },
             other => other,
