@@ -177,7 +177,7 @@ mod tests {
     use std::path::PathBuf;
 
     use tonic::Code;
-    use worker::cgroup::CgroupError;
+    use worker::CgroupError;
     use worker::JobId;
 
     use super::*;

@@ -424,7 +424,7 @@ fn job_log(state_dir: &Path, job: &Job) -> PathBuf {
     state_dir
         .join("jobs")
         .join(job.id().to_string())
-        .join(worker::store::LOG_FILE)
+        .join(worker::disk::LOG_FILE)
 }
 
 struct IngestRun {

@@ -3,9 +3,9 @@
 
 use std::io;
 
-use crate::cgroup::{CgroupError, DeviceError};
+use crate::process::cgroup::{CgroupError, DeviceError};
 use crate::spec::JobId;
-use crate::store::LockError;
+use crate::state::record::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,7 +68,7 @@ impl Error {
 
     /// An error writing the state dir: [`Error::StateDirFull`] if it is out of room.
     pub(crate) fn storage(context: impl Into<String>, source: io::Error) -> Self {
-        if crate::durable::is_full(&source) {
+        if crate::state::durable::is_full(&source) {
             Error::StateDirFull {
                 context: context.into(),
             }

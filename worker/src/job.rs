@@ -9,16 +9,16 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::cgroup::Usage;
-use crate::durable::{self, Retries};
 use crate::error::Error;
-use crate::processes::Processes;
+use crate::output::reader::LogReader;
+use crate::process::cgroup::Usage;
+use crate::process::members::Processes;
+use crate::process::spawn::{Credentials, ExitStatus};
 use crate::quota::RunningQuota;
-use crate::spawn::{Credentials, ExitStatus};
 use crate::spec::{JobId, JobSpec};
+use crate::state::durable::{self, Retries};
+use crate::state::record::{self, JobRecord};
 use crate::status::{JobInfo, JobState};
-use crate::store::{self, JobRecord};
-use crate::subscribe::LogReader;
 
 /// How much of the job's log is committed, and whether the writer has finished.
 /// Readers never read past `committed`, so they never see a half-written record.
@@ -388,7 +388,7 @@ impl Job {
     /// A reader of the job's output from the beginning; with `follow`, it also waits for
     /// output still to come until the job has ended and every byte was delivered.
     pub fn logs(&self, follow: bool) -> Result<LogReader, Error> {
-        let file = File::open(self.dir.join(store::LOG_FILE))
+        let file = File::open(self.dir.join(record::LOG_FILE))
             .map_err(|e| Error::io(format!("cannot open output of job {}", self.id), e))?;
         Ok(LogReader::new(file, self.progress.subscribe(), follow))
     }

@@ -1,45 +1,65 @@
-//! The engine under `jobd`: runs jobs, captures their output durably, and streams it.
+//! The engine under `jobd`: runs jobs, captures their output durably, and streams it. No
+//! gRPC or TLS here.
 //!
-//! Request flow: [`Worker::start`] validates a [`JobSpec`], spawns the process with one
-//! `clone3` ([`spawn`]), and hands its pipes and pidfd to a capture thread ([`capture`])
-//! that appends framed records to the job's log file ([`logfile`]) and publishes progress.
-//! Readers ([`LogReader`]) replay that file and follow the progress notifications, so
-//! any number of them cost the writer nothing. No gRPC or TLS here.
+//! Layers, each using only those below it:
+//!
+//! - [`Worker`] (`table`): the job table, opened on a state dir; `start` (the start path:
+//!   prepare, provision, launch), `policy` (limit defaults and maxima), `quota`, `page`
+//!   (one page of the list).
+//! - [`Job`] (`job`): one job's description, state, and the channels that announce its
+//!   progress and end; `spec` and `status` are what callers send and read.
+//! - `process`: the `clone3` into namespaces, a cgroup and a uid (`spawn`, `netns`,
+//!   `cgroup`, `uids`), and signalling all of a job's processes (`members`).
+//! - `output`: the capture thread (`capture`) appends framed records to the job's log
+//!   (`logfile`); readers ([`LogReader`], `reader`) replay it and follow the writer.
+//! - `state`: the state dir: records that never lie (`record`, `durable`), folders
+//!   (`folder`), recovery at start-up (`restore`), private modes (`private`).
+//!
+//! `made_ahead` keeps namespaces and folders ready before starts ask for them.
 
-mod ahead;
-mod capture;
-pub mod cgroup;
-mod durable;
 mod error;
-mod folder;
 mod job;
-mod limits;
-pub mod logfile;
-mod netns;
-pub mod page;
-pub mod private;
-mod processes;
+mod made_ahead;
+mod output;
+mod page;
+mod policy;
+mod process;
 mod quota;
-mod restore;
-pub mod spawn;
 mod spec;
 mod start;
+mod state;
 mod status;
-pub mod store;
-mod subscribe;
-mod users;
-mod worker;
+mod table;
 
-pub use cgroup::CgroupMode;
 pub use error::Error;
 pub use job::Job;
-pub use limits::LimitPolicy;
-pub use logfile::{Record, Stream};
+pub use output::logfile::{Record, Stream};
+pub use output::reader::LogReader;
 pub use page::{Cursor, ListQuery, Page, StateFilter};
-pub use spawn::Credentials;
+pub use policy::LimitPolicy;
+pub use process::cgroup::{CgroupError, CgroupMode};
+pub use process::spawn::Credentials;
+pub use process::uids::{UidRange, USERS_FILE};
 pub use spec::{DeviceRate, Isolation, JobId, JobSpec, Limits};
 pub use start::PRIVATE_TMP_BYTES;
 pub use status::{JobInfo, JobState};
-pub use subscribe::LogReader;
-pub use users::{UidRange, USERS_FILE};
-pub use worker::{Config, Worker};
+pub use table::{Config, Worker};
+
+/// The state dir's formats, for tools and tests that read or write one without a worker:
+/// job records, output logs, and where a cgroup v2 hierarchy is mounted.
+pub mod disk {
+    pub use crate::output::logfile::{
+        encode_header, file_header, now_unix_nanos, RECORD_HEADER_LEN,
+    };
+    pub use crate::process::cgroup::cgroup2_mount;
+    pub use crate::state::record::{
+        process_start_ticks, read_record, write_record, JobRecord, LOG_FILE, RECORD_FILE,
+        RECORD_VERSION,
+    };
+}
+
+/// Files and folders only the server may read: jobd keeps its PKI the way the worker
+/// keeps its state dir.
+pub mod private {
+    pub use crate::state::private::{create_dir_all, options, repair, Repaired};
+}

@@ -12,7 +12,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::job::Job;
-use crate::logfile::to_unix_nanos;
+use crate::output::logfile::to_unix_nanos;
 use crate::spec::JobId;
 
 /// A place in the list's order: a page starts after the job with this start time and id.
@@ -146,10 +146,10 @@ pub(crate) fn select<'j>(jobs: impl Iterator<Item = &'j Arc<Job>>, query: &ListQ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logfile::from_unix_nanos;
+    use crate::output::logfile::from_unix_nanos;
     use crate::spec::{Isolation, JobSpec};
+    use crate::state::record::JobRecord;
     use crate::status::{JobInfo, JobState};
-    use crate::store::JobRecord;
 
     /// An ended job as a restart would load it.
     fn job(owner: &str, started_at_unix_nanos: i64) -> Arc<Job> {

@@ -22,20 +22,20 @@ use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
-use crate::capture::{self, Capture};
-use crate::cgroup::{CgroupLimits, JobCgroup};
-use crate::durable;
 use crate::error::Error;
-use crate::folder::{self, Folder};
-use common::inert::Brief;
 use crate::job::Job;
-use crate::logfile;
-use crate::processes::Processes;
+use crate::output::capture::{self, Capture};
+use crate::output::logfile;
+use crate::process::cgroup::{CgroupLimits, JobCgroup};
+use crate::process::members::Processes;
+use crate::process::spawn::{self, Credentials, SpawnError, Stage};
 use crate::quota::{KeptQuota, RunningQuota};
-use crate::spawn::{self, Credentials, SpawnError, Stage};
 use crate::spec::{JobId, JobSpec};
-use crate::store::{self, JobRecord};
-use crate::worker::{RunningSlot, Worker};
+use crate::state::durable;
+use crate::state::folder::{self, Folder};
+use crate::state::record::{self, JobRecord};
+use crate::table::{RunningSlot, Worker};
+use common::inert::Brief;
 
 /// The search path and the whole environment a job gets: like systemd services, jobs do
 /// not inherit the server's environment.
@@ -238,7 +238,7 @@ impl Worker {
     /// memory and `errno` of the thread that clones it until it execs: that thread may
     /// make no system call that could fail meanwhile, which a tokio worker cannot promise
     /// and a thread that only waits for the child's report can. The same thread then
-    /// owns the job's pidfd and pipes for the job's whole life (see [`crate::capture`]).
+    /// owns the job's pidfd and pipes for the job's whole life (see [`crate::output::capture`]).
     /// This task, on its own `errno`, writes the record as soon as the pid is known.
     async fn launch(&self, plan: Plan, mut provisioned: Provisioned) -> Result<Arc<Job>, Error> {
         let Plan { spec, command, .. } = plan;
@@ -290,7 +290,7 @@ impl Worker {
         // cancelled Start cannot leave a child waiting at its gate.
         if let Ok((pid, gate)) = cloned_rx.await {
             record.pid = pid;
-            record.start_ticks = store::process_start_ticks(pid).unwrap_or(0);
+            record.start_ticks = record::process_start_ticks(pid).unwrap_or(0);
             record.started_at_unix_nanos = logfile::to_unix_nanos(SystemTime::now());
             match durable::write_first(&record_dir, &record_file, &record) {
                 Ok(()) => {

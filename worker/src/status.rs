@@ -5,14 +5,14 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spawn::Credentials;
+use crate::process::spawn::Credentials;
 use crate::spec::{Isolation, JobId, JobSpec, Limits};
 
 /// Where a job is in its life. The `Display` forms are part of the product's interface.
 ///
 /// Job records store it as it is (`"state": "finished", "exit_code": 3`, flattened into
 /// the record): a change here is a change of the record format (see
-/// [`crate::store::RECORD_VERSION`]), which the store's tests pin.
+/// [`crate::state::record::RECORD_VERSION`]), which the store's tests pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum JobState {

@@ -27,7 +27,7 @@ struct Fixture {
 
 fn cgroup_root() -> PathBuf {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    worker::cgroup::cgroup2_mount(&mountinfo).expect("no cgroup2 mount")
+    worker::disk::cgroup2_mount(&mountinfo).expect("no cgroup2 mount")
 }
 
 impl Fixture {
@@ -847,7 +847,7 @@ fn crash_a_worker(state: &std::path::Path, base: &std::path::Path) -> Crashed {
         procs.contains(&leader) && procs.contains(&daemon),
         "the job's processes outlive the crash in its cgroup: {procs:?}"
     );
-    let record = worker::store::read_record(&state.join("jobs").join(id.to_string())).unwrap();
+    let record = worker::disk::read_record(&state.join("jobs").join(id.to_string())).unwrap();
     assert_eq!(record.state, worker::JobState::Running);
     assert_eq!(record.cgroup.as_ref(), Some(&cgroup));
     Crashed {
@@ -867,7 +867,7 @@ fn assert_recovered(worker: &Worker, state: &std::path::Path, crashed: &Crashed)
     assert_eq!(info.state, JobState::Stopped { signal: 9 });
     assert!(info.server_lost, "{info:?}");
     let record =
-        worker::store::read_record(&state.join("jobs").join(crashed.id.to_string())).unwrap();
+        worker::disk::read_record(&state.join("jobs").join(crashed.id.to_string())).unwrap();
     assert_eq!(record.state, worker::JobState::Stopped { signal: 9 });
     assert!(record.server_lost);
 }

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use worker::store;
+use worker::disk as store;
 use worker::{Config, Error, JobInfo, JobSpec, JobState, Worker};
 
 mod support;

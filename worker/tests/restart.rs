@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use worker::logfile::{self, Stream as LogStream};
-use worker::store::{self, JobRecord};
+use worker::disk as logfile;
+use worker::disk::{self as store, JobRecord};
+use worker::Stream as LogStream;
 use worker::{Config, Error, JobSpec, JobState, Stream, Worker};
 
 mod support;

@@ -7,8 +7,8 @@
 use std::io;
 use std::time::Duration;
 
-use crate::cgroup::{JobCgroup, Usage};
-use crate::spawn::ExitStatus;
+use crate::process::cgroup::{JobCgroup, Usage};
+use crate::process::spawn::ExitStatus;
 
 /// How long the cgroup of an ended job may take to empty after `cgroup.kill`.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);

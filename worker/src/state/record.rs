@@ -1,6 +1,6 @@
 //! Job records on disk, so that history survives a restart or a crash of jobd.
 //!
-//! Each job folder holds `job.json` (this record) and `output.log` (see [`crate::logfile`]).
+//! Each job folder holds `job.json` (this record) and `output.log` (see [`crate::output::logfile`]).
 //! Records are replaced atomically: write a temporary file, fsync it, rename it over the
 //! old one, fsync the folder. A crash leaves either the old record or the new one.
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::logfile::{from_unix_nanos, to_unix_nanos};
+use crate::output::logfile::{from_unix_nanos, to_unix_nanos};
 use crate::spec::{Isolation, JobId, Limits};
 use crate::status::{JobInfo, JobState};
 
@@ -23,7 +23,7 @@ pub const LOG_FILE: &str = "output.log";
 /// Everything jobd must know about a job to report it after a restart: the disk form of
 /// [`JobInfo`] (times as Unix nanoseconds, no `record_error`, which is only ever about a
 /// record not written) plus what a later jobd needs to find the job's processes. Its own
-/// type because its format is versioned; [`JobRecord::new`] and [`JobRecord::into_info`]
+/// type because its format is versioned; `JobRecord::new` and `JobRecord::into_info`
 /// are the only conversions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -127,7 +127,7 @@ pub fn encode(record: &JobRecord) -> io::Result<Vec<u8>> {
 pub fn replace_record(dir: &Path, record: &JobRecord, durable: bool) -> io::Result<u64> {
     let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
     let json = encode(record)?;
-    let mut f = crate::private::create(&tmp)?;
+    let mut f = crate::state::private::create(&tmp)?;
     f.write_all(&json)?;
     if durable {
         f.sync_all()?;
@@ -197,7 +197,7 @@ pub enum LockError {
 impl StateLock {
     pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
         let path = state_dir.join("lock");
-        let file = match crate::private::options()
+        let file = match crate::state::private::options()
             .read(true)
             .write(true)
             .create(true)
@@ -233,7 +233,7 @@ mod tests {
     fn record() -> JobRecord {
         let spec = crate::spec::JobSpec::new("alice", vec!["sleep".into(), "60".into()])
             .with_isolation(Isolation::ALL);
-        let credentials = crate::spawn::Credentials {
+        let credentials = crate::process::spawn::Credentials {
             uid: 65534,
             gid: 65534,
         };
@@ -264,7 +264,7 @@ mod tests {
     /// change the format fails here rather than on a server's state dir.
     #[test]
     fn the_version_1_format_is_kept() {
-        let golden = include_str!("../tests/data/job-record-v1.json");
+        let golden = include_str!("../../tests/data/job-record-v1.json");
         let mut expected = record();
         expected.cgroup =
             Some("/sys/fs/cgroup/jobd/jobs/6f1c2a7e-8a7b-4b7e-9c1d-2e3f4a5b6c7d".into());

@@ -1,5 +1,5 @@
 //! Records that never lie: a job is recorded before its program runs (see the exec gate in
-//! [`crate::spawn`]), and its end is recorded even when the state dir has filled up since.
+//! [`crate::process::spawn`]), and its end is recorded even when the state dir has filled up since.
 //!
 //! The end needs room on a disk that may be full by then, so each job folder keeps room for
 //! its final record from the start: `job.json.reserve`, allocated (`posix_fallocate`) when
@@ -22,16 +22,16 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::job::Job;
-use crate::spawn::Credentials;
+use crate::process::spawn::Credentials;
 use crate::spec::{JobId, JobSpec};
+use crate::state::record::{self, JobRecord};
 use crate::status::JobInfo;
-use crate::store::{self, JobRecord};
 
 /// The room kept for a job's final record.
 pub const RESERVE_FILE: &str = "job.json.reserve";
 
 /// The first record's file until it is renamed to `job.json`: made with the folder, so a
-/// start creates no inode (see [`crate::folder`]).
+/// start creates no inode (see [`crate::state::folder`]).
 pub const FIRST_RECORD_FILE: &str = "job.json.first";
 
 /// What every folder reserves when it is made: a page holds a typical record.
@@ -52,7 +52,7 @@ pub fn is_full(e: &io::Error) -> bool {
 
 /// Makes `dir`'s reserve for the final record.
 pub(crate) fn reserve(dir: &Path) -> io::Result<()> {
-    let file = crate::private::options()
+    let file = crate::state::private::options()
         .write(true)
         .create_new(true)
         .open(dir.join(RESERVE_FILE))?;
@@ -61,7 +61,7 @@ pub(crate) fn reserve(dir: &Path) -> io::Result<()> {
 
 /// Makes `dir`'s empty file for the first record.
 pub(crate) fn first_record_file(dir: &Path) -> io::Result<File> {
-    crate::private::options()
+    crate::state::private::options()
         .write(true)
         .create_new(true)
         .open(dir.join(FIRST_RECORD_FILE))
@@ -98,12 +98,12 @@ pub(crate) fn first_record(
 /// record may not fit. Not flushed to the device: what it guards against is a crash of
 /// jobd, which keeps the page cache, whereas a power loss ends the job too.
 pub(crate) fn write_first(dir: &Path, file: &File, record: &JobRecord) -> io::Result<()> {
-    let json = store::encode(record)?;
+    let json = record::encode(record)?;
     file.write_all_at(&json, 0)?;
-    fs::rename(dir.join(FIRST_RECORD_FILE), dir.join(store::RECORD_FILE))?;
+    fs::rename(dir.join(FIRST_RECORD_FILE), dir.join(record::RECORD_FILE))?;
     let len = json.len() as u64;
     if len + FINAL_SLACK > RESERVE_BYTES {
-        let file = crate::private::options()
+        let file = crate::state::private::options()
             .write(true)
             .create(true)
             .truncate(false)
@@ -120,15 +120,15 @@ pub(crate) fn write_final(dir: &Path, record: &JobRecord) -> io::Result<()> {
     let file = match File::options().write(true).open(&reserve) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return store::replace_record(dir, record, true).map(|_| ())
+            return record::replace_record(dir, record, true).map(|_| ())
         }
         Err(e) => return Err(e),
     };
-    let json = store::encode(record)?;
+    let json = record::encode(record)?;
     file.write_all_at(&json, 0)?;
     file.set_len(json.len() as u64)?;
     file.sync_all()?;
-    fs::rename(&reserve, dir.join(store::RECORD_FILE))?;
+    fs::rename(&reserve, dir.join(record::RECORD_FILE))?;
     File::open(dir)?.sync_all()
 }
 

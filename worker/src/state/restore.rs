@@ -10,12 +10,12 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cgroup::JobCgroup;
-use crate::durable;
 use crate::job::Job;
-use crate::logfile;
+use crate::output::logfile;
+use crate::process::cgroup::JobCgroup;
+use crate::state::durable;
+use crate::state::record::{self, JobRecord};
 use crate::status::JobState;
-use crate::store::{self, JobRecord};
 
 /// Loads the jobs in `jobs_dir`. Folders that cannot be read are left alone and logged.
 pub(crate) fn restore_jobs(jobs_dir: &Path) -> Vec<Job> {
@@ -28,7 +28,7 @@ pub(crate) fn restore_jobs(jobs_dir: &Path) -> Vec<Job> {
         if !dir.is_dir() {
             continue;
         }
-        match store::read_record(&dir) {
+        match record::read_record(&dir) {
             Ok(record) => jobs.push(restore_job(record, &dir)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // The start was interrupted before the job was recorded, so before its
@@ -46,7 +46,7 @@ pub(crate) fn restore_jobs(jobs_dir: &Path) -> Vec<Job> {
 }
 
 fn restore_job(mut record: JobRecord, dir: &Path) -> Job {
-    let (committed, log_error) = match recover_log(&dir.join(store::LOG_FILE)) {
+    let (committed, log_error) = match recover_log(&dir.join(record::LOG_FILE)) {
         Ok((len, cut)) => {
             if cut > 0 {
                 tracing::warn!(job = %record.id, bytes = cut, "cut a torn record off the end of a job's output");
@@ -111,7 +111,7 @@ fn kill_orphans(record: &JobRecord) {
     // is the job's leader or nobody's. A live process with that pid and another start time
     // (after a reboot, say) means the job's session is gone and this one is someone else's.
     // A start time of 0 was not known when the job started: nothing to compare with.
-    if let Some(ticks) = store::process_start_ticks(record.pid) {
+    if let Some(ticks) = record::process_start_ticks(record.pid) {
         if record.start_ticks != 0 && ticks != record.start_ticks {
             tracing::info!(job = %record.id, pid = record.pid, "the job's pid belongs to another process now: nothing of the job is left to kill");
             return;

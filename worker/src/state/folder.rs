@@ -3,7 +3,7 @@
 //!
 //! Making a folder and its files costs a filesystem an inode each, which on ext4 is the
 //! largest part of a start without namespaces. So folders are made ahead (see
-//! [`crate::ahead`]) in `spare/`, and a start renames one into place under its job's id:
+//! [`crate::made_ahead`]) in `spare/`, and a start renames one into place under its job's id:
 //! the start itself then creates no inode, not even for the job's record.
 //! Nothing in `spare/` is a job: it is emptied whenever a worker opens the state dir, so a
 //! crash leaves nothing there that a restart could mistake for one.
@@ -12,12 +12,12 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::ahead::Ahead;
-use crate::durable;
-use crate::logfile;
-use crate::private;
+use crate::made_ahead::Ahead;
+use crate::output::logfile;
 use crate::spec::JobId;
-use crate::store;
+use crate::state::durable;
+use crate::state::private;
+use crate::state::record;
 
 /// Where folders made ahead wait: next to `jobs/`, on the same filesystem, so that a
 /// rename moves them.
@@ -32,14 +32,14 @@ pub struct Folder {
 }
 
 /// Makes `dir` with an output log holding just the header, the room for the job's final
-/// record and an empty file for its first (see [`crate::durable`]).
+/// record and an empty file for its first (see [`crate::state::durable`]).
 pub fn create(dir: &Path) -> io::Result<Folder> {
     private::create_dir(dir)?;
     let made = (|| {
         let mut log = private::options()
             .write(true)
             .create_new(true)
-            .open(dir.join(store::LOG_FILE))?;
+            .open(dir.join(record::LOG_FILE))?;
         log.write_all(&logfile::file_header())?;
         durable::reserve(dir)?;
         let first_record = durable::first_record_file(dir)?;
@@ -117,7 +117,7 @@ mod tests {
         log.write_all(b"more").unwrap();
         let mut expected = logfile::file_header().to_vec();
         expected.extend_from_slice(b"more");
-        assert_eq!(fs::read(dir.join(store::LOG_FILE)).unwrap(), expected);
+        assert_eq!(fs::read(dir.join(record::LOG_FILE)).unwrap(), expected);
         assert_eq!(
             entries(&dir),
             3,
@@ -141,7 +141,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let spare = state.path().join(SPARE_DIR);
         fs::create_dir_all(spare.join("left-by-a-crash")).unwrap();
-        File::create(spare.join("left-by-a-crash").join(store::LOG_FILE)).unwrap();
+        File::create(spare.join("left-by-a-crash").join(record::LOG_FILE)).unwrap();
         let pool = spares(state.path(), 3).unwrap();
         assert!(!spare.join("left-by-a-crash").exists());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

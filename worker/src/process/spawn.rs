@@ -154,7 +154,7 @@ pub struct Command {
     cwd: CString,
     /// New namespaces, created by the same `clone3` that starts the child.
     namespaces: Isolation,
-    /// A network namespace made ahead (see [`crate::netns`]) to enter instead of a new one.
+    /// A network namespace made ahead (see [`crate::process::netns`]) to enter instead of a new one.
     netns: Option<OwnedFd>,
     credentials: Option<Credentials>,
     /// tmpfs options for a private `/tmp` and `/var/tmp`, with a mount namespace.

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::error::Error;
 use crate::job::Progress;
-use crate::logfile::{self, Continued, Record, FILE_HEADER_LEN};
+use crate::output::logfile::{self, Continued, Record, FILE_HEADER_LEN};
 
 /// Bounds on the bytes one batch reads. A batch is the budget's fair share among the
 /// readers that exist: one reader replaying a log gets large batches (few messages), a

@@ -1,7 +1,7 @@
 //! Fresh network namespaces, made before they are needed.
 //!
 //! A new network namespace with its loopback up costs the kernel more than the whole
-//! fork and exit of a process (BENCHMARKS.md has the figures). So they are made ahead (see [`crate::ahead`]), and a start enters one with `setns`
+//! fork and exit of a process (BENCHMARKS.md has the figures). So they are made ahead (see [`crate::made_ahead`]), and a start enters one with `setns`
 //! instead of creating it inside `clone3`. None is ever reused: a reused namespace would
 //! let a job reach sockets an earlier job left behind.
 
@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::ahead::Ahead;
-use crate::spawn;
+use crate::made_ahead::Ahead;
+use crate::process::spawn;
 
 /// Where a thread's own network namespace is; opening it pins that namespace.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";

@@ -20,8 +20,8 @@ use std::sync::{Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::private;
-use crate::spawn::Credentials;
+use crate::process::spawn::Credentials;
+use crate::state::private;
 
 /// Where the mapping lives in the state dir.
 pub const USERS_FILE: &str = "users.json";

@@ -10,23 +10,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::ahead::Ahead;
-use crate::cgroup::{self, CgroupMode, Cgroups};
-use crate::durable::Retries;
 use crate::error::Error;
-use crate::folder::{self, Spare};
 use crate::job::Job;
-use crate::limits::LimitPolicy;
-use crate::netns;
+use crate::made_ahead::Ahead;
 use crate::page::{self, ListQuery, Page};
-use crate::private;
+use crate::policy::LimitPolicy;
+use crate::process::cgroup::{self, CgroupMode, Cgroups};
+use crate::process::netns;
+use crate::process::spawn;
+use crate::process::uids::{JobUsers, UidRange};
 use crate::quota::Quotas;
-use crate::restore;
-use crate::spawn;
 use crate::spec::{Isolation, JobId};
+use crate::state::durable::Retries;
+use crate::state::folder::{self, Spare};
+use crate::state::private;
+use crate::state::record::StateLock;
+use crate::state::restore;
 use crate::status::JobInfo;
-use crate::store::StateLock;
-use crate::users::{JobUsers, UidRange};
 
 /// Network namespaces kept ready for starts: enough for a burst of starts, while each idle
 /// one holds a little kernel memory.
@@ -34,7 +34,6 @@ const SPARE_NETNS: usize = 8;
 
 /// Job folders kept ready for starts.
 const SPARE_FOLDERS: usize = 8;
-
 
 /// How the worker is set up.
 #[derive(Debug, Clone)]
@@ -275,7 +274,7 @@ impl Worker {
             .ok_or(Error::NotFound(*id))
     }
 
-    /// One page of the list (see [`crate::page`]): only the jobs on it are touched, so a
+    /// One page of the list (see `page.rs`): only the jobs on it are touched, so a
     /// page costs the same however many jobs, and argv bytes, the server keeps.
     pub fn page(&self, query: &ListQuery) -> Page {
         let jobs = self.jobs.read().unwrap_or_else(PoisonError::into_inner);

@@ -20,8 +20,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::job::Job;
-use crate::logfile::{self, Stream, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
-use crate::spawn::{self, Child};
+use crate::output::logfile::{self, Stream, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
+use crate::process::spawn::{self, Child};
 
 /// Payload room a job's buffer starts with, before its output shows it needs more.
 const FIRST_RECORD_DATA: usize = 16 * 1024;
@@ -208,7 +208,7 @@ impl Sink {
             // Keep draining the pipes so the job never blocks on a full disk; the loss is
             // reported in the job's status.
             self.storing = false;
-            job.set_output_error(if crate::durable::is_full(&e) {
+            job.set_output_error(if crate::state::durable::is_full(&e) {
                 "output not stored: the state dir is full".to_string()
             } else {
                 format!("output not stored: {e}")
