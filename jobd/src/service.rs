@@ -62,7 +62,9 @@ impl Service {
     fn job_for(&self, caller: &Identity, action: Action, id: &str) -> Result<Arc<Job>, Status> {
         // A caller without a role learns nothing, not even whether the id is well formed.
         authz::authorize(caller, action, Some(&caller.name)).map_err(denied(id))?;
-        let id: JobId = id.parse().map_err(convert::error)?;
+        let id: JobId = id
+            .parse()
+            .map_err(|e: worker::MalformedJobId| convert::error(e.into()))?;
         let job = self.worker.job(&id).map_err(convert::error)?;
         authz::authorize(caller, action, Some(job.owner())).map_err(denied(&id.to_string()))?;
         Ok(job)

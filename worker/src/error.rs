@@ -3,8 +3,8 @@
 
 use std::io;
 
+use crate::id::{JobId, MalformedJobId};
 use crate::process::cgroup::{CgroupError, DeviceError};
-use crate::spec::JobId;
 use crate::state::record::LockError;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,13 @@ impl From<CgroupError> for Error {
 /// A device named in a limit is always the caller's to fix.
 impl From<DeviceError> for Error {
     fn from(e: DeviceError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// A malformed job id is the caller's mistake.
+impl From<MalformedJobId> for Error {
+    fn from(e: MalformedJobId) -> Self {
         Error::InvalidArgument(e.to_string())
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::error::Error;
-use crate::output::reader::LogReader;
+use crate::output::reader::{LogReader, Progress};
 use crate::process::cgroup::Usage;
 use crate::process::members::Processes;
 use crate::process::spawn::{Credentials, ExitStatus};
@@ -19,14 +19,6 @@ use crate::spec::{JobId, JobSpec};
 use crate::state::durable::{self, Retries};
 use crate::state::record::{self, JobRecord};
 use crate::status::{JobInfo, JobState};
-
-/// How much of the job's log is committed, and whether the writer has finished.
-/// Readers never read past `committed`, so they never see a half-written record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Progress {
-    pub committed: u64,
-    pub done: bool,
-}
 
 #[derive(Debug)]
 struct RunState {
@@ -444,12 +436,12 @@ impl Job {
         self.run().running_quota = Some(quota);
     }
 
-    /// Writes the final record (retried as [`durable::store_final`] says) and marks the
+    /// Writes the final record (retried as [`Job::store_final`] says) and marks the
     /// job's folder as no longer in use. `release` runs in between: the capture thread lets
     /// go of the state dir there, so whoever waits for [`Job::settled`] finds the state dir
     /// free to open again.
     pub(crate) fn settle(&self, retries: &Retries, release: impl FnOnce()) {
-        durable::store_final(self, retries);
+        self.store_final(retries);
         release();
         self.settled.send_replace(true);
     }
@@ -492,5 +484,52 @@ impl Job {
     /// Tells readers that no more output will come, so followers drain and stop.
     pub(crate) fn finish_output(&self) {
         self.progress.send_modify(|p| p.done = true);
+    }
+
+    /// Writes the job's final record, retrying with backoff until it is stored, the job is
+    /// removed, or the worker shuts down; the job's status tells of a record not stored.
+    fn store_final(&self, retries: &Retries) {
+        let mut pause = durable::FIRST_RETRY;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let e = match durable::write_final(self.dir(), &self.record()) {
+                Ok(()) => {
+                    if attempts > 1 {
+                        self.set_record_error(None);
+                        tracing::info!(job = %self.id(), attempts, "stored the job's final record");
+                    }
+                    return;
+                }
+                Err(e) => e,
+            };
+            let why = if durable::is_full(&e) {
+                "the state dir is full".to_string()
+            } else {
+                e.to_string()
+            };
+            if attempts == 1 {
+                tracing::error!(job = %self.id(), error = %e, "cannot store the job's final record; retrying");
+                self.set_record_error(Some(format!(
+                    "the job's end is not stored yet (retrying): {why}"
+                )));
+            }
+            if self.is_discarded() {
+                return;
+            }
+            let down = retries.pause(pause);
+            if self.is_discarded() {
+                return;
+            }
+            if down {
+                if let Err(e) = durable::write_final(self.dir(), &self.record()) {
+                    tracing::error!(job = %self.id(), error = %e, attempts = attempts + 1, "cannot store the job's final record before shutdown: a restart will show it as lost");
+                } else {
+                    self.set_record_error(None);
+                }
+                return;
+            }
+            pause = (pause * 2).min(durable::MAX_RETRY);
+        }
     }
 }

@@ -18,6 +18,7 @@
 //! `made_ahead` keeps namespaces and folders ready before starts ask for them.
 
 mod error;
+mod id;
 mod job;
 mod made_ahead;
 mod output;
@@ -32,6 +33,7 @@ mod status;
 mod table;
 
 pub use error::Error;
+pub use id::{JobId, MalformedJobId};
 pub use job::Job;
 pub use output::logfile::{Record, Stream};
 pub use output::reader::LogReader;
@@ -40,7 +42,7 @@ pub use policy::LimitPolicy;
 pub use process::cgroup::{CgroupError, CgroupMode};
 pub use process::spawn::Credentials;
 pub use process::uids::{UidRange, USERS_FILE};
-pub use spec::{DeviceRate, Isolation, JobId, JobSpec, Limits};
+pub use spec::{DeviceRate, Isolation, JobSpec, Limits};
 pub use start::PRIVATE_TMP_BYTES;
 pub use status::{JobInfo, JobState};
 pub use table::{Config, Worker};

@@ -11,9 +11,9 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use crate::id::JobId;
 use crate::job::Job;
 use crate::output::logfile::to_unix_nanos;
-use crate::spec::JobId;
 
 /// A place in the list's order: a page starts after the job with this start time and id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -22,8 +22,15 @@ use bytes::Bytes;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::error::Error;
-use crate::job::Progress;
 use crate::output::logfile::{self, Continued, Record, FILE_HEADER_LEN};
+
+/// How much of the job's log is committed, and whether the writer has finished.
+/// Readers never read past `committed`, so they never see a half-written record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub committed: u64,
+    pub done: bool,
+}
 
 /// Bounds on the bytes one batch reads. A batch is the budget's fair share among the
 /// readers that exist: one reader replaying a log gets large batches (few messages), a

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::job::Job;
 use crate::process::spawn::Credentials;
 use crate::spec::{JobId, JobSpec};
 use crate::state::record::{self, JobRecord};
@@ -42,8 +41,8 @@ const RESERVE_BYTES: u64 = 4096;
 const FINAL_SLACK: u64 = 1024;
 
 /// The first and the longest pause between attempts at a final record.
-const FIRST_RETRY: Duration = Duration::from_millis(50);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(50);
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// Whether `e` says the filesystem (or the user's quota on it) has no room left.
 pub fn is_full(e: &io::Error) -> bool {
@@ -158,7 +157,7 @@ impl Retries {
     }
 
     /// Waits up to `pause`; returns whether the worker is shutting down.
-    fn pause(&self, pause: Duration) -> bool {
+    pub(crate) fn pause(&self, pause: Duration) -> bool {
         let down = self.lock();
         if *down {
             return true;
@@ -168,52 +167,5 @@ impl Retries {
             .wait_timeout(down, pause)
             .unwrap_or_else(PoisonError::into_inner);
         *down
-    }
-}
-
-/// Writes the job's final record, retrying with backoff until it is stored, the job is
-/// removed, or the worker shuts down; the job's status tells of a record not stored.
-pub(crate) fn store_final(job: &Job, retries: &Retries) {
-    let mut pause = FIRST_RETRY;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let e = match write_final(job.dir(), &job.record()) {
-            Ok(()) => {
-                if attempts > 1 {
-                    job.set_record_error(None);
-                    tracing::info!(job = %job.id(), attempts, "stored the job's final record");
-                }
-                return;
-            }
-            Err(e) => e,
-        };
-        let why = if is_full(&e) {
-            "the state dir is full".to_string()
-        } else {
-            e.to_string()
-        };
-        if attempts == 1 {
-            tracing::error!(job = %job.id(), error = %e, "cannot store the job's final record; retrying");
-            job.set_record_error(Some(format!(
-                "the job's end is not stored yet (retrying): {why}"
-            )));
-        }
-        if job.is_discarded() {
-            return;
-        }
-        let down = retries.pause(pause);
-        if job.is_discarded() {
-            return;
-        }
-        if down {
-            if let Err(e) = write_final(job.dir(), &job.record()) {
-                tracing::error!(job = %job.id(), error = %e, attempts = attempts + 1, "cannot store the job's final record before shutdown: a restart will show it as lost");
-            } else {
-                job.set_record_error(None);
-            }
-            return;
-        }
-        pause = (pause * 2).min(MAX_RETRY);
     }
 }

@@ -12,9 +12,9 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::id::JobId;
 use crate::made_ahead::Ahead;
 use crate::output::logfile;
-use crate::spec::JobId;
 use crate::state::durable;
 use crate::state::private;
 use crate::state::record;
