@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use common::Isolation;
 
 use crate::client::Target;
 
@@ -168,37 +169,8 @@ pub struct StartArgs {
     pub command: Vec<String>,
 }
 
-/// The namespaces asked for with `--isolate`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Isolation {
-    pub pid: bool,
-    pub mount: bool,
-    pub net: bool,
-}
-
 fn parse_isolation(s: &str) -> Result<Isolation, String> {
-    let mut i = Isolation::default();
-    for part in s.split(',').map(str::trim) {
-        match part {
-            "all" => {
-                i = Isolation {
-                    pid: true,
-                    mount: true,
-                    net: true,
-                }
-            }
-            "none" => {}
-            "pid" => i.pid = true,
-            "mount" => i.mount = true,
-            "net" => i.net = true,
-            other => {
-                return Err(format!(
-                    "{other:?}: namespaces are pid, mount and net (or all, or none)"
-                ))
-            }
-        }
-    }
-    Ok(i)
+    Isolation::from_list(s).map_err(|e| e.to_string())
 }
 
 /// Parses `64M`, `2G`, `512K` or a plain byte count (binary units: K = 1024).
@@ -259,6 +231,24 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn isolate_takes_the_servers_namespace_names() {
+        let asked = |list: &str| {
+            let cli = Cli::try_parse_from(["jobc", "start", "--isolate", list, "true"])?;
+            match cli.command {
+                Command::Start(start) => Ok::<_, clap::Error>(start.isolate),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert_eq!(
+            asked("pid,net").unwrap(),
+            Isolation::from_list("pid,net").ok()
+        );
+        assert_eq!(asked("none").unwrap(), Some(Isolation::NONE));
+        let err = asked("pid,user").unwrap_err().to_string();
+        assert!(err.contains("unknown namespace \"user\""), "{err}");
     }
 
     #[test]

@@ -216,18 +216,8 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     config.worker.retention = args.retention.or(file_retention);
     config.worker.max_output_bytes = file.max_output_bytes;
     if let Some(list) = &file.isolation {
-        let mut isolation = worker::Isolation::NONE;
-        for ns in list {
-            match ns.as_str() {
-                "pid" => isolation.pid = true,
-                "mount" => isolation.mount = true,
-                "net" => isolation.net = true,
-                other => anyhow::bail!(
-                    "isolation in the config file: unknown namespace {other:?} (pid, mount, net)"
-                ),
-            }
-        }
-        config.worker.isolation = isolation;
+        config.worker.isolation = worker::Isolation::from_names(list.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("isolation in the config file: {e}"))?;
     }
     if file.job_user.is_some() {
         anyhow::bail!(
@@ -417,6 +407,27 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "weaker_isolation_roles in the config file: unknown role \"root\" (admin, user)"
+        );
+    }
+
+    #[test]
+    fn isolation_in_the_config_file_takes_jobcs_namespace_names() {
+        let isolation = |toml: &str| with_file(toml).unwrap().worker.isolation;
+        assert_eq!(isolation(""), worker::Isolation::ALL);
+        assert_eq!(isolation("isolation = []"), worker::Isolation::NONE);
+        assert_eq!(
+            isolation(r#"isolation = ["pid", "net"]"#),
+            worker::Isolation::from_list("pid,net").unwrap()
+        );
+        assert_eq!(
+            isolation(r#"isolation = ["none"]"#),
+            worker::Isolation::NONE
+        );
+        let err = with_file(r#"isolation = ["pid", "user"]"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "isolation in the config file: unknown namespace \"user\": namespaces are pid, \
+             mount and net (or all, or none)"
         );
     }
 

@@ -32,29 +32,8 @@ impl Limits {
     }
 }
 
-/// Which new namespaces a job runs in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Isolation {
-    /// Its own PID namespace (it is PID 1; everything it starts dies with it) and /proc.
-    pub pid: bool,
-    /// Its own mount namespace with private propagation: its mounts stay its own.
-    pub mount: bool,
-    /// Its own network namespace with only loopback: no way out.
-    pub net: bool,
-}
-
-impl Isolation {
-    pub const NONE: Isolation = Isolation {
-        pid: false,
-        mount: false,
-        net: false,
-    };
-    pub const ALL: Isolation = Isolation {
-        pid: true,
-        mount: true,
-        net: true,
-    };
-}
+/// Which new namespaces a job runs in: the one definition jobc and jobd parse names into.
+pub use common::Isolation;
 
 /// A request to run `argv` on behalf of `owner`.
 #[derive(Debug, Clone, PartialEq)]
