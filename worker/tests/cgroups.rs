@@ -11,9 +11,10 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use worker::{CgroupMode, Config, DeviceRate, Error, JobSpec, JobState, Limits, Stream, Worker};
+use worker::{CgroupMode, Config, DeviceRate, Error, JobSpec, JobState, Limits, Worker};
 
 mod support;
+use support::{collect, sh};
 
 /// A worker whose jobd subtree lives in a fresh cgroup of its own; on drop, its jobs are
 /// settled, the test process moves back to the root and every cgroup the test made must
@@ -95,33 +96,15 @@ impl Drop for Fixture {
     }
 }
 
-fn sh(script: &str) -> JobSpec {
-    JobSpec::new("alice", vec!["sh".into(), "-c".into(), script.into()])
-}
-
 fn limited(spec: JobSpec, f: impl FnOnce(&mut Limits)) -> JobSpec {
     let mut limits = Limits::default();
     f(&mut limits);
     spec.with_limits(limits)
 }
 
-/// A job's stdout once it has ended; the job must end within a minute.
+/// A job's stdout once it has ended.
 async fn output(job: &worker::Job) -> String {
-    let mut reader = job.logs(true).unwrap();
-    let mut out = Vec::new();
-    let all = async {
-        while let Some(batch) = reader.next_batch().await.unwrap() {
-            for r in batch {
-                if r.stream == Stream::Stdout {
-                    out.extend_from_slice(&r.data);
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), all)
-        .await
-        .expect("the job's output did not end within 60 s");
-    String::from_utf8(out).unwrap()
+    collect(job.logs(true).unwrap()).await.stdout()
 }
 
 /// The job's end; it must come within a minute.

@@ -7,10 +7,10 @@ use std::fs;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use worker::{Error, Isolation, JobSpec, JobState, Stream, UidRange, Worker};
+use worker::{Error, Isolation, JobSpec, JobState, UidRange};
 
 mod support;
-use support::{live_start_ticks, within, TestWorker};
+use support::{live_start_ticks, run, sh, within, TestWorker};
 
 /// Jobs isolated as jobd isolates them; with `uids`, each owner's under a uid of their own,
 /// else as root (the test's own user).
@@ -22,36 +22,6 @@ fn worker(uids: Option<UidRange>) -> TestWorker {
 }
 
 const PER_USER: Option<UidRange> = Some(UidRange::DYNAMIC_USER);
-
-fn sh(script: &str) -> JobSpec {
-    JobSpec::new("alice", vec!["sh".into(), "-c".into(), script.into()])
-}
-
-async fn run(w: &Worker, spec: JobSpec) -> (JobState, String, String) {
-    let job = w.start(spec).await.unwrap();
-    let mut reader = job.logs(true).unwrap();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    while let Some(batch) = tokio::time::timeout(Duration::from_secs(30), reader.next_batch())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        for r in batch {
-            match r.stream {
-                Stream::Stdout => out.extend_from_slice(&r.data),
-                _ => err.extend_from_slice(&r.data),
-            }
-        }
-    }
-    let state = within(Duration::from_secs(30), "the job's end", job.wait())
-        .await
-        .state;
-    (
-        state,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
-}
 
 #[tokio::test]
 async fn an_isolated_job_is_pid_1_and_sees_only_its_own_processes() {

@@ -4,35 +4,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use worker::{Error, Job, JobSpec, JobState, LogReader, Stream, Worker};
+use worker::{Error, Job, JobSpec, JobState, Stream, Worker};
 
 mod support;
-use support::{within, TestWorker};
+use support::{collect, sh, within, TestWorker};
 
 fn spec(argv: &[&str]) -> JobSpec {
     JobSpec::new("alice", argv.iter().map(|s| s.to_string()).collect())
-}
-
-fn sh(script: &str) -> JobSpec {
-    spec(&["sh", "-c", script])
-}
-
-/// Everything a reader delivers, split by stream.
-async fn collect(mut reader: LogReader) -> (Vec<u8>, Vec<u8>) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    while let Some(batch) = within(Duration::from_secs(30), "a batch", reader.next_batch())
-        .await
-        .unwrap()
-    {
-        for r in batch {
-            match r.stream {
-                Stream::Stdout => out.extend_from_slice(&r.data),
-                Stream::Stderr => err.extend_from_slice(&r.data),
-                Stream::System => panic!("unexpected note: {:?}", r.data),
-            }
-        }
-    }
-    (out, err)
 }
 
 async fn run_to_end(w: &Worker, spec: JobSpec) -> (Arc<Job>, JobState) {
@@ -64,7 +42,7 @@ async fn a_job_is_shown_ended_only_once_all_its_output_is_stored() {
     for _ in 0..10 {
         let (job, state) = run_to_end(&w, spec(&["head", "-c", "3000000", "/dev/zero"])).await;
         assert_eq!(state, JobState::Finished { exit_code: 0 });
-        let (out, _) = collect(job.logs(false).unwrap()).await;
+        let (out, _) = collect(job.logs(false).unwrap()).await.streams();
         assert_eq!(out.len(), 3_000_000);
     }
 }
@@ -208,7 +186,7 @@ async fn concurrent_stops_share_one_sequence_and_the_shorter_grace_wins() {
         .unwrap();
     assert_eq!(first.state, second.state);
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-    let (out, _) = collect(job.logs(false).unwrap()).await;
+    let (out, _) = collect(job.logs(false).unwrap()).await.streams();
     assert_eq!(String::from_utf8(out).unwrap(), "ready\nterm 1\n");
 }
 
@@ -275,7 +253,7 @@ async fn children_left_behind_die_when_the_main_process_exits() {
     let w = TestWorker::new();
     let (job, state) = run_to_end(&w, sh("sleep 1000 & echo $!")).await;
     assert_eq!(state, JobState::Finished { exit_code: 0 });
-    let (out, _) = collect(job.logs(false).unwrap()).await;
+    let (out, _) = collect(job.logs(false).unwrap()).await.streams();
     let pid: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !gone(pid) {
@@ -288,7 +266,7 @@ async fn children_left_behind_die_when_the_main_process_exits() {
 async fn stdout_and_stderr_are_captured_and_labelled() {
     let w = TestWorker::new();
     let (job, _) = run_to_end(&w, sh("echo to-out; echo to-err >&2; echo more-out")).await;
-    let (out, err) = collect(job.logs(true).unwrap()).await;
+    let (out, err) = collect(job.logs(true).unwrap()).await.streams();
     assert_eq!(out, b"to-out\nmore-out\n");
     assert_eq!(err, b"to-err\n");
 }
@@ -302,7 +280,7 @@ async fn binary_output_and_a_partial_last_line_are_stored_exactly() {
     content.extend_from_slice(b"no newline at the end");
     std::fs::write(&input, &content).unwrap();
     let (job, _) = run_to_end(&w, spec(&["cat", input.to_str().unwrap()])).await;
-    let (out, err) = collect(job.logs(false).unwrap()).await;
+    let (out, err) = collect(job.logs(false).unwrap()).await.streams();
     assert_eq!(out, content);
     assert!(err.is_empty());
 }
@@ -312,7 +290,7 @@ async fn a_50_mb_line_is_stored_exactly() {
     let w = TestWorker::new();
     let (job, state) = run_to_end(&w, sh("head -c 52428800 /dev/zero | tr '\\0' x; echo")).await;
     assert_eq!(state, JobState::Finished { exit_code: 0 });
-    let (out, _) = collect(job.logs(false).unwrap()).await;
+    let (out, _) = collect(job.logs(false).unwrap()).await.streams();
     assert_eq!(out.len(), 50 * 1024 * 1024 + 1);
     assert!(out[..out.len() - 1].iter().all(|&b| b == b'x'));
     assert_eq!(out.last(), Some(&b'\n'));
@@ -425,7 +403,7 @@ async fn three_concurrent_readers_one_slow_replay_200_mb_exactly() {
 async fn a_reader_that_joins_after_the_end_gets_everything() {
     let w = TestWorker::new();
     let (job, _) = run_to_end(&w, sh("for i in 1 2 3; do echo line $i; done")).await;
-    let (out, _) = collect(job.logs(true).unwrap()).await;
+    let (out, _) = collect(job.logs(true).unwrap()).await.streams();
     assert_eq!(out, b"line 1\nline 2\nline 3\n");
 }
 
@@ -467,7 +445,8 @@ async fn a_follower_sees_live_output_and_ends_with_the_job() {
         "a snapshot read",
         collect(job.logs(false).unwrap()),
     )
-    .await;
+    .await
+    .streams();
     assert_eq!(snap_out, b"first\n");
     std::fs::write(&go, b"").unwrap();
     let (rest, _) = within(
@@ -475,7 +454,8 @@ async fn a_follower_sees_live_output_and_ends_with_the_job() {
         "the follower's end with the job",
         collect(follower),
     )
-    .await;
+    .await
+    .streams();
     assert_eq!(rest, b"second\n");
     assert_eq!(job.info().state, JobState::Finished { exit_code: 0 });
 }
@@ -561,7 +541,7 @@ async fn the_job_runs_with_a_clean_environment() {
         sh("env; pwd; cat; grep -E 'SigBlk|SigIgn' /proc/self/status; echo done"),
     )
     .await;
-    let (out, _) = collect(job.logs(false).unwrap()).await;
+    let (out, _) = collect(job.logs(false).unwrap()).await.streams();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains(&format!("PATH={}", worker_path())), "{text}");
     assert!(!text.contains("CARGO"), "server environment leaked: {text}");

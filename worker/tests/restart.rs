@@ -14,7 +14,7 @@ use worker::Stream as LogStream;
 use worker::{Config, Error, JobSpec, JobState, Stream, Worker};
 
 mod support;
-use support::{live_start_ticks, within, Settling, StateDir};
+use support::{collect, live_start_ticks, within, Settling, StateDir};
 
 /// A worker that runs jobs without cgroups or PID namespaces, as these tests' jobs are
 /// (see `support::TestWorker`).
@@ -180,20 +180,7 @@ fn running_record(id: worker::JobId, pid: i32, start_ticks: u64, argv: Vec<&str>
 }
 
 async fn all_output(job: &worker::Job) -> Vec<(Stream, Vec<u8>)> {
-    let mut reader = job.logs(false).unwrap();
-    let mut out: Vec<(Stream, Vec<u8>)> = Vec::new();
-    while let Some(batch) = within(T, "a batch of output", reader.next_batch())
-        .await
-        .unwrap()
-    {
-        for r in batch {
-            match out.last_mut() {
-                Some((s, bytes)) if *s == r.stream => bytes.extend_from_slice(&r.data),
-                _ => out.push((r.stream, r.data.to_vec())),
-            }
-        }
-    }
-    out
+    collect(job.logs(false).unwrap()).await.runs
 }
 
 #[tokio::test]

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use worker::{Config, Error, Isolation, Job, JobSpec, JobState, Stream, UidRange, Worker};
+use worker::{Config, Error, Isolation, Job, JobSpec, JobState, UidRange, Worker};
 
 mod support;
-use support::{live_start_ticks, within, Settling, StateDir};
+use support::{collect, live_start_ticks, run, within, Settling, StateDir};
 
 /// How long any one wait in these tests may take.
 const T: Duration = Duration::from_secs(20);
@@ -92,32 +92,14 @@ fn every_isolation() -> Vec<Isolation> {
         .collect()
 }
 
-fn sh(owner: &str, isolation: Isolation, script: &str) -> JobSpec {
-    JobSpec::new(owner, vec!["sh".into(), "-c".into(), script.into()]).with_isolation(isolation)
-}
-
-/// Runs a job to its end: its state, stdout and stderr.
-async fn run(w: &Worker, spec: JobSpec) -> (JobState, String, String) {
-    let job = w.start(spec).await.expect("the job starts");
-    let mut reader = job.logs(true).unwrap();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    while let Some(batch) = within(T, "the job's output", reader.next_batch())
-        .await
-        .unwrap()
-    {
-        for r in batch {
-            match r.stream {
-                Stream::Stdout => out.extend_from_slice(&r.data),
-                _ => err.extend_from_slice(&r.data),
-            }
-        }
+/// `owner`'s job running `sh -c script` in these namespaces.
+fn sh_as(owner: &str, isolation: Isolation, script: &str) -> JobSpec {
+    let spec = support::sh(script);
+    JobSpec {
+        owner: owner.into(),
+        ..spec
     }
-    let state = within(T, "the job's end", job.wait()).await.state;
-    (
-        state,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
+    .with_isolation(isolation)
 }
 
 /// Bob's job, running: it has printed its secret (so its output log holds it) and keeps
@@ -132,7 +114,7 @@ impl Bob {
     async fn start(w: &Worker, isolation: Isolation) -> Bob {
         let (a, b) = SECRET_HALVES;
         let job = w
-            .start(sh(
+            .start(sh_as(
                 "bob",
                 isolation,
                 &format!("a={a}; b={b}; s=\"$a-$b\"; echo \"$s\"; sleep 1000"),
@@ -195,7 +177,7 @@ async fn alice_cannot_read_or_write_bobs_output_or_record_under_any_isolation() 
              cat {public_shown}",
             jobs = jobs.display()
         ));
-        let (state, out, err) = run(&host.worker, sh("alice", isolation, &script)).await;
+        let (state, out, err) = run(&host.worker, sh_as("alice", isolation, &script)).await;
         assert!(
             matches!(state, JobState::Finished { .. }),
             "{isolation:?}: {state}"
@@ -229,7 +211,7 @@ async fn alice_cannot_signal_bobs_job_under_any_isolation() {
         let pid = bob.pid;
         let (state, out, err) = run(
             &host.worker,
-            sh(
+            sh_as(
                 "alice",
                 isolation,
                 &format!("kill -KILL {pid}; echo kill=$?; kill -STOP {pid}; echo stop=$?"),
@@ -347,7 +329,7 @@ async fn no_job_can_signal_the_server_under_any_isolation() {
         // `kill -0` is the permission check of every signal, without a signal.
         let (state, out, err) = run(
             &host.worker,
-            sh(
+            sh_as(
                 "alice",
                 isolation,
                 &format!("kill -0 $$; echo self=$?; kill -0 {server}; echo server=$?"),
@@ -371,16 +353,9 @@ async fn uid_of(w: &Worker, owner: &str) -> u32 {
         .start(JobSpec::new(owner, vec!["id".into(), "-u".into()]))
         .await
         .unwrap();
-    let mut reader = job.logs(true).unwrap();
-    let mut out = Vec::new();
-    while let Some(batch) = within(T, "the job's output", reader.next_batch())
-        .await
-        .unwrap()
-    {
-        batch.iter().for_each(|r| out.extend_from_slice(&r.data));
-    }
+    let out = collect(job.logs(true).unwrap()).await.stdout();
     let info = within(T, "the job's end", job.wait()).await;
-    let shown: u32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    let shown: u32 = out.trim().parse().unwrap();
     assert_eq!(
         info.uid,
         Some(shown),
@@ -510,7 +485,7 @@ async fn the_state_dir_is_private_after_start_up_and_after_jobs_ran() {
     wait_for_spares(state);
     assert_eq!(not_private(state), vec![], "after start-up");
 
-    let (finished, _, _) = run(&host.worker, sh("alice", Isolation::ALL, "echo done")).await;
+    let (finished, _, _) = run(&host.worker, sh_as("alice", Isolation::ALL, "echo done")).await;
     assert_eq!(finished, JobState::Finished { exit_code: 0 });
     let bob = Bob::start(&host.worker, Isolation::NONE).await;
     assert!(state.join(worker::USERS_FILE).exists());
@@ -581,7 +556,7 @@ async fn a_job_with_a_mount_namespace_gets_a_tmp_of_its_own() {
     ]);
     let writer = host
         .worker
-        .start(sh(
+        .start(sh_as(
             "alice",
             Isolation::ALL,
             &format!(
@@ -609,7 +584,7 @@ async fn a_job_with_a_mount_namespace_gets_a_tmp_of_its_own() {
     // Another job, of the same user even, sees an empty tmpfs of the default size.
     let (_, out, err) = run(
         &host.worker,
-        sh(
+        sh_as(
             "alice",
             Isolation {
                 net: false,
@@ -630,7 +605,7 @@ async fn a_job_with_a_mount_namespace_gets_a_tmp_of_its_own() {
     let hosts = tempfile::NamedTempFile::new_in("/tmp").unwrap();
     let (_, out, _) = run(
         &host.worker,
-        sh(
+        sh_as(
             "alice",
             Isolation::NONE,
             &format!("test -e {} && echo shared", hosts.path().display()),

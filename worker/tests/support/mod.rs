@@ -1,12 +1,15 @@
-//! What the worker's integration tests share: a worker that cleans up after its test.
-//! Each test file uses a part of it.
+//! What the worker's integration tests share: a worker that cleans up after its test, the
+//! `sh -c` job most tests run, and one way to read a job's output to its end. Each test
+//! file uses a part of it.
 #![allow(dead_code)]
 
 use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use worker::{Config, Worker};
+use std::time::Duration;
+
+use worker::{Config, JobSpec, JobState, LogReader, Stream, Worker};
 
 /// Stops every job still running and waits until each has written its final record.
 /// A job's end is visible before its record is synced, so deleting the state dir right
@@ -154,4 +157,87 @@ pub fn live_start_ticks(pid: i32) -> Option<u64> {
         return None;
     }
     fields.get(19)?.parse().ok()
+}
+
+/// A job running `sh -c script` for alice, with the worker's default isolation.
+pub fn sh(script: &str) -> JobSpec {
+    JobSpec::new("alice", vec!["sh".into(), "-c".into(), script.into()])
+}
+
+/// How long a job may stay silent before a test that reads its output gives up.
+const SILENCE: Duration = Duration::from_secs(60);
+
+/// Everything a reader delivered, as runs of one stream each, in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    pub runs: Vec<(Stream, Vec<u8>)>,
+}
+
+impl Output {
+    /// All bytes of `stream`, in order.
+    pub fn bytes(&self, stream: Stream) -> Vec<u8> {
+        let of_stream = self.runs.iter().filter(|(s, _)| *s == stream);
+        of_stream
+            .flat_map(|(_, data)| data.iter().copied())
+            .collect()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.bytes(Stream::Stdout)).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.bytes(Stream::Stderr)).into_owned()
+    }
+
+    /// Stdout and stderr, for a test that expects no note from the worker.
+    pub fn streams(self) -> (Vec<u8>, Vec<u8>) {
+        assert_eq!(
+            self.notes(),
+            Vec::<String>::new(),
+            "the worker noted lost output"
+        );
+        (self.bytes(Stream::Stdout), self.bytes(Stream::Stderr))
+    }
+
+    /// The worker's own notes in the log (output lost or cut), which most tests never expect.
+    pub fn notes(&self) -> Vec<String> {
+        let notes = self.runs.iter().filter(|(s, _)| *s == Stream::System);
+        notes
+            .map(|(_, data)| String::from_utf8_lossy(data).into_owned())
+            .collect()
+    }
+}
+
+/// Everything `reader` delivers until the output ends (for a following reader: until the
+/// job has ended and its pipes are drained).
+pub async fn collect(mut reader: LogReader) -> Output {
+    let mut out = Output::default();
+    while let Some(batch) = within(SILENCE, "the job's next output", reader.next_batch())
+        .await
+        .expect("the job's output is readable")
+    {
+        for r in batch {
+            match out.runs.last_mut() {
+                Some((stream, data)) if *stream == r.stream => data.extend_from_slice(&r.data),
+                _ => out.runs.push((r.stream, r.data.to_vec())),
+            }
+        }
+    }
+    out
+}
+
+/// Starts `spec`, reads its output to the end and waits for its end: its state, stdout
+/// and stderr. A note from the worker in the output fails the test: each caller expects
+/// every byte the job wrote.
+pub async fn run(w: &Worker, spec: JobSpec) -> (JobState, String, String) {
+    let job = w.start(spec).await.expect("the job starts");
+    let out = collect(job.logs(true).expect("a running job's log opens")).await;
+    let state = within(SILENCE, "the job's end", job.wait()).await.state;
+    assert_eq!(
+        out.notes(),
+        Vec::<String>::new(),
+        "the worker noted lost output"
+    );
+    (state, out.stdout(), out.stderr())
 }
