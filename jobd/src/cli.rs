@@ -76,6 +76,28 @@ pub struct ServeArgs {
     /// [default: 61184-65519, systemd's range for dynamic users].
     #[arg(long, value_name = "FIRST-LAST")]
     pub job_uid_range: Option<worker::UidRange>,
+    /// Once listening, write the bound address (HOST:PORT and a newline) to FILE, replaced
+    /// atomically: how a script or a test learns the port of `--listen 127.0.0.1:0`.
+    #[arg(long, value_name = "FILE")]
+    pub address_file: Option<PathBuf>,
+}
+
+/// Writes `addr` to `path` through a temporary file in the same folder and a rename, so
+/// that a reader polling for the file never sees it half written.
+pub fn write_address_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("--address-file {}: not a file name", path.display()))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    std::fs::write(&temp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            anyhow::anyhow!("cannot write the address file {}: {e}", path.display())
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -408,6 +430,23 @@ mod tests {
             err.to_string(),
             "weaker_isolation_roles in the config file: unknown role \"root\" (admin, user)"
         );
+    }
+
+    #[test]
+    fn the_address_file_is_replaced_whole_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("address");
+        std::fs::write(&path, "stale, from a jobd before\n").unwrap();
+        write_address_file(&path, "127.0.0.1:40123".parse().unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.1:40123\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("address")]);
+        let err = write_address_file(&dir.path().join("no/such/dir"), "[::1]:1".parse().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("no/such/dir"), "{err}");
     }
 
     #[test]

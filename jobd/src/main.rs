@@ -32,6 +32,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    let address_file = args.address_file.clone();
     let config = cli::server_config(args)?;
     let listen = config.listen;
     let server = jobd::server::Server::open(config)?;
@@ -42,6 +43,9 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
     tracing::info!(%addr, "listening");
+    if let Some(path) = &address_file {
+        cli::write_address_file(path, addr)?;
+    }
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let shutdown = async move {
