@@ -87,6 +87,41 @@ async fn read_logs(
     Ok(out)
 }
 
+/// A Start's reply says how long the server took over it, as `server-timing: start;dur=<ms>`
+/// (what the benchmark reads), and no longer than the client waited for the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_reply_carries_the_servers_own_time() {
+    let server = TestServer::start(|_| {}).await;
+    let mut alice = server.client("alice").await;
+    let sent = std::time::Instant::now();
+    let reply = alice
+        .start(pb::StartRequest {
+            argv: vec!["true".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let round_trip = sent.elapsed();
+    let timing = reply
+        .metadata()
+        .get("server-timing")
+        .expect("a server-timing in the Start reply")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ms: f64 = timing
+        .strip_prefix("start;dur=")
+        .unwrap_or_else(|| panic!("not of the form start;dur=<ms>: {timing:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{timing:?}: {e}"));
+    assert!(
+        ms > 0.0 && ms <= round_trip.as_secs_f64() * 1000.0,
+        "{timing:?} against a round trip of {round_trip:?}"
+    );
+    wait_ended(&mut alice, &reply.into_inner().job_id).await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rbac_matrix() {
     let server = TestServer::start(|_| {}).await;
