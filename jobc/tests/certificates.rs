@@ -2,11 +2,9 @@
 //! client certificates outside their validity, and identities read from unusual subjects.
 //! Real binaries on loopback; extra certificates are issued here from the PKI's CA.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{failure, issue, output, Jobd, Server, Validity, CN, JOBC_TIMEOUT, O};
+use testkit::{failure, issue, output, Jobd, Server, Validity, CN, JOBC_TIMEOUT, O};
 
 /// `jobc list` as alice, trusting the CA file `ca`, to `server`: (exit code, stderr).
 fn jobc_with_ca(s: &Server, ca: &std::path::Path, server: &str) -> (i32, String) {
@@ -24,10 +22,10 @@ fn jobc_refuses_a_server_its_ca_did_not_sign() {
     let s = Server::start();
     // Another `jobd pki init`: a CA of the same name with another key.
     let same_name = tempfile::tempdir().unwrap();
-    support::pki_init(same_name.path());
+    testkit::pki_init(same_name.path());
     // A CA of another name.
     let other_name = tempfile::tempdir().unwrap();
-    support::self_signed_ca(other_name.path(), "another CA");
+    testkit::self_signed_ca(other_name.path(), "another CA");
     for (ca, why) in [
         (
             same_name.path().join("ca.pem"),
@@ -71,7 +69,7 @@ fn jobc_refuses_a_server_certificate_for_another_name() {
         true,
         Validity::current(),
     );
-    let dir = support::public_tempdir();
+    let dir = testkit::public_tempdir();
     let other = Jobd::spawn(
         &dir.path().join("state"),
         &s.pki.join("ca.pem"),

@@ -7,17 +7,15 @@
 //!
 //! Each round's jobs are `sleep 3000.<tag><round>`, so the test recognises its own
 //! processes by `/proc/<pid>/cmdline` (for detection only: whatever it finds it kills by
-//! pid). `jobd` is looked up beside `jobc` in the target folder.
+//! pid).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobc::client::{self, Target};
 use proto::v1 as pb;
+use testkit::Jobd;
 
 const ROUNDS: u32 = 50;
 const STARTS_PER_ROUND: usize = 20;
@@ -25,16 +23,6 @@ const STARTS_PER_ROUND: usize = 20;
 const MAX_KILL_DELAY_MS: u64 = 60;
 /// How long any one wait in this test may take.
 const T: Duration = Duration::from_secs(20);
-
-fn jobd_bin() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_jobc")).with_file_name("jobd");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p jobd)",
-        path.display()
-    );
-    path
-}
 
 /// A small xorshift generator: the kill delays need no more, and the seed is printed so
 /// a failing run can be repeated (`CRASH_SEED=...`).
@@ -64,83 +52,32 @@ impl Rng {
     }
 }
 
-/// A running jobd this test started; SIGKILLed (by pid) when dropped.
-struct Jobd {
-    child: Child,
-    port: u16,
-}
-
-impl Jobd {
-    /// Starts jobd on `state`; retries while the state dir is still locked: a process that
-    /// the killed jobd had cloned holds a copy of the lock until it execs or exits.
-    fn start(state: &Path, pki: &Path) -> Jobd {
-        let deadline = Instant::now() + T;
-        loop {
-            let mut child = Command::new(jobd_bin())
-                .arg("serve")
-                .args(["--listen", "127.0.0.1:0", "--state-dir"])
-                .arg(state)
-                .arg("--ca")
-                .arg(pki.join("ca.pem"))
-                .arg("--cert")
-                .arg(pki.join("server.pem"))
-                .arg("--key")
-                .arg(pki.join("server-key.pem"))
-                .env("JOBD_LOG", "warn,jobd=info")
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            match wait_listening(&mut child) {
-                Ok(port) => return Jobd { child, port },
-                Err(log) => {
-                    let _ = child.wait();
-                    let locked = log.iter().any(|l| l.contains("is using the state dir"));
-                    assert!(
-                        locked && Instant::now() < deadline,
-                        "jobd did not start: {log:#?}"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+/// Starts jobd on `state`; retries while the state dir is still locked: a process that
+/// the killed jobd had cloned holds a copy of the lock until it execs or exits.
+fn start_jobd(state: &Path, pki: &Path) -> Jobd {
+    let deadline = Instant::now() + T;
+    loop {
+        let started = Jobd::spawn_with(
+            &testkit::jobd_bin(),
+            "warn,jobd=info",
+            state,
+            &pki.join("ca.pem"),
+            &pki.join("server.pem"),
+            &pki.join("server-key.pem"),
+            &[],
+        );
+        match started {
+            Ok(jobd) => return jobd,
+            Err((_, log)) => {
+                let locked = log.iter().any(|l| l.contains("is using the state dir"));
+                assert!(
+                    locked && Instant::now() < deadline,
+                    "jobd did not start: {log:#?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
-
-    fn kill(&mut self) {
-        // SAFETY: signalling the jobd process this test started, by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Jobd {
-    fn drop(&mut self) {
-        // SAFETY: as in `kill`; the child is ours, and waited for just below.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads jobd's log until it names the address it bound; keeps draining it afterwards.
-/// Returns the port, or the log's lines if jobd exited first.
-fn wait_listening(child: &mut Child) -> Result<u16, Vec<String>> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let port = addr.split_whitespace().next().unwrap();
-                let port = port.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-                let _ = tx.send(Ok(port));
-            }
-            if line.contains("ERROR") || line.contains("never ran") {
-                eprintln!("jobd: {line}");
-            }
-            seen.push(line);
-        }
-        let _ = tx.send(Err(seen));
-    });
-    rx.recv_timeout(T).expect("jobd said nothing")
 }
 
 /// Live processes whose argv is `sleep <arg>`, by pid.
@@ -196,11 +133,8 @@ impl Drop for Cleanup {
 
 fn target(port: u16, pki: &Path) -> Target {
     Target {
-        server: format!("localhost:{port}"),
-        ca: pki.join("ca.pem"),
-        cert: pki.join("admin.pem"),
-        key: pki.join("admin-key.pem"),
         connect_timeout: T,
+        ..testkit::target(pki, "admin", port)
     }
 }
 
@@ -208,12 +142,7 @@ fn target(port: u16, pki: &Path) -> Target {
 async fn a_jobd_killed_at_random_points_during_starts_loses_no_job_and_leaves_no_process() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let out = Command::new(jobd_bin())
-        .args(["pki", "init", "--out"])
-        .arg(&pki)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    testkit::pki_init(&pki);
     let state = dir.path().join("state");
     let mut rng = Rng::new();
     // Tells this run's processes from those of any other run on the host.
@@ -223,7 +152,7 @@ async fn a_jobd_killed_at_random_points_during_starts_loses_no_job_and_leaves_no
         state: state.display().to_string(),
     };
     let began = Instant::now();
-    let mut jobd = Jobd::start(&state, &pki);
+    let mut jobd = start_jobd(&state, &pki);
     let (mut started_total, mut failed_total) = (0, 0);
 
     for round in 0..ROUNDS {
@@ -270,7 +199,7 @@ async fn a_jobd_killed_at_random_points_during_starts_loses_no_job_and_leaves_no
         started_total += ids.len();
         drop(client);
 
-        jobd = Jobd::start(&state, &pki);
+        jobd = start_jobd(&state, &pki);
         // jobd listens only once it has restored every job: what runs now runs untracked.
         let alive = processes_with_arg(&arg);
         assert!(

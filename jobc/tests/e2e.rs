@@ -2,13 +2,11 @@
 //! a server on 127.0.0.1 port 0. Covers the seed's CLI examples, RBAC between users and
 //! the errors people see.
 
-mod support;
-
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{failure, jobc_bin, output, Background, Server, JOBC_TIMEOUT};
+use testkit::{failure, jobc_bin, output, Background, Server, JOBC_TIMEOUT};
 
 fn is_uuid(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|&c| c == '-').count() == 4
@@ -72,7 +70,7 @@ fn logs_print_history_then_follow_live_output() {
     let s = Server::start();
     // The job prints its history, then waits for the test to let it go on: whatever the
     // follower prints after that was live output, not history.
-    let gate = support::public_tempdir();
+    let gate = testkit::public_tempdir();
     let go = gate.path().join("go");
     let script = format!(
         "echo one; echo oops >&2; while [ ! -e {} ]; do sleep 0.02; done; echo two; printf tail",
@@ -267,7 +265,7 @@ fn errors_are_one_clear_line() {
 
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
-    support::pki_init(other.path());
+    testkit::pki_init(other.path());
     let out = output(
         s.jobc_cmd("alice")
             .env("JOBC_CERT", other.path().join("alice.pem"))
@@ -369,11 +367,11 @@ fn a_crash_of_jobd_loses_no_history_and_leaves_no_process() {
         .into_iter()
         .map(|(user, id)| {
             let pid = s.status_json(user, id)["pid"].as_i64().unwrap();
-            let (started, _) = support::start_time(pid).expect("the job's process runs");
+            let (started, _) = testkit::start_time(pid).expect("the job's process runs");
             (user, id, pid, started)
         })
         .collect();
-    support::wait_for(
+    testkit::wait_for(
         "the writer's first megabytes",
         Duration::from_secs(20),
         || {
@@ -400,7 +398,7 @@ fn a_crash_of_jobd_loses_no_history_and_leaves_no_process() {
         assert_eq!(st["server_lost"], true, "{st}");
         assert!(st["ended_at"].is_string());
         assert!(
-            support::process_gone(pid, started),
+            testkit::process_gone(pid, started),
             "process {pid} of job {id} survived the crash"
         );
     }

@@ -1,11 +1,9 @@
 //! `jobc list` reads every page of the list, as text and as JSON, with its filters, from
 //! a real jobd whose pages hold two jobs at most.
 
-mod support;
-
 use std::collections::HashSet;
 
-use support::{failure, Server};
+use testkit::{failure, Server};
 
 /// jobd with pages of at most two jobs (set in its config file).
 fn server() -> (Server, tempfile::TempDir) {

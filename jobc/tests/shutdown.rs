@@ -2,18 +2,16 @@
 //! on SIGINT or SIGTERM it stops accepting connections, ends log streams (clients see
 //! UNAVAILABLE), lets in-flight calls finish, stops every running job and exits 0.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::{failure, output, Background, Server};
+use testkit::{failure, output, Background, Server};
 
 fn shuts_down_gracefully_on(signal: i32) {
     // jobd stops what still runs with a grace of 1 s.
     let mut s = Server::start_with(&["--grace", "1"]);
     let sleeper = s.start_job("alice", &["sleep", "300"]);
     let pid = s.status_json("alice", &sleeper)["pid"].as_i64().unwrap();
-    let (started, _) = support::start_time(pid).expect("the job's process runs");
+    let (started, _) = testkit::start_time(pid).expect("the job's process runs");
 
     // A follower of the sleeping job, its stream open (jobd logs a Logs call once it is).
     let follower = Background::spawn(s.jobc_cmd("alice").args(["logs", &sleeper]));
@@ -32,11 +30,11 @@ fn shuts_down_gracefully_on(signal: i32) {
             "trap 'echo got TERM' TERM; echo ready; while :; do sleep 0.05; done",
         ],
     );
-    support::wait_for("the trapper to start", Duration::from_secs(10), || {
+    testkit::wait_for("the trapper to start", Duration::from_secs(10), || {
         s.ok("bob", &["logs", "--raw", "--no-follow", &trapper]) == "ready\n"
     });
     let stop = Background::spawn(s.jobc_cmd("bob").args(["stop", "--grace", "3", &trapper]));
-    support::wait_for("the stop's SIGTERM", Duration::from_secs(10), || {
+    testkit::wait_for("the stop's SIGTERM", Duration::from_secs(10), || {
         s.ok("bob", &["logs", "--raw", "--no-follow", &trapper])
             .contains("got TERM")
     });
@@ -51,7 +49,7 @@ fn shuts_down_gracefully_on(signal: i32) {
     // No new connection, while the stop is still in flight: refused by the kernel once
     // the listener is closed (a connection caught just before may be reset instead).
     let mut last = (0, String::new());
-    support::wait_for("a connection to be refused", Duration::from_secs(1), || {
+    testkit::wait_for("a connection to be refused", Duration::from_secs(1), || {
         last = failure(&output(
             s.jobc_cmd("alice").arg("list"),
             Duration::from_secs(1),
@@ -100,7 +98,7 @@ fn shuts_down_gracefully_on(signal: i32) {
     let status = s.jobd.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{status:?}: {:#?}", s.jobd.log());
     assert!(
-        support::process_gone(pid, started),
+        testkit::process_gone(pid, started),
         "the job's process {pid} outlived jobd"
     );
 

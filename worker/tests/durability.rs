@@ -1,10 +1,8 @@
 //! Records never lie, even on a full disk: each test runs a worker on a small tmpfs state
 //! dir that it mounts, fills and unmounts (also when it fails).
 
-use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,30 +15,20 @@ use support::{within, Settling, StateDir};
 /// How long any one wait in these tests may take.
 const T: Duration = Duration::from_secs(20);
 
-/// A tmpfs of `size` mounted at a state dir laid out as jobd's; unmounted when dropped
-/// (lazily, so even a test that fails with files open leaves no mount behind).
+/// A tmpfs of `size` mounted at a state dir laid out as jobd's; unmounted when dropped.
 struct Tmpfs {
+    // Fields drop in order: the mount goes before the dir around it.
+    _mount: testkit::Tmpfs,
     dir: StateDir,
 }
 
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
         let dir = StateDir::new();
-        fs::create_dir(dir.path()).unwrap();
-        let target = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
-        let options = CString::new(format!("size={size},mode=0755")).unwrap();
-        // SAFETY: valid NUL-terminated strings that outlive the call.
-        let r = unsafe {
-            libc::mount(
-                c"jobworker-test".as_ptr(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                options.as_ptr().cast(),
-            )
-        };
-        assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
-        Tmpfs { dir }
+        Tmpfs {
+            _mount: testkit::Tmpfs::mount(dir.path(), size),
+            dir,
+        }
     }
 
     fn path(&self) -> &Path {
@@ -49,20 +37,6 @@ impl Tmpfs {
 
     fn scratch(&self) -> &Path {
         self.dir.scratch()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let target = CString::new(self.dir.path().as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid path; detaching never fails for a mount that is busy.
-        let r = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        if r != 0 {
-            eprintln!(
-                "cannot unmount the test's tmpfs: {}",
-                std::io::Error::last_os_error()
-            );
-        }
     }
 }
 

@@ -135,47 +135,11 @@ impl Drop for TestServer {
     }
 }
 
-/// Kills each job of `state` that is still alive, by the pid and start time its record
-/// holds, so that only this test's processes are touched.
-pub fn kill_recorded_jobs(state: &Path) {
-    let Ok(dirs) = std::fs::read_dir(state.join("jobs")) else {
-        return;
-    };
-    for dir in dirs.flatten() {
-        let Ok(text) = std::fs::read_to_string(dir.path().join("job.json")) else {
-            continue;
-        };
-        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        let (Some(pid), Some(ticks)) = (record["pid"].as_i64(), record["start_ticks"].as_u64())
-        else {
-            continue;
-        };
-        if ticks != 0 && start_ticks(pid) == Some(ticks) {
-            // SAFETY: kill has no memory preconditions. The job leads its own session
-            // and process group (and is PID 1 of its PID namespace, if it has one).
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
-pub fn start_ticks(pid: i64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    fields.get(19)?.parse().ok()
-}
+use testkit::kill_recorded_jobs;
 
 pub fn target_in(ca_dir: &Path, user_dir: &Path, user: &str, addr: std::net::SocketAddr) -> Target {
     Target {
-        server: format!("localhost:{}", addr.port()),
         ca: ca_dir.join("ca.pem"),
-        cert: user_dir.join(format!("{user}.pem")),
-        key: user_dir.join(format!("{user}-key.pem")),
-        connect_timeout: jobc::client::DEFAULT_CONNECT_TIMEOUT,
+        ..testkit::target(user_dir, user, addr.port())
     }
 }

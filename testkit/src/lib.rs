@@ -1,15 +1,15 @@
-//! What the end-to-end tests share: the real `jobd` and `jobc` binaries run as child
-//! processes with a deadline on every wait, a PKI made by `jobd pki init`, and extra
-//! certificates from its CA made here with rcgen.
+//! What jobworker's end-to-end tests and its benchmark share: the real `jobd` and `jobc`
+//! binaries run as child processes with a deadline on every wait, a PKI made by `jobd pki
+//! init` (and extra certificates from its CA made here with rcgen), scratch dirs laid out
+//! as production's, a tmpfs that unmounts itself, and the clean-up of a failed test's jobs.
 //!
-//! `jobd` is looked up beside `jobc` in the target folder; `cargo nextest run --workspace`
-//! (the README's test command) builds both.
+//! jobd says where it listens in an address file (`serve --address-file`), never in words
+//! a test must parse. The binaries are looked up beside the running test or benchmark, in
+//! the same target folder; `cargo nextest run --workspace` (the README's test command)
+//! builds them.
 //!
 //! No wait here is unbounded: a child that outlives its deadline is killed by its PID and
 //! the test fails saying what it waited for.
-
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -29,18 +29,37 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long jobd may take to exit after SIGTERM (it stops running jobs with their grace).
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn jobc_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_jobc"))
+/// The folder of the running executable's build profile (`target/debug`, `target/release`):
+/// a test runs from its `deps/` folder, a binary from the profile folder itself.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let dir = exe.parent().expect("an executable lives in a folder");
+    if dir.file_name() == Some(std::ffi::OsStr::new("deps")) {
+        dir.parent()
+            .expect("deps/ lives in a profile folder")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
-pub fn jobd_bin() -> PathBuf {
-    let path = jobc_bin().with_file_name("jobd");
+/// A binary of this workspace, built for the same profile as the caller.
+pub fn bin(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
     assert!(
         path.exists(),
-        "{} is missing: build it first (cargo build -p jobd, or cargo nextest run --workspace)",
+        "{} is missing: build it first (cargo build -p {name}, or cargo nextest run --workspace)",
         path.display()
     );
     path
+}
+
+pub fn jobc_bin() -> PathBuf {
+    bin("jobc")
+}
+
+pub fn jobd_bin() -> PathBuf {
+    bin("jobd")
 }
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
@@ -188,7 +207,12 @@ impl Drop for Background {
 /// dir, not `/tmp`: a job with a mount namespace gets a `/tmp` of its own and would not
 /// see a file a test leaves for it there.
 pub fn public_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let tmp = profile_dir()
+        .parent()
+        .expect("a profile folder lives in the target dir")
+        .join("tmp");
+    std::fs::create_dir_all(&tmp).expect("the target dir's tmp/");
+    let dir = tempfile::tempdir_in(tmp).expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
 }
@@ -292,17 +316,19 @@ pub fn self_signed_ca(dir: &Path, name: &str) {
 pub const CN: &[u64] = &[2, 5, 4, 3];
 pub const O: &[u64] = &[2, 5, 4, 10];
 
-/// A running `jobd serve`, its log collected as it comes.
+/// A running `jobd serve`, its log collected as it comes (and its errors echoed).
 pub struct Jobd {
     child: Option<Child>,
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
+    // Holds the address file; dropped with jobd.
+    _address_dir: tempfile::TempDir,
 }
 
 impl Jobd {
     /// Starts `jobd serve` on 127.0.0.1 port 0 with these TLS files and state dir (and
-    /// `extra` flags), and learns the port it bound from its log. Returns the exit status
-    /// and the log if jobd exits before it listens.
+    /// `extra` flags), and reads the port it bound from its address file. Returns the exit
+    /// status and the log if jobd exits before it listens.
     pub fn spawn(
         state: &Path,
         ca: &Path,
@@ -310,7 +336,22 @@ impl Jobd {
         key: &Path,
         extra: &[&str],
     ) -> Result<Jobd, (ExitStatus, Vec<String>)> {
-        let mut child = Command::new(jobd_bin())
+        Jobd::spawn_with(&jobd_bin(), "info", state, ca, cert, key, extra)
+    }
+
+    /// As [`Jobd::spawn`], with another jobd binary and log filter (`JOBD_LOG`).
+    pub fn spawn_with(
+        jobd: &Path,
+        log_filter: &str,
+        state: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> Result<Jobd, (ExitStatus, Vec<String>)> {
+        let address_dir = tempfile::tempdir().expect("a folder for the address file");
+        let address_file = address_dir.path().join("address");
+        let mut child = Command::new(jobd)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state)
@@ -320,53 +361,44 @@ impl Jobd {
             .arg(cert)
             .arg("--key")
             .arg(key)
+            .arg("--address-file")
+            .arg(&address_file)
             .args(extra)
-            .env("JOBD_LOG", "info")
+            .env("JOBD_LOG", log_filter)
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn jobd");
-        let stderr = child.stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        // jobd names its bound address in its log, the one place it says so.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" listening ") {
-                    if let Some(port) = line
-                        .split("addr=")
-                        .nth(1)
-                        .and_then(|a| a.split_whitespace().next())
-                        .and_then(|a| a.rsplit(':').next())
-                        .and_then(|p| p.parse::<u16>().ok())
-                    {
-                        let _ = tx.send(Some(port));
-                    }
-                }
-                lines.lock().expect("log lock").push(line);
+        let log = collect_log(child.stderr.take().expect("piped"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&address_file) {
+                let addr: std::net::SocketAddr = text
+                    .trim_end()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("jobd's address file holds {text:?}: {e}"));
+                break addr.port();
             }
-            let _ = tx.send(None);
-        });
-        let port = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Some(port)) => port,
-            Ok(None) => {
-                let status =
-                    wait_child(&mut child, EXIT_TIMEOUT).expect("jobd closed its log but ran on");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // Its last words may still be on their way through the pipe.
+                std::thread::sleep(Duration::from_millis(50));
                 return Err((status, log.lock().expect("log lock").clone()));
             }
-            Err(_) => {
+            if Instant::now() > deadline {
                 wait_child(&mut child, Duration::ZERO);
                 panic!(
-                    "jobd did not say where it listens within {START_TIMEOUT:?}: {:?}",
+                    "jobd did not write its address file within {START_TIMEOUT:?}: {:?}",
                     log.lock().expect("log lock")
                 );
             }
+            std::thread::sleep(Duration::from_millis(5));
         };
         Ok(Jobd {
             child: Some(child),
             port,
             log,
+            _address_dir: address_dir,
         })
     }
 
@@ -430,6 +462,22 @@ impl Drop for Jobd {
             wait_child(child, EXIT_TIMEOUT);
         }
     }
+}
+
+/// Keeps every line of jobd's log, echoing errors and warnings, until jobd closes it: a
+/// log that nobody drained would block jobd once the pipe filled.
+fn collect_log(stderr: std::process::ChildStderr) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" ERROR ") || line.contains(" WARN ") {
+                eprintln!("jobd: {line}");
+            }
+            lines.lock().expect("log lock").push(line);
+        }
+    });
+    log
 }
 
 /// A PKI from `jobd pki init`, a state dir, and one jobd serving with them.
@@ -585,5 +633,94 @@ pub fn process_gone(pid: i64, started: u64) -> bool {
     match start_time(pid) {
         None => true,
         Some((t, state)) => t != started || state == 'Z' || state == 'X',
+    }
+}
+
+/// Connection settings for `user` (a certificate in `pki`) to a jobd on this port.
+pub fn target(pki: &Path, user: &str, port: u16) -> jobc::client::Target {
+    jobc::client::Target {
+        server: format!("localhost:{port}"),
+        ca: pki.join("ca.pem"),
+        cert: pki.join(format!("{user}.pem")),
+        key: pki.join(format!("{user}-key.pem")),
+        connect_timeout: jobc::client::DEFAULT_CONNECT_TIMEOUT,
+    }
+}
+
+impl Server {
+    /// Connection settings for `user`, for an in-process client.
+    pub fn target(&self, user: &str) -> jobc::client::Target {
+        target(&self.pki, user, self.jobd.port)
+    }
+}
+
+/// A tmpfs of `size` (`1m`) mounted at a new folder `path`, unmounted when dropped (lazily,
+/// so never left behind, even by a test that fails with files open in it).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir(path).expect("the mount point");
+        let target = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a path");
+        let options = std::ffi::CString::new(format!("size={size},mode=0755")).expect("options");
+        // SAFETY: valid NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                c"jobworker-test".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(target) = std::ffi::CString::new(self.0.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: a valid path; a lazy unmount does not fail for a busy mount.
+        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let error = std::io::Error::last_os_error();
+            eprintln!(
+                "cannot unmount the test's tmpfs at {}: {error}",
+                self.0.display()
+            );
+        }
+    }
+}
+
+/// Kills each job of the state dir `state` that is still alive, by the pid and start time
+/// its record holds, so that only this test's processes are touched: a test that fails
+/// before it stops its server would leave its jobs running in sessions of their own.
+pub fn kill_recorded_jobs(state: &Path) {
+    let Ok(dirs) = std::fs::read_dir(state.join("jobs")) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let Ok(text) = std::fs::read_to_string(dir.path().join("job.json")) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let (Some(pid), Some(ticks)) = (record["pid"].as_i64(), record["start_ticks"].as_u64())
+        else {
+            continue;
+        };
+        if ticks != 0 && start_time(pid).is_some_and(|(t, _)| t == ticks) {
+            // SAFETY: kill has no memory preconditions. The job leads its own session
+            // and process group (and is PID 1 of its PID namespace, if it has one).
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
     }
 }
