@@ -1,11 +1,11 @@
 //! The jobd under test: a real `jobd serve` from the release folder, on 127.0.0.1 with a
 //! port the kernel picks, with its state and `jobd pki init` certificates in a scratch
-//! folder. Dropping it stops jobd with SIGTERM (by its pid) and deletes the folder.
+//! folder, started by the tests' own `testkit`. Dropping it stops jobd with SIGTERM (by
+//! its pid) and deletes the folder. jobd logs warnings only: a log line per request would
+//! pile up in the harness for nothing.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,11 +14,8 @@ use jobc::client::Target;
 use crate::binaries::Binaries;
 
 pub struct Jobd {
-    child: Child,
+    jobd: testkit::Jobd,
     pub port: u16,
-    /// `elapsed_us` of every successful Start jobd has logged: its own time from the
-    /// handler's entry to the program's exec.
-    start_times: Arc<Mutex<Vec<u64>>>,
     jobc_bin: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -51,7 +48,7 @@ fn is_tmpfs(path: &Path) -> bool {
 }
 
 impl Jobd {
-    /// `jobd pki init`, then `jobd serve`; returns once jobd has logged its address.
+    /// `jobd pki init`, then `jobd serve`; returns once jobd has written its address.
     pub fn start(bins: &Binaries) -> Result<Jobd> {
         let dir = scratch_dir("jobworker-bench.")?;
         let pki = dir.path().join("pki");
@@ -66,47 +63,31 @@ impl Jobd {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let mut child = Command::new(&bins.jobd)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(dir.path().join("state"))
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("server.pem"))
-            .arg("--key")
-            .arg(pki.join("server-key.pem"))
-            .env("JOBD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start jobd")?;
-        let start_times = Arc::new(Mutex::new(Vec::new()));
-        let port = match wait_listening(&mut child, Arc::clone(&start_times)) {
-            Ok(port) => port,
-            Err(e) => {
-                signal(&child, libc::SIGKILL);
-                let _ = child.wait();
-                return Err(e);
-            }
-        };
+        let jobd = testkit::Jobd::spawn_with(
+            &bins.jobd,
+            "warn",
+            &dir.path().join("state"),
+            &pki.join("ca.pem"),
+            &pki.join("server.pem"),
+            &pki.join("server-key.pem"),
+            &[],
+        )
+        .map_err(|(status, log)| {
+            anyhow::anyhow!(
+                "jobd exited with {status} before listening:\n{}",
+                log.join("\n")
+            )
+        })?;
         Ok(Jobd {
-            child,
-            port,
-            start_times,
+            port: jobd.port,
+            jobd,
             jobc_bin: bins.jobc.clone(),
             dir,
         })
     }
 
-    /// Takes the Start timings jobd has logged since the last call, in microseconds.
-    pub fn take_start_times(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.start_times.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.jobd.pid()
     }
 
     pub fn pki(&self) -> PathBuf {
@@ -152,12 +133,6 @@ impl Jobd {
     }
 }
 
-impl Drop for Jobd {
-    fn drop(&mut self) {
-        stop(&mut self.child, "jobd", Duration::from_secs(30));
-    }
-}
-
 /// SIGTERM by pid, up to `grace` to exit, then SIGKILL.
 pub fn stop(child: &mut Child, what: &str, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
@@ -182,60 +157,4 @@ pub fn stop(child: &mut Child, what: &str, grace: Duration) {
 fn signal(child: &Child, sig: i32) {
     // SAFETY: signalling, by its pid, a process we started and have not reaped.
     unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-/// Reads jobd's log until it names its address; keeps draining the log afterwards so
-/// jobd never blocks writing it. jobd logs every request: the Start timings are kept,
-/// errors and warnings echoed, the rest discarded.
-fn wait_listening(child: &mut Child, start_times: Arc<Mutex<Vec<u64>>>) -> Result<u16> {
-    let stderr = child.stderr.take().context("jobd's stderr is not piped")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut told = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !told {
-                if let Some(port) = port_in(&line) {
-                    let _ = tx.send(Ok(port));
-                    told = true;
-                    seen.clear();
-                    continue;
-                }
-                seen.push(line);
-            } else if line.contains(" ERROR ") || line.contains(" WARN ") {
-                eprintln!("jobd: {line}");
-            } else if let Some(us) = start_elapsed_us(&line) {
-                start_times
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(us);
-            }
-        }
-        if !told {
-            let _ = tx.send(Err(seen.join("\n")));
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(Ok(port)) => Ok(port),
-        Ok(Err(log)) => bail!("jobd exited before listening:\n{log}"),
-        Err(_) => bail!("jobd did not say where it listens within 30 s"),
-    }
-}
-
-/// The `elapsed_us` of a successful Start in a jobd request log line.
-fn start_elapsed_us(line: &str) -> Option<u64> {
-    if !line.contains("jobd::service: ok ") || !line.contains(r#" method="Start" "#) {
-        return None;
-    }
-    line.split("elapsed_us=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn port_in(line: &str) -> Option<u16> {
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    addr.rsplit(':').next()?.parse().ok()
 }

@@ -62,6 +62,16 @@ pub async fn start(
     argv: Vec<String>,
     isolation: Option<pb::Isolation>,
 ) -> Result<String> {
+    Ok(start_timed(c, argv, isolation).await?.0)
+}
+
+/// As [`start`], with the server's own time over the Start, from the `server-timing`
+/// metadata of its reply.
+pub async fn start_timed(
+    c: &mut Client,
+    argv: Vec<String>,
+    isolation: Option<pb::Isolation>,
+) -> Result<(String, Duration)> {
     let reply = c
         .start(pb::StartRequest {
             argv,
@@ -70,7 +80,19 @@ pub async fn start(
         })
         .await
         .context("Start failed")?;
-    Ok(reply.into_inner().job_id)
+    let timing = reply
+        .metadata()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .and_then(server_timing)
+        .context("Start reply without a server-timing of the form start;dur=<ms>")?;
+    Ok((reply.into_inner().job_id, timing))
+}
+
+/// The duration in `start;dur=<milliseconds>`.
+fn server_timing(value: &str) -> Option<Duration> {
+    let ms: f64 = value.strip_prefix("start;dur=")?.parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
 }
 
 pub async fn status(c: &mut Client, id: &str) -> Result<pb::JobStatus> {

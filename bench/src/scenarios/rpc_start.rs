@@ -2,8 +2,8 @@
 //! over one established connection, against the cheapest way to start the same program
 //! (`std::process::Command::spawn`, timed up to its return, reaped outside the timing).
 //! Each series starts once the machine has settled after the one before.
-//! The target figure is jobd's own: the `elapsed_us` it logs for each Start, from the
-//! handler's entry to the program's exec; the RPC round trip is reported beside it.
+//! The target figure is jobd's own: the `server-timing` its reply to each Start carries,
+//! from the handler's entry to the program's exec; the RPC round trip is reported beside it.
 //! Measured with the server's default isolation (new PID, mount and network namespaces)
 //! and with none (only a PID namespace where jobd has no cgroups: nothing else would hold
 //! a job's processes), since creating namespaces is part of the cost. A Status RPC on the same
@@ -19,7 +19,7 @@ use super::{blocking, wait_all_ended, Ctx};
 use crate::procfs;
 use crate::report::{Goal, Row};
 use crate::rpc::{self, Client};
-use crate::stats::{median, median_f64, p90, us};
+use crate::stats::{median, p90, us};
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let n = ctx.pick(200, 50);
@@ -36,24 +36,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     for (label, isolation) in [("default isolation", None), least] {
         blocking(|| procfs::settle(Duration::from_secs(10)));
         describe_isolation(&mut c, isolation).await?;
-        ctx.jobd.take_start_times();
-        let mut samples = start_latencies(&mut c, n, isolation).await?;
+        let (mut samples, mut server) = start_latencies(&mut c, n, isolation).await?;
         let m = median(&mut samples);
-        // jobd's log lines trail its replies a little.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut server: Vec<f64> = ctx
-            .jobd
-            .take_start_times()
-            .into_iter()
-            .skip(10)
-            .map(|us| us as f64)
-            .collect();
-        anyhow::ensure!(
-            server.len() == n,
-            "jobd logged {} Start timings, expected {n}",
-            server.len()
-        );
-        let server_median = median_f64(&mut server);
+        let server_median = us(median(&mut server));
         println!(
             "  Start ({label}): in jobd median {server_median:.0} µs; as an RPC median {:.0} µs, \
              p90 {:.0} µs over {n}",
@@ -68,7 +53,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 Goal::RatioAtMost(2.0),
             )
             .baseline(Some(us(spawn_median)))
-            .note("jobd's elapsed_us: handler entry to exec"),
+            .note("jobd's server-timing: handler entry to exec"),
         );
         rows.push(
             Row::new(
@@ -141,18 +126,20 @@ fn spawn_latencies(n: usize) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
+/// Round trips and the server's own times (its `server-timing`) of `n` Starts.
 async fn start_latencies(
     c: &mut Client,
     n: usize,
     isolation: Option<pb::Isolation>,
-) -> Result<Vec<Duration>> {
-    let mut samples = Vec::with_capacity(n);
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut rpc, mut server) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 10 {
         let t = Instant::now();
-        rpc::start(c, rpc::argv(&["true"]), isolation).await?;
+        let (_, took) = rpc::start_timed(c, rpc::argv(&["true"]), isolation).await?;
         if i >= 10 {
-            samples.push(t.elapsed());
+            rpc.push(t.elapsed());
+            server.push(took);
         }
     }
-    Ok(samples)
+    Ok((rpc, server))
 }
