@@ -440,93 +440,19 @@ fn memory(pid: u32, field: &str) -> u64 {
     kib * 1024
 }
 
-/// The jobd binary, serving until dropped (SIGTERM, then SIGKILL if it hangs).
-struct JobdProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl JobdProcess {
-    fn spawn(scratch: &Scratch) -> JobdProcess {
-        use std::io::BufRead;
-        let pki = scratch.pki();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(scratch.state())
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("server.pem"))
-            .arg("--key")
-            .arg(pki.join("server-key.pem"))
-            .env("JOBD_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // jobd names its bound address in its log, once it has loaded every job.
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains(" listening ") {
-                    let addr = line
-                        .split("addr=")
-                        .nth(1)
-                        .and_then(|a| a.split_whitespace().next())
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let mut jobd = JobdProcess {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        jobd.addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .ok()
-            .flatten()
-            .expect("jobd did not say where it listens within 30 s");
-        jobd
-    }
-
-    fn target(&self, scratch: &Scratch, user: &str) -> Target {
-        let pki = scratch.pki();
-        Target {
-            server: format!("localhost:{}", self.addr.port()),
-            ca: pki.join("ca.pem"),
-            cert: pki.join(format!("{user}.pem")),
-            key: pki.join(format!("{user}-key.pem")),
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
-
-    /// SIGTERM; true if jobd exited within 20 s.
-    fn terminate(&mut self) -> bool {
-        // SAFETY: kill has no memory preconditions; the pid is our own, unreaped child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for JobdProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() && !self.terminate() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The jobd binary on `scratch`, serving until dropped (SIGTERM, then SIGKILL if it hangs).
+fn spawn_jobd(scratch: &Scratch) -> testkit::Jobd {
+    let pki = scratch.pki();
+    testkit::Jobd::spawn_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_jobd")),
+        "info",
+        &scratch.state(),
+        &pki.join("ca.pem"),
+        &pki.join("server.pem"),
+        &pki.join("server-key.pem"),
+        &[],
+    )
+    .unwrap_or_else(|(status, log)| panic!("jobd exited with {status:?}: {log:#?}"))
 }
 
 /// 600 jobs of 120 KB argv each, 72 MB in all: every page stays far below gRPC's 4 MiB,
@@ -545,15 +471,18 @@ async fn list_past_64_mib_of_argv_keeps_pages_and_memory_small() {
     let total_argv = JOBS * (ARG + 4);
     assert!(total_argv > 64 << 20);
 
-    let mut jobd = JobdProcess::spawn(&scratch);
-    let pid = jobd.child.id();
+    let mut jobd = spawn_jobd(&scratch);
+    let pid = jobd.pid();
     let before = memory(pid, "VmRSS");
     // Restart the peak from here (Linux 4.0+: "5" resets VmHWM to the current RSS).
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 
     let mut lists = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let target = jobd.target(&scratch, "admin");
+        let target = Target {
+            connect_timeout: Duration::from_secs(5),
+            ..testkit::target(&scratch.pki(), "admin", jobd.port)
+        };
         lists.spawn(async move {
             let mut c = client::connect(&target)
                 .await
@@ -596,7 +525,8 @@ async fn list_past_64_mib_of_argv_keeps_pages_and_memory_small() {
         grown >> 20,
         before >> 20
     );
-    assert!(jobd.terminate(), "jobd did not exit on SIGTERM");
+    let status = jobd.terminate();
+    assert_eq!(status.code(), Some(0), "jobd exited with {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
