@@ -359,7 +359,9 @@ impl CaptureThread {
         let (child, first) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
-                // `provisioned` goes with this return, and with it the folder and cgroup.
+                // The folder and the cgroup go before the start hears of its failure: a
+                // caller that looks right after a refused Start finds nothing of it.
+                drop(provisioned);
                 let _ = started.send(Err(spawn_error(&spec.argv[0], e)));
                 return;
             }
