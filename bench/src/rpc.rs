@@ -82,17 +82,11 @@ pub async fn start_timed(
         .context("Start failed")?;
     let timing = reply
         .metadata()
-        .get("server-timing")
+        .get(jobd::service::START_TIMING)
         .and_then(|v| v.to_str().ok())
-        .and_then(server_timing)
+        .and_then(jobd::service::start_timing)
         .context("Start reply without a server-timing of the form start;dur=<ms>")?;
     Ok((reply.into_inner().job_id, timing))
-}
-
-/// The duration in `start;dur=<milliseconds>`.
-fn server_timing(value: &str) -> Option<Duration> {
-    let ms: f64 = value.strip_prefix("start;dur=")?.parse().ok()?;
-    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
 }
 
 pub async fn status(c: &mut Client, id: &str) -> Result<pb::JobStatus> {

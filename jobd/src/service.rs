@@ -92,15 +92,17 @@ fn caller<T>(req: &Request<T>) -> Result<Arc<Identity>, Status> {
 }
 
 /// Logs one request's outcome and how long the server took over it (for Logs: to open
-/// the stream), measured from the handler's entry.
+/// the stream), measured from the handler's entry; returns that time, for a reply that
+/// reports it too.
 fn log<T>(
     caller: &Identity,
     method: &str,
     job: &str,
     started: Instant,
     result: &Result<T, Status>,
-) {
-    let elapsed_us = started.elapsed().as_micros() as u64;
+) -> Duration {
+    let elapsed = started.elapsed();
+    let elapsed_us = elapsed.as_micros() as u64;
     // The job id is the caller's text until it parsed: shown inert and short.
     let job = common::inert::Brief(job);
     match result {
@@ -112,6 +114,7 @@ fn log<T>(
             tracing::info!(caller = %caller, method, %job, elapsed_us, code = ?s.code(), error = s.message(), "refused")
         }
     }
+    elapsed
 }
 
 /// The response metadata that tells a client how long the server took over its Start
@@ -120,12 +123,16 @@ fn log<T>(
 /// start from it, without parsing jobd's log.
 pub const START_TIMING: &str = "server-timing";
 
-fn server_timing(
-    took: std::time::Duration,
-) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+fn server_timing(took: Duration) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
     let text = format!("start;dur={:.3}", took.as_secs_f64() * 1000.0);
     text.parse()
         .expect("a metric name and a decimal number are valid header text")
+}
+
+/// The time in a [`START_TIMING`] value, for a client of jobd that reads it.
+pub fn start_timing(value: &str) -> Option<Duration> {
+    let ms: f64 = value.strip_prefix("start;dur=")?.parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, Status>> + Send>>;
@@ -167,8 +174,7 @@ impl JobService for Service {
             Ok(job.id().to_string())
         }
         .await;
-        let took = started.elapsed();
-        log(
+        let took = log(
             &caller,
             "Start",
             result.as_deref().unwrap_or(""),
@@ -325,4 +331,20 @@ fn log_stream(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod start_timing_tests {
+    use super::*;
+
+    #[test]
+    fn a_start_timing_reads_back_as_it_was_written() {
+        let written = server_timing(Duration::from_micros(1234));
+        assert_eq!(written.to_str().unwrap(), "start;dur=1.234");
+        let read = start_timing(written.to_str().unwrap()).unwrap();
+        assert_eq!(read.as_micros(), 1234);
+        for bad in ["dur=1.0", "start;dur=", "start;dur=-1", "start;dur=NaN"] {
+            assert_eq!(start_timing(bad), None, "{bad}");
+        }
+    }
 }
