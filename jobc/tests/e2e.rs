@@ -20,15 +20,14 @@ fn the_seed_examples() {
     let id = out.trim_end().to_string();
     assert!(is_uuid(&id) && out == format!("{id}\n"), "{out:?}");
     assert_eq!(s.ok("alice", &["status", &id]), "running\n");
-    // The server's default: all three namespaces, so `sleep` is PID 1 of its own.
+    // The server's default: all three namespaces, and so the job's init as PID 1.
     assert_eq!(
         s.status_json("alice", &id)["isolation"],
         serde_json::json!(["pid", "mount", "net"])
     );
-    // $ jobc stop ID → nothing. The kernel drops a SIGTERM to a PID 1 that does not
-    // handle it, so `sleep` ends by the SIGKILL after the grace period.
+    // $ jobc stop ID → nothing. `sleep` dies of the SIGTERM the init passes on.
     assert_eq!(s.ok("alice", &["stop", &id]), "");
-    assert_eq!(s.ok("alice", &["status", &id]), "stopped (signal: 9)\n");
+    assert_eq!(s.ok("alice", &["status", &id]), "stopped (signal: 15)\n");
 
     // Less isolation than the server's default is an admin's to ask for; and without
     // cgroups (pinned off here) nothing but a PID namespace would hold the job's
@@ -173,9 +172,8 @@ fn users_cannot_reach_each_others_jobs() {
         .iter()
         .any(|j| j["id"] == id.as_str()));
     s.ok("admin", &["stop", "--grace", "1", &id]);
-    // `sleep` is PID 1 of its PID namespace and has no SIGTERM handler, so the kernel
-    // drops the SIGTERM and the stop ends with SIGKILL (as `docker stop` would).
-    assert_eq!(s.ok("alice", &["status", &id]), "stopped (signal: 9)\n");
+    // `sleep` dies of the SIGTERM, which the job's init passes on.
+    assert_eq!(s.ok("alice", &["status", &id]), "stopped (signal: 15)\n");
     s.shutdown();
 }
 

@@ -216,11 +216,10 @@ async fn the_rbac_matrix() {
         .into_inner()
         .status
         .unwrap();
-    // `sleep` is PID 1 of its PID namespace without a SIGTERM handler: the kernel drops
-    // SIGTERM, so the stop ends with SIGKILL after the grace period.
+    // The job's init passes the SIGTERM on to `sleep`, which dies of it.
     assert_eq!(
         (stopped.state, stopped.signal, stopped.stop_requested),
-        (pb::JobState::Stopped as i32, Some(9), true)
+        (pb::JobState::Stopped as i32, Some(15), true)
     );
     // An admin stops anyone's job: its own and bob's.
     for (owner, id) in [&jobs[0], &jobs[2]] {
@@ -241,7 +240,7 @@ async fn the_rbac_matrix() {
                 stopped.signal,
                 stopped.stop_requested
             ),
-            (*owner, pb::JobState::Stopped as i32, Some(9), true),
+            (*owner, pb::JobState::Stopped as i32, Some(15), true),
             "admin stop of {owner}'s job"
         );
         assert_eq!(

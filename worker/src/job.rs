@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::output::reader::{LogReader, Progress};
 use crate::process::cgroup::Usage;
-use crate::process::members::Processes;
+use crate::process::members::{Processes, Recipients};
 use crate::process::spawn::{Credentials, ExitStatus};
 use crate::quota::RunningQuota;
 use crate::spec::{JobId, JobSpec};
@@ -41,6 +41,8 @@ struct RunState {
     record_error: Option<String>,
     /// The owner's running-job quota slot, freed when the end is shown.
     running_quota: Option<RunningQuota>,
+    /// Stopped by its time limit.
+    timed_out: bool,
 }
 
 /// One TERM → grace → KILL sequence, run by a task of its own so that it completes
@@ -123,6 +125,7 @@ impl Job {
                 stopping: None,
                 record_error: None,
                 running_quota: None,
+                timed_out: false,
             }),
             ended: watch::Sender::new(false),
             settled: watch::Sender::new(false),
@@ -153,6 +156,9 @@ impl Job {
                 limits: info.limits,
                 isolation: Some(info.isolation),
                 as_root: info.uid == Some(0),
+                env: info.env,
+                working_dir: Some(info.working_dir),
+                timeout: info.timeout,
             },
             credentials: info
                 .uid
@@ -162,7 +168,7 @@ impl Job {
             start_ticks,
             started_at: info.started_at,
             dir,
-            processes: Processes::Gone,
+            processes: Processes::gone(info.pid),
             run: Mutex::new(RunState {
                 state,
                 ended_at: info.ended_at,
@@ -179,6 +185,7 @@ impl Job {
                 stopping: None,
                 record_error: None,
                 running_quota: None,
+                timed_out: info.timed_out,
             }),
             ended: watch::Sender::new(true),
             settled: watch::Sender::new(true),
@@ -243,6 +250,7 @@ impl Job {
             server_lost: run.server_lost,
             output_error: run.output_error.clone(),
             record_error: run.record_error.clone(),
+            timed_out: run.timed_out,
             ..JobInfo::started(
                 self.id,
                 &self.spec,
@@ -284,7 +292,7 @@ impl Job {
                     }
                     None => {
                         self.processes
-                            .signal(libc::SIGTERM)
+                            .signal(libc::SIGTERM, Recipients::All)
                             .map_err(|e| Error::io(format!("cannot signal job {}", self.id), e))?;
                         let (kill_tx, kill_rx) = watch::channel(kill_at);
                         let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -339,7 +347,7 @@ impl Job {
             }
         }
         let result = self
-            .signal_if_running(libc::SIGKILL)
+            .signal_if_running(libc::SIGKILL, Recipients::All)
             .map(|_| ())
             .map_err(Arc::new);
         if let Err(e) = &result {
@@ -350,15 +358,55 @@ impl Job {
         }
     }
 
+    /// Sends `signal` to the job's program, or to all of its processes. A job that has
+    /// ended is the caller's mistake (`FailedPrecondition`), as for `kill` of a pid gone.
+    pub fn signal(&self, signal: i32, to: Recipients) -> Result<(), Error> {
+        if !(1..=64).contains(&signal) {
+            return Err(Error::InvalidArgument(format!(
+                "signal {signal} does not exist: signals are 1 to 64"
+            )));
+        }
+        if self.signal_if_running(signal, to)? {
+            Ok(())
+        } else {
+            Err(Error::FailedPrecondition(format!(
+                "job {} has ended: there is nothing to signal",
+                self.id
+            )))
+        }
+    }
+
+    /// Stops the job with the normal stop sequence once it has run for `limit`, unless it
+    /// has ended by then. Runs as a task of its own for the job's life: the limit lasts as
+    /// long as this worker does, as the job does (a restart kills the job).
+    pub(crate) async fn enforce_time_limit(self: Arc<Self>, limit: Duration, grace: Duration) {
+        let mut ended = self.ended.subscribe();
+        tokio::select! {
+            _ = ended.wait_for(|e| *e) => return,
+            _ = tokio::time::sleep(limit) => {}
+        }
+        {
+            let mut run = self.run();
+            if !run.reapable {
+                return;
+            }
+            run.timed_out = true;
+        }
+        tracing::info!(job = %self.id, limit = ?limit, "job ran past its time limit; stopping it");
+        if let Err(e) = self.stop(grace).await {
+            tracing::error!(job = %self.id, error = %e, "cannot stop a job past its time limit");
+        }
+    }
+
     /// Signals every process of the job unless its leader was already reaped.
     /// Returns whether the job was still running.
-    fn signal_if_running(&self, signal: i32) -> Result<bool, Error> {
+    fn signal_if_running(&self, signal: i32, to: Recipients) -> Result<bool, Error> {
         let run = self.run();
         if !run.reapable {
             return Ok(false);
         }
         self.processes
-            .signal(signal)
+            .signal(signal, to)
             .map_err(|e| Error::io(format!("cannot signal job {}", self.id), e))?;
         Ok(true)
     }

@@ -40,6 +40,7 @@ pub use output::reader::LogReader;
 pub use page::{Cursor, ListQuery, Page, StateFilter};
 pub use policy::LimitPolicy;
 pub use process::cgroup::{CgroupError, CgroupMode};
+pub use process::members::Recipients;
 pub use process::spawn::Credentials;
 pub use process::uids::{UidRange, USERS_FILE};
 pub use spec::{DeviceRate, Isolation, JobSpec, Limits};

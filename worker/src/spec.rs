@@ -1,4 +1,7 @@
-//! What a caller asks for: a job's command, its resource limits and its isolation.
+//! What a caller asks for: a job's command, its environment, working directory and time
+//! limit, its resource limits and its isolation.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +48,14 @@ pub struct JobSpec {
     pub isolation: Option<Isolation>,
     /// Run as root instead of the owner's uid (only where the server allows it).
     pub as_root: bool,
+    /// `KEY=VALUE` strings over the server's base environment. Once started: the whole
+    /// environment the job got.
+    pub env: Vec<String>,
+    /// An absolute path, entered as the job's user; `None`: `/`.
+    pub working_dir: Option<String>,
+    /// How long the job may run before it is stopped; `None`: the server's default.
+    /// Once started: the limit it got, if any.
+    pub timeout: Option<Duration>,
 }
 
 impl JobSpec {
@@ -55,6 +66,9 @@ impl JobSpec {
             limits: Limits::default(),
             isolation: None,
             as_root: false,
+            env: Vec::new(),
+            working_dir: None,
+            timeout: None,
         }
     }
 
@@ -83,6 +97,28 @@ impl JobSpec {
         if self.owner.is_empty() {
             return Err(Error::InvalidArgument("a job needs an owner".into()));
         }
+        for var in &self.env {
+            common::env::parse_var(var).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        }
+        if let Some(dir) = &self.working_dir {
+            if !dir.starts_with('/') {
+                return Err(Error::InvalidArgument(format!(
+                    "the working directory {} is not an absolute path",
+                    common::inert::Brief(dir)
+                )));
+            }
+            if dir.contains('\0') {
+                return Err(Error::InvalidArgument(
+                    "the working directory contains a NUL byte".into(),
+                ));
+            }
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(Error::InvalidArgument(
+                "a timeout of 0 would stop the job before it starts: give a positive duration"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -103,5 +139,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("argument 1 contains a NUL byte"));
+    }
+
+    #[test]
+    fn validation_refuses_bad_environment_directories_and_timeouts() {
+        let refused = |f: fn(&mut JobSpec)| {
+            let mut spec = JobSpec::new("alice", vec!["true".into()]);
+            f(&mut spec);
+            spec.validate().unwrap_err().to_string()
+        };
+        assert!(refused(|s| s.env = vec!["1A=x".into()]).contains("is not valid"));
+        assert!(refused(|s| s.env = vec!["A=x\0".into()]).contains("NUL"));
+        assert!(refused(|s| s.env = vec!["NOEQUALS".into()]).contains("KEY=VALUE"));
+        assert!(refused(|s| s.working_dir = Some("srv".into())).contains("not an absolute path"));
+        assert!(refused(|s| s.timeout = Some(Duration::ZERO)).contains("timeout of 0"));
+        let mut ok = JobSpec::new("alice", vec!["true".into()]);
+        ok.env = vec!["A=1".into()];
+        ok.working_dir = Some("/srv".into());
+        ok.timeout = Some(Duration::from_secs(1));
+        assert!(ok.validate().is_ok());
     }
 }

@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -37,8 +37,7 @@ use crate::state::record::{self, JobRecord};
 use crate::table::{RunningSlot, Worker};
 use common::inert::Brief;
 
-/// The search path and the whole environment a job gets: like systemd services, jobs do
-/// not inherit the server's environment.
+/// The search path jobs get unless the server's configuration or the job says otherwise.
 pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The size of a job's private `/tmp` (and `/var/tmp`) when it has no memory limit. With
@@ -117,8 +116,13 @@ impl Worker {
     /// the job is left: no process, no files, no table entry.
     pub async fn start(&self, spec: JobSpec) -> Result<Arc<Job>, Error> {
         let plan = self.prepare(spec)?;
+        let timeout = plan.spec.timeout;
         let provisioned = self.provision(&plan)?;
-        self.launch(plan, provisioned).await
+        let job = self.launch(plan, provisioned).await?;
+        if let Some(limit) = timeout {
+            tokio::spawn(Arc::clone(&job).enforce_time_limit(limit, self.config.default_grace));
+        }
+        Ok(job)
     }
 
     /// Step 1: checks `spec` and resolves it against the server's policy.
@@ -150,17 +154,30 @@ impl Worker {
                 "this server does not run jobs as root".into(),
             ));
         }
-        let program = resolve_program(&spec.argv[0])?;
+        spec.env = self.environment(&spec)?;
+        spec.timeout = self.time_limit(spec.timeout)?;
+        let working_dir = spec.working_dir.get_or_insert_with(|| "/".into()).clone();
+        let search = spec
+            .env
+            .iter()
+            .rev()
+            .find_map(|v| v.strip_prefix("PATH="))
+            .unwrap_or("");
+        let program = resolve_program(&spec.argv[0], search, Path::new(&working_dir))?;
         let command = spawn::Command::new(
             cstring(program.as_os_str().as_encoded_bytes())?,
             spec.argv
                 .iter()
                 .map(|a| cstring(a.as_bytes()))
                 .collect::<Result<_, _>>()?,
-            vec![cstring(format!("PATH={JOB_PATH}").as_bytes())?],
-            cstring(b"/")?,
+            spec.env
+                .iter()
+                .map(|v| cstring(v.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            cstring(working_dir.as_bytes())?,
         )
         .namespaces(isolation)
+        .init(isolation.pid.then(|| Arc::clone(&self.init)))
         .private_tmp(
             isolation
                 .mount
@@ -173,6 +190,50 @@ impl Worker {
             cgroup_limits,
             command,
         })
+    }
+
+    /// The whole environment of a job: its identity, then the server's base environment,
+    /// then what the job asked for, a later variable replacing an earlier one of its name.
+    fn environment(&self, spec: &JobSpec) -> Result<Vec<String>, Error> {
+        let (user, home) = if spec.as_root {
+            ("root", "/root")
+        } else {
+            (spec.owner.as_str(), "/")
+        };
+        let identity = [
+            format!("HOME={home}"),
+            format!("USER={user}"),
+            format!("LOGNAME={user}"),
+        ];
+        let mut env: Vec<String> = Vec::new();
+        for var in identity.iter().chain(&self.config.env).chain(&spec.env) {
+            let name = var.split_once('=').map_or(var.as_str(), |(name, _)| name);
+            env.retain(|v| v.split_once('=').map(|(n, _)| n) != Some(name));
+            env.push(var.clone());
+        }
+        let bytes = common::env::size(&env);
+        if bytes > common::env::MAX_ENV_BYTES {
+            return Err(Error::InvalidArgument(
+                common::env::EnvError::TooLarge(bytes).to_string(),
+            ));
+        }
+        Ok(env)
+    }
+
+    /// The time limit a job gets: what it asked for, within the server's maximum, or the
+    /// server's default.
+    fn time_limit(&self, asked: Option<Duration>) -> Result<Option<Duration>, Error> {
+        let (default, max) = (self.config.default_timeout, self.config.max_timeout);
+        match (asked, max) {
+            (Some(asked), Some(max)) if asked > max => Err(Error::InvalidArgument(format!(
+                "a timeout of {} is longer than this server allows ({})",
+                seconds(asked),
+                seconds(max)
+            ))),
+            (Some(asked), _) => Ok(Some(asked)),
+            (None, Some(max)) => Ok(Some(default.map_or(max, |d| d.min(max)))),
+            (None, None) => Ok(default),
+        }
     }
 
     /// Step 2: takes what the job holds on the host, behind one guard.
@@ -287,8 +348,11 @@ impl Worker {
             return Err(Error::io("cannot start a capture thread", e));
         }
         // No await between the pid's arrival and the gate's release or refusal: a
-        // cancelled Start cannot leave a child waiting at its gate.
-        if let Ok((pid, gate)) = cloned_rx.await {
+        // cancelled Start cannot leave a child waiting at its gate. The record's sender
+        // is gone once this is done: the capture thread, which waits for it, then knows
+        // that nothing more is written into the job's folder.
+        let cloned = cloned_rx.await;
+        if let Ok((pid, gate)) = cloned {
             record.pid = pid;
             record.start_ticks = record::process_start_ticks(pid).unwrap_or(0);
             record.started_at_unix_nanos = logfile::to_unix_nanos(SystemTime::now());
@@ -307,6 +371,8 @@ impl Worker {
                     ));
                 }
             }
+        } else {
+            drop(recorded_tx);
         }
         started_rx
             .await
@@ -360,7 +426,10 @@ impl CaptureThread {
             Ok(spawned) => spawned,
             Err(e) => {
                 // The folder and the cgroup go before the start hears of its failure: a
-                // caller that looks right after a refused Start finds nothing of it.
+                // caller that looks right after a refused Start finds nothing of it. A
+                // child that failed before its gate may still be being recorded: the
+                // folder goes once the record is written, or will never be.
+                let _ = recorded.recv();
                 drop(provisioned);
                 let _ = started.send(Err(spawn_error(&spec.argv[0], e)));
                 return;
@@ -432,9 +501,11 @@ impl Provisioned {
             ..
         } = self;
         let (dir, cgroup) = rollback.disarm();
+        // Every job with a PID namespace has the init as its leader.
+        let init = spec.isolation.is_some_and(|i| i.pid);
         let processes = match cgroup {
-            Some(cgroup) => Processes::Cgroup { cgroup },
-            None => Processes::Group { pgid: pid },
+            Some(cgroup) => Processes::cgroup(pid, init, cgroup),
+            None => Processes::group(pid, init),
         };
         let job = Arc::new(Job::new(
             id,
@@ -500,14 +571,15 @@ fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Finds the program as `execvp` would (in [`JOB_PATH`] when the name has no `/`), so a
 /// missing or non-executable program is a clear error before anything is created.
-fn resolve_program(name: &str) -> Result<PathBuf, Error> {
+fn resolve_program(name: &str, search: &str, working_dir: &Path) -> Result<PathBuf, Error> {
     let exec_error = |reason: &str| Error::Exec {
         program: name.to_string(),
         reason: reason.to_string(),
     };
     let is_executable = |m: &fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
     if name.contains('/') {
-        return match fs::metadata(name) {
+        // A relative path is the job's, from its working directory; it is exec'd as given.
+        return match fs::metadata(working_dir.join(name)) {
             Ok(m) if is_executable(&m) => Ok(PathBuf::from(name)),
             Ok(m) if m.is_dir() => Err(exec_error("is a directory")),
             Ok(_) => Err(exec_error("permission denied (not executable)")),
@@ -518,7 +590,7 @@ fn resolve_program(name: &str) -> Result<PathBuf, Error> {
         };
     }
     let mut found_unexecutable = false;
-    for dir in JOB_PATH.split(':') {
+    for dir in search.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(name);
         if let Ok(m) = fs::metadata(&candidate) {
             if is_executable(&m) {
@@ -549,6 +621,13 @@ fn spawn_error(program: &str, e: SpawnError) -> Error {
             program: program.to_string(),
             reason: error.to_string(),
         },
+        // The caller's directory: missing, not a directory, or closed to the job's user.
+        SpawnError::Child {
+            stage: Stage::Chdir,
+            error,
+        } => Error::InvalidArgument(format!(
+            "cannot start {shown}: cannot enter its working directory: {error}"
+        )),
         SpawnError::Child { stage, error } => {
             Error::Unsupported(format!("cannot start {shown}: cannot {stage}: {error}"))
         }
@@ -559,4 +638,9 @@ fn spawn_error(program: &str, e: SpawnError) -> Error {
             Error::io(format!("cannot start {shown}: clone3 failed"), error)
         }
     }
+}
+
+/// `90s`, `1.5s`: a duration as the user wrote it.
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }

@@ -1,7 +1,7 @@
 //! A job's state as people and programs read it.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +71,13 @@ pub struct JobInfo {
     /// Set while the job's final record cannot be stored (it is retried): until it is, a
     /// restart would find the job running, and so report it lost.
     pub record_error: Option<String>,
+    /// The whole environment the job got, as `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    /// The time limit the job got, if any.
+    pub timeout: Option<Duration>,
+    /// The job was stopped because it ran past its time limit.
+    pub timed_out: bool,
 }
 
 impl JobInfo {
@@ -102,6 +109,10 @@ impl JobInfo {
             server_lost: false,
             output_error: None,
             record_error: None,
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.clone().unwrap_or_else(|| "/".into()),
+            timeout: spec.timeout,
+            timed_out: false,
         }
     }
 }

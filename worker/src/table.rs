@@ -16,6 +16,7 @@ use crate::made_ahead::Ahead;
 use crate::page::{self, ListQuery, Page};
 use crate::policy::LimitPolicy;
 use crate::process::cgroup::{self, CgroupMode, Cgroups};
+use crate::process::init::InitProgram;
 use crate::process::netns;
 use crate::process::spawn;
 use crate::process::uids::{JobUsers, UidRange};
@@ -74,6 +75,15 @@ pub struct Config {
     pub max_running_jobs_per_user: usize,
     /// Most jobs, running or ended, kept for one owner (`ResourceExhausted` past it).
     pub max_kept_jobs_per_user: usize,
+    /// The environment every job starts from (`KEY=VALUE`), over `USER`, `LOGNAME` and
+    /// `HOME` for the job's identity and under what the job asks for: like systemd
+    /// services, jobs never inherit the server's own environment.
+    pub env: Vec<String>,
+    /// The time limit of a job that does not ask for one; `None`: no limit.
+    pub default_timeout: Option<Duration>,
+    /// The longest time limit a job may ask for; with it, every job has a limit (this one
+    /// when neither the job nor `default_timeout` gives a shorter one).
+    pub max_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -94,6 +104,9 @@ impl Config {
             allow_unheld_jobs: false,
             max_running_jobs_per_user: 256,
             max_kept_jobs_per_user: 10_000,
+            env: vec![format!("PATH={}", crate::start::JOB_PATH)],
+            default_timeout: None,
+            max_timeout: None,
         }
     }
 }
@@ -122,6 +135,8 @@ pub struct Worker {
     pub(crate) retries: Arc<Retries>,
     /// Each owner's uid, when jobs get one.
     pub(crate) users: Option<Arc<JobUsers>>,
+    /// The init of jobs with a PID namespace.
+    pub(crate) init: Arc<InitProgram>,
 }
 
 impl Worker {
@@ -132,6 +147,12 @@ impl Worker {
         let lock = StateLock::acquire(&config.state_dir)?;
         make_private(&config.state_dir)?;
         let users = job_users(&config)?.map(Arc::new);
+        let init = InitProgram::load().map_err(|e| {
+            Error::io(
+                "cannot load the job init into a memfd (does vm.memfd_noexec forbid executable memfds?)",
+                e,
+            )
+        })?;
         // Cgroups first: their set-up kills what an earlier jobd left running.
         let cgroups = setup_cgroups(&config)?.map(Arc::new);
         let restored = restore::restore_jobs(&jobs_dir);
@@ -160,6 +181,7 @@ impl Worker {
             folder::spares(&config.state_dir, SPARE_FOLDERS),
         );
         let worker = Worker {
+            init: Arc::new(init),
             netns,
             folders,
             users,

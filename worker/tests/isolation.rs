@@ -24,20 +24,21 @@ fn worker(uids: Option<UidRange>) -> TestWorker {
 const PER_USER: Option<UidRange> = Some(UidRange::DYNAMIC_USER);
 
 #[tokio::test]
-async fn an_isolated_job_is_pid_1_and_sees_only_its_own_processes() {
+async fn an_isolated_job_runs_under_its_init_and_sees_only_its_own_processes() {
     let w = worker(PER_USER);
     let (state, out, err) = run(
         &w,
-        sh("sleep 100 & echo $$; ps -e -o pid= | wc -l; ls -d /proc/[0-9]* | wc -l; kill $!"),
+        sh("sleep 100 & echo $$; cat /proc/1/comm; ps -e -o pid= | wc -l; ls -d /proc/[0-9]* | wc -l; kill $!"),
     )
     .await;
     assert_eq!(state, JobState::Finished { exit_code: 0 }, "{err}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
-    assert_eq!(lines[0], "1", "{out}");
-    // sh, sleep and ps (or ls) itself: nothing of the host.
-    let ps: u32 = lines[1].parse().unwrap();
-    let procs: u32 = lines[2].parse().unwrap();
-    assert!(ps <= 4 && procs <= 4, "{out}");
+    // The program is the init's first child.
+    assert_eq!(lines[..2], ["2", "jobworker-init"], "{out}");
+    // The init, sh, sleep and ps (or ls) itself: nothing of the host.
+    let ps: u32 = lines[2].parse().unwrap();
+    let procs: u32 = lines[3].parse().unwrap();
+    assert!(ps <= 5 && procs <= 5, "{out}");
 }
 
 #[tokio::test]
@@ -278,9 +279,9 @@ fn ignores_sigterm(pid: i32) -> bool {
         .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
-/// The job's children escape its process group's SIGTERM two ways: one ignores it, one
-/// left the job's session. Both die with the job's PID 1 all the same, because the kernel
-/// ends a PID namespace when its init exits. They are named by pid and start time, taken
+/// The job's children escape a SIGTERM two ways: one ignores it, one left the job's
+/// session. Both die with the job's init all the same, because the kernel ends a PID
+/// namespace when its init exits. They are named by pid and start time, taken
 /// while the job runs, so a later process reusing a pid is not taken for a survivor.
 #[tokio::test]
 async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
@@ -337,13 +338,14 @@ async fn stopping_an_isolated_job_ends_its_whole_pid_namespace() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // PID 1 with no handler never sees the SIGTERM: it ends by the SIGKILL after the grace.
-    assert_eq!(info.state, JobState::Stopped { signal: 9 });
+    // The program (sh, in `wait`) dies of the SIGTERM; the init then exits, and the
+    // kernel takes what is left of the namespace: the job's end is the program's own.
+    assert_eq!(info.state, JobState::Stopped { signal: 15 });
     assert!(info.stop_requested);
 }
 
 #[tokio::test]
-async fn a_pid_1_with_a_sigterm_handler_stops_gracefully() {
+async fn a_program_with_a_sigterm_handler_stops_gracefully() {
     let w = worker(PER_USER);
     let job = w
         .start(sh(

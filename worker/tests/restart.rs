@@ -176,6 +176,10 @@ fn running_record(id: worker::JobId, pid: i32, start_ticks: u64, argv: Vec<&str>
         memory_peak_bytes: 0,
         server_lost: false,
         output_error: None,
+        env: Vec::new(),
+        working_dir: "/".into(),
+        timeout_ms: None,
+        timed_out: false,
     }
 }
 

@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::job::Job;
@@ -131,7 +131,7 @@ pub(crate) fn run(job: &Job, capture: Capture) {
             job.publish_committed(sink.committed);
         }
         if fds[2].revents != 0 {
-            job.reap(|| spawn::wait(child.pidfd.as_fd()));
+            job.reap(|| spawn::wait_job(&child));
             exited = Some(Instant::now());
         }
         if exited.is_some_and(|t| t.elapsed() > MAX_DRAIN_BEFORE_END) {

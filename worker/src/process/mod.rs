@@ -2,6 +2,7 @@
 //! the uid each owner's jobs run as, and signalling every process of a job at once.
 
 pub(crate) mod cgroup;
+pub(crate) mod init;
 pub(crate) mod members;
 pub(crate) mod netns;
 pub(crate) mod spawn;

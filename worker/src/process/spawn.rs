@@ -24,6 +24,10 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use std::sync::Arc;
+
+use crate::process::init::protocol::*;
+use crate::process::init::InitProgram;
 use crate::spec::Isolation;
 
 const CLONE_VM: u64 = 0x100;
@@ -66,10 +70,11 @@ pub enum Stage {
     JoinNetns,
     CloseFds,
     MountTmp,
+    Init,
 }
 
 impl Stage {
-    const ALL: [Stage; 13] = [
+    const ALL: [Stage; 14] = [
         Stage::Setsid,
         Stage::Stdio,
         Stage::Chdir,
@@ -83,6 +88,7 @@ impl Stage {
         Stage::JoinNetns,
         Stage::CloseFds,
         Stage::MountTmp,
+        Stage::Init,
     ];
 
     fn code(self) -> u32 {
@@ -113,6 +119,7 @@ impl fmt::Display for Stage {
             Stage::JoinNetns => "enter its network namespace",
             Stage::CloseFds => "close inherited descriptors",
             Stage::MountTmp => "mount a private /tmp",
+            Stage::Init => "start the job's init",
         })
     }
 }
@@ -159,6 +166,8 @@ pub struct Command {
     credentials: Option<Credentials>,
     /// tmpfs options for a private `/tmp` and `/var/tmp`, with a mount namespace.
     tmp: Option<CString>,
+    /// With a PID namespace, the init exec'd as its PID 1, which then runs the program.
+    init: Option<Arc<InitProgram>>,
 }
 
 impl Command {
@@ -173,7 +182,20 @@ impl Command {
             netns: None,
             credentials: None,
             tmp: None,
+            init: None,
         }
+    }
+
+    /// Runs `init` as the job's PID 1, and the program as its child, when the job has a
+    /// PID namespace (see `worker/init/main.rs`).
+    pub fn init(mut self, init: Option<Arc<InitProgram>>) -> Self {
+        self.init = init;
+        self
+    }
+
+    /// The init the child execs, if it has one.
+    fn init_to_exec(&self) -> Option<&InitProgram> {
+        self.init.as_deref().filter(|_| self.namespaces.pid)
     }
 
     pub fn namespaces(mut self, namespaces: Isolation) -> Self {
@@ -221,6 +243,8 @@ pub struct Stdio<'a> {
 pub struct Child {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// With an init, the report pipe, on which it tells how the program ended.
+    report: Option<OwnedFd>,
 }
 
 /// What the child needs, in one place it can be handed by pointer.
@@ -229,6 +253,8 @@ struct ChildContext<'a> {
     cmd: &'a Command,
     argv: &'a [*const c_char],
     envp: &'a [*const c_char],
+    /// `jobworker-init REPORT_FD PROGRAM ARGV...`, when there is an init.
+    init_argv: &'a [*const c_char],
     stdio: &'a Stdio<'a>,
     report: RawFd,
     /// The exec gate's read end: one byte releases the child, end of file ends it.
@@ -363,13 +389,11 @@ enum Report {
     /// The gate closed unreleased; the child exits without exec.
     Refused,
     Failed(Stage, i32),
+    /// The init has started the program.
+    Started,
+    /// The init tells how the program ended.
+    Ended(ExitStatus),
 }
-
-/// The report code that means "at the gate" rather than a stage that failed.
-const AT_GATE: u32 = u32::MAX;
-
-/// The report code that means "the gate closed unreleased: exiting without exec".
-const REFUSED: u32 = u32::MAX - 1;
 
 /// The parent's end of a child's exec gate. [`Gate::release`] lets the child exec;
 /// dropping the gate unreleased makes it exit with 127 and never run the program.
@@ -424,6 +448,18 @@ pub fn spawn(
     let envp = pointers(&cmd.envp);
     let (report_r, report_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
     let (gate_r, gate_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
+    let init_args: Vec<CString> = match cmd.init_to_exec() {
+        Some(_) => [
+            CString::from(c"jobworker-init"),
+            CString::new(report_w.as_raw_fd().to_string()).expect("digits hold no NUL"),
+            cmd.program.clone(),
+        ]
+        .into_iter()
+        .chain(cmd.argv.iter().cloned())
+        .collect(),
+        None => Vec::new(),
+    };
+    let init_argv = pointers(&init_args);
 
     let mut flags = CLONE_PIDFD | clone_flags(cmd.namespaces);
     if cmd.netns_to_join().is_some() {
@@ -445,20 +481,22 @@ pub fn spawn(
         cmd,
         argv: &argv,
         envp: &envp,
+        init_argv: &init_argv,
         stdio,
         report: report_w.as_raw_fd(),
         gate: gate_r.as_raw_fd(),
     };
     // 16-byte aligned, and a multiple of 16 long: the stack top the kernel hands the
     // child is then aligned as the ABI wants at a call. Kept (like `ctx`) until the child
-    // has exec'd or exited, which `read_report` below sees as end of file; leaked, not
-    // freed, should `hand_over` panic, since the child may still be on it then.
+    // has exec'd (end of file on the report pipe, or the init's first word) or exited;
+    // leaked, not freed, should `hand_over` panic, since the child may still be on it then.
     let mut stack = std::mem::ManuallyDrop::new(vec![0u128; CHILD_STACK_BYTES / 16]);
     let blocked = SignalsBlocked::new();
-    // SAFETY: `ctx` and `stack` outlive the child's use of them: this function returns
-    // only after end of file on the report pipe, whose write end the child holds until it
-    // execs or exits; signals are blocked; the child makes only async-signal-safe calls
-    // and never returns.
+    // SAFETY: `ctx` and `stack` outlive the child's use of them: this function frees them
+    // only once the child has exec'd (end of file on the report pipe, whose write end the
+    // child holds until it execs or exits, or a word from the init it exec'd) or has been
+    // reaped; signals are blocked; the child makes only async-signal-safe calls and never
+    // returns.
     let ret = unsafe { clone_child(&mut args, &ctx, &mut stack) };
     if ret < 0 {
         let e = io::Error::last_os_error();
@@ -476,46 +514,66 @@ pub fn spawn(
     drop(gate_r);
     // SAFETY: CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let child = Child {
+    let mut child = Child {
         pid: ret as i32,
         pidfd,
+        report: None,
     };
     hand_over(child.pid, Gate(gate_w));
+    let with_init = !init_args.is_empty();
+    let unexpected = |what: &str| Err(SpawnError::Clone(io::Error::other(what.to_string())));
     let outcome = match read_report(report_r.as_fd()) {
         Ok(Report::AtGate) => match read_report(report_r.as_fd()) {
-            Ok(Report::Closed) => Ok(()),
+            Ok(Report::Closed) if !with_init => Ok(()),
+            Ok(Report::Closed) => unexpected("the job's init ended before it started the program"),
+            Ok(Report::Started) if with_init => Ok(()),
             Ok(Report::Refused) => Err(SpawnError::Refused),
             Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
                 stage,
                 error: io::Error::from_raw_os_error(errno),
             }),
-            Ok(Report::AtGate) => Err(SpawnError::Clone(io::Error::other(
-                "the child reported twice from its exec gate",
-            ))),
+            Ok(_) => unexpected("the child reported out of turn after its exec gate"),
             Err(e) => Err(SpawnError::Clone(e)),
         },
-        Ok(Report::Refused) => Err(SpawnError::Clone(io::Error::other(
-            "the child reported a refusal before its exec gate",
-        ))),
         Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
             stage,
             error: io::Error::from_raw_os_error(errno),
         }),
-        Ok(Report::Closed) => Err(SpawnError::Clone(io::Error::other(
-            "the child died before its exec gate",
-        ))),
+        Ok(Report::Closed) => unexpected("the child died before its exec gate"),
+        Ok(_) => unexpected("the child reported out of turn before its exec gate"),
         Err(e) => Err(SpawnError::Clone(e)),
     };
     drop(blocked);
-    drop(std::mem::ManuallyDrop::into_inner(stack));
     match outcome {
-        Ok(()) => Ok(child),
+        Ok(()) => {
+            drop(std::mem::ManuallyDrop::into_inner(stack));
+            child.report = with_init.then_some(report_r);
+            Ok(child)
+        }
         Err(e) => {
-            // The child has reported and is exiting with 127: reap it so no zombie is left.
+            // The child has reported and is exiting with 127: reap it so no zombie is left,
+            // and only then free the stack it may still be on.
             let _ = wait(child.pidfd.as_fd());
+            drop(std::mem::ManuallyDrop::into_inner(stack));
             Err(e)
         }
     }
+}
+
+/// Reaps the job's first process and tells how the job's program ended: the process's
+/// own status, or, where it is the job's init, what the init last reported. An init that
+/// did not report (killed, say, by a stop's SIGKILL) ended with its program.
+pub fn wait_job(child: &Child) -> io::Result<ExitStatus> {
+    let status = wait(child.pidfd.as_fd())?;
+    let Some(report) = child.report.as_ref() else {
+        return Ok(status);
+    };
+    // Whatever the init wrote is in the pipe by now; never wait for more.
+    rustix::fs::fcntl_setfl(report, rustix::fs::OFlags::NONBLOCK)?;
+    Ok(match (status, read_report(report.as_fd())) {
+        (ExitStatus::Exited(_), Ok(Report::Ended(program))) => program,
+        _ => status,
+    })
 }
 
 fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
@@ -532,6 +590,13 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
         };
         match n {
             0 if got == 0 => return Ok(Report::Closed),
+            // Non-blocking, once the writer is gone: nothing was written.
+            n if n < 0
+                && got == 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock =>
+            {
+                return Ok(Report::Closed)
+            }
             0 => return Err(io::Error::other("truncated report from child")),
             n if n > 0 => got += n as usize,
             _ => {
@@ -544,12 +609,22 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
     }
     let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    match stage {
-        AT_GATE => return Ok(Report::AtGate),
-        REFUSED => return Ok(Report::Refused),
-        _ => {}
-    }
-    Ok(Report::Failed(Stage::from_code(stage), errno))
+    // The init runs as the job's user: a value it sends is checked, not trusted.
+    Ok(match stage {
+        REPORT_AT_GATE => Report::AtGate,
+        REPORT_REFUSED => Report::Refused,
+        REPORT_STARTED => Report::Started,
+        REPORT_EXEC_FAILED => Report::Failed(Stage::Exec, errno),
+        REPORT_INIT_FAILED => Report::Failed(Stage::Init, errno),
+        REPORT_EXITED if (0..=255).contains(&errno) => Report::Ended(ExitStatus::Exited(errno)),
+        REPORT_SIGNALED if (1..=64).contains(&errno) => Report::Ended(ExitStatus::Signaled(errno)),
+        REPORT_EXITED | REPORT_SIGNALED => {
+            return Err(io::Error::other(
+                "the job's init reported an impossible status",
+            ))
+        }
+        code => Report::Failed(Stage::from_code(code), errno),
+    })
 }
 
 /// The child's side, from `clone3` to `execve`. Only async-signal-safe system calls, and
@@ -565,6 +640,7 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         cmd,
         argv,
         envp,
+        init_argv,
         stdio,
         report,
         gate,
@@ -673,9 +749,6 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        if libc::chdir(cmd.cwd.as_ptr()) < 0 {
-            fail(report, Stage::Chdir);
-        }
         if let Some(Credentials { uid, gid }) = cmd.credentials {
             if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
@@ -684,23 +757,45 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
                 fail(report, Stage::Credentials);
             }
         }
+        // As the job's user: a directory it may not enter fails here.
+        if libc::chdir(cmd.cwd.as_ptr()) < 0 {
+            fail(report, Stage::Chdir);
+        }
         // No setuid binary or file capability can give the job more than it starts with.
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             fail(report, Stage::NoNewPrivs);
         }
         // The exec gate. Every other descriptor goes first: a copy of another start's gate
         // kept here would keep that child waiting, and ours waiting on it, if jobd died now.
-        if !close_all_but([0, 1, 2, report, gate]) {
+        let init = cmd
+            .init_to_exec()
+            .map_or(report, |init| init.fd().as_raw_fd());
+        if !close_all_but([0, 1, 2, report, gate, init]) {
             fail(report, Stage::CloseFds);
         }
-        say(report, AT_GATE, 0);
+        say(report, REPORT_AT_GATE, 0);
         let mut byte = 0u8;
         if libc::read(gate, (&mut byte as *mut u8).cast(), 1) != 1 {
             // End of file: jobd died or could not record the job. Never run it.
-            say(report, REFUSED, 0);
+            say(report, REPORT_REFUSED, 0);
             libc::_exit(127);
         }
         libc::close(gate);
+        if init != report {
+            // The init keeps the report pipe, to say when the program runs and how it ended.
+            if libc::fcntl(report, libc::F_SETFD, 0) < 0 {
+                fail(report, Stage::Init);
+            }
+            libc::syscall(
+                libc::SYS_execveat,
+                init,
+                c"".as_ptr(),
+                init_argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            fail(report, Stage::Init)
+        }
         libc::execve(cmd.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(report, Stage::Exec)
     }
@@ -711,7 +806,7 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
 /// # Safety
 /// Only in a child about to exec: it closes descriptors that the parent's Rust objects
 /// own.
-unsafe fn close_all_but(mut keep: [RawFd; 5]) -> bool {
+unsafe fn close_all_but(mut keep: [RawFd; 6]) -> bool {
     keep.sort_unstable();
     let close_range = |from: u32, to: u32| {
         // SAFETY: the caller's contract; close_range reads no memory.

@@ -55,6 +55,19 @@ pub struct JobRecord {
     /// The job was still running when jobd went away and was killed at the next start.
     pub server_lost: bool,
     pub output_error: Option<String>,
+    /// Absent from records of jobs started before jobs had them: those got only `PATH`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default = "root_dir")]
+    pub working_dir: String,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+fn root_dir() -> String {
+    "/".into()
 }
 
 impl JobRecord {
@@ -82,6 +95,10 @@ impl JobRecord {
             memory_peak_bytes: info.memory_peak_bytes,
             server_lost: info.server_lost,
             output_error: info.output_error,
+            env: info.env,
+            working_dir: info.working_dir,
+            timeout_ms: info.timeout.map(|t| t.as_millis() as u64),
+            timed_out: info.timed_out,
         }
     }
 
@@ -106,6 +123,10 @@ impl JobRecord {
             server_lost: self.server_lost,
             output_error: self.output_error,
             record_error: None,
+            env: self.env,
+            working_dir: self.working_dir,
+            timeout: self.timeout_ms.map(std::time::Duration::from_millis),
+            timed_out: self.timed_out,
         }
     }
 }
@@ -280,10 +301,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(RECORD_FILE), golden).unwrap();
         assert_eq!(read_record(dir.path()).unwrap(), expected);
+        // Fields added since are added at the end, and a record without them reads as a
+        // job that got only PATH, in /, with no time limit.
+        let current = include_str!("../../tests/data/job-record-v1-env.json");
+        assert_eq!(
+            current
+                .strip_prefix(&golden[..golden.len() - 2])
+                .map(|_| ()),
+            Some(())
+        );
+        expected.env = vec!["PATH=/usr/bin:/bin".into(), "FOO=a b".into()];
+        expected.working_dir = "/srv".into();
+        expected.timeout_ms = Some(90_000);
+        expected.timed_out = true;
         assert_eq!(
             String::from_utf8(encode(&expected).unwrap()).unwrap(),
-            golden
+            current
         );
+        fs::write(dir.path().join(RECORD_FILE), current).unwrap();
+        assert_eq!(read_record(dir.path()).unwrap(), expected);
         for (state, json) in [
             (JobState::Running, r#"{"state":"running"}"#),
             (

@@ -159,6 +159,19 @@ pub fn live_start_ticks(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// The pid of the job's program: the first child of the job's init where it has one (a
+/// PID namespace), else the job's own pid.
+pub fn program_pid(leader: i32) -> i32 {
+    let comm = std::fs::read_to_string(format!("/proc/{leader}/comm")).unwrap_or_default();
+    if comm.trim() != "jobworker-init" {
+        return leader;
+    }
+    std::fs::read_to_string(format!("/proc/{leader}/task/{leader}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(leader)
+}
+
 /// A job running `sh -c script` for alice, with the worker's default isolation.
 pub fn sh(script: &str) -> JobSpec {
     JobSpec::new("alice", vec!["sh".into(), "-c".into(), script.into()])
