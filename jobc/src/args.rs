@@ -79,13 +79,23 @@ impl ConnArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a job and print its id.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Stop a job: SIGTERM, a grace period, then SIGKILL. Returns when it has ended.
     Stop {
         id: String,
         /// Seconds between SIGTERM and SIGKILL [default: the server's, 5].
         #[arg(long, value_name = "SECONDS")]
         grace: Option<u32>,
+    },
+    /// Send a signal to a running job's program (or to all of its processes).
+    Kill {
+        id: String,
+        /// The signal: a name (HUP, SIGUSR1, RTMIN+1) or a number [default: KILL].
+        #[arg(short, long, value_name = "SIGNAL", value_parser = parse_signal, default_value = "KILL")]
+        signal: i32,
+        /// Send it to every process of the job, not only to its program.
+        #[arg(short, long)]
+        all: bool,
     },
     /// Print a job's status: running, finished (exit code: N) or stopped (signal: N).
     Status {
@@ -159,6 +169,19 @@ pub struct StartArgs {
     /// Run as root instead of the server's job user (admins only, where the server allows).
     #[arg(long)]
     pub as_root: bool,
+    /// Set a variable in the job's environment; KEY alone takes its value from yours.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<String>,
+    /// Read variables from a file of KEY=VALUE lines, as `docker run --env-file` does.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// The absolute directory to start the job in [default: /].
+    #[arg(short = 'w', long, value_name = "DIR", value_parser = parse_workdir)]
+    pub workdir: Option<String>,
+    /// Stop the job (as `jobc stop` does) once it has run this long, e.g. 90s or 2h
+    /// [default: the server's, if any].
+    #[arg(long, value_name = "DURATION", value_parser = parse_job_timeout)]
+    pub timeout: Option<u64>,
     /// The program and its arguments (everything after CMD belongs to the job).
     #[arg(
         required = true,
@@ -167,6 +190,38 @@ pub struct StartArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    common::parse_signal(s).map_err(|e| e.to_string())
+}
+
+/// `KEY=VALUE`, or a `KEY` alone whose value [`crate::environment`] takes from jobc's own.
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some(_) => common::env::parse_var(s).map(|_| ()),
+        None => common::env::check_name(s),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_workdir(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} is not an absolute path"));
+    }
+    Ok(s.to_string())
+}
+
+/// A whole number of seconds, with a unit (`90s`, `2h`, `1h30m`) or bare.
+fn parse_job_timeout(s: &str) -> Result<u64, String> {
+    let d = parse_timeout(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?}: a job's timeout is a whole number of seconds"
+        ));
+    }
+    Ok(d.as_secs())
 }
 
 fn parse_isolation(s: &str) -> Result<Isolation, String> {
@@ -249,6 +304,61 @@ mod tests {
         assert_eq!(asked("none").unwrap(), Some(Isolation::NONE));
         let err = asked("pid,user").unwrap_err().to_string();
         assert!(err.contains("unknown namespace \"user\""), "{err}");
+    }
+
+    #[test]
+    fn job_options_parse_and_refuse_bad_values_before_connecting() {
+        let start = |extra: &[&str]| {
+            let argv = ["jobc", "start"].iter().chain(extra).chain(&["true"]);
+            match Cli::try_parse_from(argv)?.command {
+                Command::Start(start) => Ok::<_, clap::Error>(start),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        let s = start(&[
+            "-e",
+            "A=1",
+            "--env",
+            "HOME",
+            "-w",
+            "/srv",
+            "--timeout",
+            "1h30m",
+        ])
+        .unwrap();
+        assert_eq!(s.env, ["A=1", "HOME"]);
+        assert_eq!(s.workdir.as_deref(), Some("/srv"));
+        assert_eq!(s.timeout, Some(5400));
+        assert_eq!(start(&["--timeout", "90"]).unwrap().timeout, Some(90));
+        for (bad, says) in [
+            (vec!["-e", "1A=x"], "is not valid"),
+            (vec!["-e", "A B"], "is not valid"),
+            (vec!["-w", "srv"], "not an absolute path"),
+            (vec!["--timeout", "1.5s"], "whole number of seconds"),
+            (vec!["--timeout", "0s"], "longer than zero"),
+            (vec!["--timeout", "soon"], "soon"),
+        ] {
+            let err = start(&bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn kill_takes_signal_names_and_numbers() {
+        let kill = |extra: &[&str]| match Cli::try_parse_from(
+            ["jobc", "kill"].iter().chain(extra).chain(&["ID"]),
+        )?
+        .command
+        {
+            Command::Kill { signal, all, .. } => Ok::<_, clap::Error>((signal, all)),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(kill(&[]).unwrap(), (9, false));
+        assert_eq!(kill(&["-s", "HUP"]).unwrap(), (1, false));
+        assert_eq!(kill(&["-s", "SIGUSR1", "--all"]).unwrap(), (10, true));
+        assert_eq!(kill(&["--signal", "15", "-a"]).unwrap(), (15, true));
+        let err = kill(&["-s", "FOO"]).unwrap_err().to_string();
+        assert!(err.contains("unknown signal"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod client;
+pub mod environment;
 pub mod errors;
 pub mod output;
 mod render;

@@ -81,12 +81,29 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let target = cli.conn.target();
     let server = target.server.clone();
     let status = |s: tonic::Status| errors::from_status(&s, &server);
+    // A start's own mistakes (an env file that cannot be read) show before connecting.
+    let start = match &cli.command {
+        Command::Start(args) => Some(start_request(args)?),
+        _ => None,
+    };
     let mut client = client::connect(&target).await?;
 
     match cli.command {
-        Command::Start(args) => {
-            let reply = client.start(start_request(args)).await.map_err(status)?;
+        Command::Start(_) => {
+            let request = start.expect("made above for a start");
+            let reply = client.start(request).await.map_err(status)?;
             print(&format!("{}\n", reply.into_inner().job_id))
+        }
+        Command::Kill { id, signal, all } => {
+            client
+                .signal(pb::SignalRequest {
+                    job_id: id,
+                    signal: signal.to_string(),
+                    all_processes: all,
+                })
+                .await
+                .map_err(status)?;
+            Ok(())
         }
         Command::Stop { id, grace } => {
             client
@@ -202,23 +219,26 @@ async fn logs(
     sink.finish().map_err(write_failure)
 }
 
-fn start_request(args: StartArgs) -> pb::StartRequest {
-    let rates = |v: Vec<(String, u64)>| {
-        v.into_iter()
+fn start_request(args: &StartArgs) -> Result<pb::StartRequest, Failure> {
+    let env =
+        jobc::environment::job_env(&args.env, &args.env_file, |name| std::env::var(name).ok())
+            .map_err(|e| Failure::new(EXIT_REQUEST, e))?;
+    let rates = |v: &[(String, u64)]| {
+        v.iter()
             .map(|(device, bytes_per_second)| pb::DeviceRate {
-                device,
-                bytes_per_second,
+                device: device.clone(),
+                bytes_per_second: *bytes_per_second,
             })
             .collect()
     };
-    pb::StartRequest {
-        argv: args.command,
+    Ok(pb::StartRequest {
+        argv: args.command.clone(),
         limits: Some(pb::Limits {
             cpus: args.cpus,
             memory_bytes: args.memory,
             pids: args.pids,
-            device_read_bps: rates(args.device_read_bps),
-            device_write_bps: rates(args.device_write_bps),
+            device_read_bps: rates(&args.device_read_bps),
+            device_write_bps: rates(&args.device_write_bps),
         }),
         isolation: args.isolate.map(|i| pb::Isolation {
             pid: i.pid,
@@ -227,5 +247,8 @@ fn start_request(args: StartArgs) -> pb::StartRequest {
         }),
         as_root: args.as_root,
         host_network: args.network.as_deref() == Some("host"),
-    }
+        env,
+        working_dir: args.workdir.clone().unwrap_or_default(),
+        timeout_seconds: args.timeout,
+    })
 }

@@ -25,6 +25,12 @@ pub fn status_line(s: &pb::JobStatus) -> String {
 pub fn status_text(s: &pb::JobStatus) -> String {
     let mut text = status_line(s);
     text.push('\n');
+    if s.timed_out {
+        let limit = s.timeout_seconds.unwrap_or(0);
+        text.push_str(&format!(
+            "timed out: stopped after its time limit of {limit} s\n"
+        ));
+    }
     for note in [&s.output_error, &s.record_error] {
         if !note.is_empty() {
             text.push_str(&Inert(note).to_string());
@@ -89,6 +95,10 @@ struct Status<'a> {
     gid: Option<u32>,
     output_error: Option<&'a str>,
     record_error: Option<&'a str>,
+    env: &'a [String],
+    working_dir: &'a str,
+    timeout_seconds: Option<u64>,
+    timed_out: bool,
 }
 
 fn rates(v: &[pb::DeviceRate]) -> Vec<DeviceRate<'_>> {
@@ -138,6 +148,10 @@ fn status_json(s: &pb::JobStatus) -> Status<'_> {
         gid: s.gid,
         output_error: Some(s.output_error.as_str()).filter(|e| !e.is_empty()),
         record_error: Some(s.record_error.as_str()).filter(|e| !e.is_empty()),
+        env: &s.env,
+        working_dir: &s.working_dir,
+        timeout_seconds: s.timeout_seconds,
+        timed_out: s.timed_out,
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Action {
     StartAsRoot,
     List,
     Stop,
+    /// Send a signal: the same rule as for a stop.
+    Signal,
     Status,
     Logs,
     Remove,
@@ -131,7 +133,7 @@ mod tests {
         let both = id("root", &[Role::User, Role::Admin]);
         let nobody = id("mallory", &[]);
         use Action::*;
-        let job_actions = [Stop, Status, Logs, Remove];
+        let job_actions = [Stop, Signal, Status, Logs, Remove];
         // (caller, action, owner, expected)
         type Case<'a> = (&'a Identity, Action, Option<&'a str>, Result<(), Denied>);
         let mut table: Vec<Case> = vec![

@@ -173,6 +173,10 @@ struct FileConfig {
     max_list_page_size: Option<usize>,
     max_handshakes_per_address: Option<usize>,
     handshake_timeout: Option<String>,
+    /// KEY=VALUE variables every job gets, over the default PATH.
+    job_env: Option<Vec<String>>,
+    default_timeout: Option<String>,
+    max_timeout: Option<String>,
 }
 
 /// Merges flags, file and defaults; creates the development PKI when no TLS files are set.
@@ -257,6 +261,27 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         config.worker.job_uids = Some(range);
     }
     config.worker.allow_root = file.allow_root_jobs.unwrap_or(false);
+    for var in file.job_env.iter().flatten() {
+        common::env::parse_var(var)
+            .map_err(|e| anyhow::anyhow!("job_env in the config file: {e}"))?;
+        config.worker.env.push(var.clone());
+    }
+    let duration = |key: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(humantime::parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{key} in the config file: {e}"))
+    };
+    config.worker.default_timeout = duration("default_timeout", &file.default_timeout)?;
+    config.worker.max_timeout = duration("max_timeout", &file.max_timeout)?;
+    if let (Some(default), Some(max)) = (config.worker.default_timeout, config.worker.max_timeout) {
+        anyhow::ensure!(
+            default <= max,
+            "default_timeout in the config file ({}) is longer than max_timeout ({})",
+            humantime::format_duration(default),
+            humantime::format_duration(max)
+        );
+    }
     if let Some(roles) = &file.weaker_isolation_roles {
         config.service.weaker_isolation_roles = roles
             .iter()
@@ -540,6 +565,50 @@ mod tests {
         }
         // state, pki, and the CA's, the server's and three users' certificates and keys.
         assert_eq!(seen, 2 + 2 * 5, "{}", state.display());
+    }
+
+    #[test]
+    fn job_environment_and_time_limits_come_from_the_config_file() {
+        let defaults = with_file("").unwrap();
+        assert_eq!(
+            defaults.worker.env,
+            vec![format!("PATH={}", worker::JOB_PATH)]
+        );
+        assert_eq!(defaults.worker.default_timeout, None);
+        assert_eq!(defaults.worker.max_timeout, None);
+        let c = with_file(
+            "job_env = [\"LANG=C.UTF-8\", \"PATH=/opt/bin:/usr/bin\"]\n\
+             default_timeout = \"1h\"\nmax_timeout = \"1day\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.worker.env,
+            vec![
+                format!("PATH={}", worker::JOB_PATH),
+                "LANG=C.UTF-8".to_string(),
+                "PATH=/opt/bin:/usr/bin".to_string()
+            ]
+        );
+        assert_eq!(c.worker.default_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.worker.max_timeout, Some(Duration::from_secs(86400)));
+        for (bad, says) in [
+            (
+                "job_env = [\"1X=y\"]",
+                "job_env in the config file: environment variable name",
+            ),
+            ("job_env = [\"NOVALUE\"]", "is not KEY=VALUE"),
+            (
+                "default_timeout = \"soon\"",
+                "default_timeout in the config file",
+            ),
+            (
+                "default_timeout = \"2h\"\nmax_timeout = \"1h\"",
+                "default_timeout in the config file (2h) is longer than max_timeout (1h)",
+            ),
+        ] {
+            let err = format!("{:#}", with_file(bad).unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -131,6 +131,11 @@ pub fn into_status(info: JobInfo) -> pb::JobStatus {
         }),
         uid: info.uid,
         gid: info.gid,
+        env: info.env,
+        working_dir: info.working_dir,
+        // A limit under a second (none comes over the API) shows as one second.
+        timeout_seconds: info.timeout.map(|t| t.as_secs_f64().ceil() as u64),
+        timed_out: info.timed_out,
     }
 }
 

@@ -10,7 +10,7 @@ use proto::v1 as pb;
 use proto::v1::job_service_server::JobService;
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
-use worker::{Job, JobId, JobSpec, Worker};
+use worker::{Job, JobId, JobSpec, Recipients, Worker};
 
 use crate::authz::{self, Action, Denied};
 use crate::convert::{self, RequestLimits};
@@ -170,6 +170,9 @@ impl JobService for Service {
             .map_err(denied(""))?;
             spec.isolation = Some(isolation);
             spec.as_root = req.as_root;
+            spec.env = req.env;
+            spec.working_dir = Some(req.working_dir).filter(|d| !d.is_empty());
+            spec.timeout = req.timeout_seconds.map(Duration::from_secs);
             let job = self.worker.start(spec).await.map_err(convert::error)?;
             Ok(job.id().to_string())
         }
@@ -217,6 +220,29 @@ impl JobService for Service {
                 status: Some(status),
             })
         })
+    }
+
+    async fn signal(
+        &self,
+        req: Request<pb::SignalRequest>,
+    ) -> Result<Response<pb::SignalResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let result = async {
+            let job = self.job_for(&caller, Action::Signal, &req.job_id)?;
+            let signal = common::parse_signal(&req.signal)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let to = if req.all_processes {
+                Recipients::All
+            } else {
+                Recipients::Program
+            };
+            job.signal(signal, to).map_err(convert::error)
+        }
+        .await;
+        log(&caller, "Signal", &req.job_id, started, &result);
+        result.map(|()| Response::new(pb::SignalResponse {}))
     }
 
     async fn status(

@@ -798,6 +798,90 @@ async fn health_and_reflection_are_served() {
     server.shutdown().await;
 }
 
+async fn signal(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    signal: &str,
+) -> Result<(), tonic::Status> {
+    c.signal(pb::SignalRequest {
+        job_id: id.into(),
+        signal: signal.into(),
+        all_processes: false,
+    })
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_follows_the_rules_of_stop_and_says_what_is_wrong() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.client("admin").await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let mut nobody = server.client("nobody").await;
+    let id = start(
+        &mut alice,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo hup' HUP; echo ready; while :; do sleep 0.1; done",
+        ],
+    )
+    .await;
+    let so_far = |c: &mut JobServiceClient<Channel>| {
+        let id = id.clone();
+        let mut c = c.clone();
+        async move { String::from_utf8(read_logs(&mut c, &id, false).await.unwrap()).unwrap() }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !so_far(&mut alice).await.contains("ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = signal(&mut bob, &id, "HUP").await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, format!("job {id} not found").as_str())
+    );
+    let e = signal(&mut nobody, &id, "HUP").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    for bad in ["FOO", "0", "65", ""] {
+        let e = signal(&mut alice, &id, bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(e.message().starts_with("unknown signal"), "{bad}: {e:?}");
+    }
+    // A shell takes two HUPs that arrive during one `sleep` as one: one at a time.
+    let mut owner = alice.clone();
+    for (caller, name, count) in [(&mut owner, "SIGHUP", 1), (&mut admin, "1", 2)] {
+        signal(caller, &id, name).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = so_far(&mut alice).await;
+            if out.matches("hup").count() == count {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "HUP {count} never arrived: {out}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    signal(&mut admin, &id, "KILL").await.unwrap();
+    let ended = wait_ended(&mut alice, &id).await;
+    assert_eq!(ended.signal, Some(9));
+    let e = signal(&mut alice, &id, "HUP").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(
+        e.message(),
+        format!("job {id} has ended: there is nothing to signal")
+    );
+    server.shutdown().await;
+}
+
 async fn remove(c: &mut JobServiceClient<Channel>, id: &str) -> Result<(), tonic::Status> {
     c.remove(pb::RemoveRequest { job_id: id.into() })
         .await

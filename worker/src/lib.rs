@@ -44,7 +44,7 @@ pub use process::members::Recipients;
 pub use process::spawn::Credentials;
 pub use process::uids::{UidRange, USERS_FILE};
 pub use spec::{DeviceRate, Isolation, JobSpec, Limits};
-pub use start::PRIVATE_TMP_BYTES;
+pub use start::{JOB_PATH, PRIVATE_TMP_BYTES};
 pub use status::{JobInfo, JobState};
 pub use table::{Config, Worker};
 
