@@ -40,6 +40,7 @@ const WNOHANG: i32 = 1;
 const F_SETFD: i32 = 2;
 const FD_CLOEXEC: i32 = 1;
 const PR_SET_NAME: i32 = 15;
+const PR_SET_DUMPABLE: i32 = 4;
 const SIGPIPE: i32 = 13;
 const SIG_SETMASK: i64 = 2;
 const O_CLOEXEC: i32 = 0o2000000;
@@ -141,8 +142,10 @@ impl Report {
 }
 
 /// Keeps the report pipe from the program, blocks every signal so that each is taken, in
-/// turn, by [`wait_signal`], and takes a name for `ps` (exec'd from a memfd, it would show
-/// as a descriptor number). Returns the errno of what failed.
+/// turn, by [`wait_signal`], takes a name for `ps` (exec'd from a memfd, it would show as a
+/// descriptor number), and makes itself undumpable: the job runs as the same user, and a
+/// job that could trace its init could stop it before it reports, or make it report an
+/// end that did not happen. Returns the errno of what failed.
 fn set_up(report: &Report) -> Result<(), i32> {
     use std::os::fd::AsRawFd;
     let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -163,6 +166,9 @@ fn set_up(report: &Report) -> Result<(), i32> {
             return Err(errno());
         }
         prctl(PR_SET_NAME, c"jobworker-init".as_ptr());
+        if prctl(PR_SET_DUMPABLE, 0) < 0 {
+            return Err(errno());
+        }
         // Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored across exec.
         signal(SIGPIPE, 0);
     }

@@ -218,3 +218,19 @@ async fn without_a_pid_namespace_signals_go_straight_to_the_program() {
     let (state, _) = stop(&job).await;
     assert_eq!(state, JobState::Stopped { signal: 15 });
 }
+
+#[tokio::test]
+async fn a_job_cannot_trace_its_init() {
+    let w = worker();
+    // PTRACE_ATTACH (16) to PID 1, by the job's own user: refused, so no job can stop
+    // its init before it reports or make it report an end that did not happen.
+    let script = r#"my $r = syscall(101, 16, 1, 0, 0); print $r == -1 ? "refused: $!\n" : "attached\n";
+                    open(my $m, "<", "/proc/1/mem") ? print "mem opened\n" : print "mem: $!\n";"#;
+    let spec = JobSpec::new("alice", vec!["perl".into(), "-e".into(), script.into()]);
+    let (state, out, err) = run(&w, spec).await;
+    assert_eq!(state, JobState::Finished { exit_code: 0 }, "{err}");
+    assert_eq!(
+        out, "refused: Operation not permitted\nmem: Permission denied\n",
+        "{err}"
+    );
+}
