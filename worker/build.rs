@@ -1,5 +1,6 @@
-//! Compiles the job init (`init/main.rs`) into a static binary that the library carries
-//! (see `src/process/init.rs`). rustc alone: the init uses std and nothing else.
+//! Compiles the job init (`init/main.rs`) into the small static binary that the library
+//! carries (see `src/process/init.rs`). rustc alone: the init uses neither std nor libc,
+//! so it links with no start files and no libraries, and its warnings are errors here.
 
 use std::env;
 use std::path::PathBuf;
@@ -12,37 +13,22 @@ fn main() {
         PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("jobworker-init");
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = env::var("TARGET").expect("cargo sets TARGET");
-    let compile = |static_link: bool| {
-        let mut rustc = Command::new(&rustc);
-        rustc
-            .args([
-                "--edition=2021",
-                "--crate-type=bin",
-                "--crate-name=jobworker_init",
-            ])
-            .args([
-                "-C",
-                "opt-level=2",
-                "-C",
-                "panic=abort",
-                "-C",
-                "debuginfo=0",
-            ])
-            .args(["-C", "strip=symbols", "--target", &target])
-            .arg("-o")
-            .arg(&out)
-            .arg("init/main.rs");
-        if static_link {
-            rustc.args(["-C", "target-feature=+crt-static"]);
-        }
-        rustc.status().map(|s| s.success()).unwrap_or(false)
-    };
-    // Static: no dynamic loader at each job's start. A host without a static libc gets a
-    // dynamic init, slower to start but the same program.
-    if !compile(true) {
-        println!("cargo:warning=cannot link the job init statically (is libc6-dev installed?); linking it dynamically");
-        if !compile(false) {
-            panic!("cannot compile the job init, worker/init/main.rs");
-        }
+    let status = Command::new(&rustc)
+        .args([
+            "--edition=2021",
+            "--crate-type=bin",
+            "--crate-name=jobworker_init",
+        ])
+        .args(["-D", "warnings", "-C", "opt-level=2", "-C", "panic=abort"])
+        .args(["-C", "strip=symbols", "-C", "relocation-model=static"])
+        .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
+        .args(["-C", "link-arg=-static", "--target", &target])
+        .arg("-o")
+        .arg(&out)
+        .arg("init/main.rs")
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => panic!("cannot compile the job init, worker/init/main.rs: {other:?}"),
     }
 }

@@ -5,16 +5,10 @@
 pub const REPORT_AT_GATE: u32 = u32::MAX;
 /// On the report pipe: the gate closed unreleased, so the child exits without exec.
 pub const REPORT_REFUSED: u32 = u32::MAX - 1;
-/// From the init: the job's program has exec'd.
-pub const REPORT_STARTED: u32 = u32::MAX - 2;
-/// From the init: the program could not be exec'd; the value is the errno.
-pub const REPORT_EXEC_FAILED: u32 = u32::MAX - 3;
-/// From the init, as it exits: the program exited with the value as its code.
+/// On the init's status pipe, as it exits: the program exited with the value as its code.
 pub const REPORT_EXITED: u32 = u32::MAX - 4;
-/// From the init, as it exits: the program was killed by the signal in the value.
+/// On the init's status pipe, as it exits: the program was killed by the signal in the value.
 pub const REPORT_SIGNALED: u32 = u32::MAX - 5;
-/// From the init: it could not set itself up; the value is the errno.
-pub const REPORT_INIT_FAILED: u32 = u32::MAX - 6;
 
 /// The signal that carries an order from jobd (SIGRTMAX). Sent with `sigqueue`, its
 /// value says which signal to send to whom; sent plainly, it is forwarded like any other.

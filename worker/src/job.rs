@@ -398,8 +398,8 @@ impl Job {
         }
     }
 
-    /// Signals every process of the job unless its leader was already reaped.
-    /// Returns whether the job was still running.
+    /// Signals the job's program or all of its processes unless its leader was already
+    /// reaped. Returns whether the job was still running.
     fn signal_if_running(&self, signal: i32, to: Recipients) -> Result<bool, Error> {
         let run = self.run();
         if !run.reapable {

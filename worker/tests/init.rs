@@ -155,7 +155,7 @@ async fn a_signal_from_the_host_to_the_reported_pid_reaches_the_program() {
     wait_for_output(&job, "ready").await;
     let pid = job.info().pid;
     assert_ne!(
-        program_pid(pid),
+        program_pid(&job.info()),
         pid,
         "the job has no init to pass the signal on"
     );
@@ -212,7 +212,7 @@ async fn without_a_pid_namespace_signals_go_straight_to_the_program() {
         .with_isolation(Isolation::NONE);
     let job = w.start(spec).await.unwrap();
     wait_for_output(&job, "ready").await;
-    assert_eq!(program_pid(job.info().pid), job.info().pid);
+    assert_eq!(program_pid(&job.info()), job.info().pid);
     job.signal(libc::SIGHUP, Recipients::Program).unwrap();
     wait_for_output(&job, "got HUP").await;
     let (state, _) = stop(&job).await;

@@ -28,7 +28,10 @@ async fn an_isolated_job_runs_under_its_init_and_sees_only_its_own_processes() {
     let w = worker(PER_USER);
     let (state, out, err) = run(
         &w,
-        sh("sleep 100 & echo $$; cat /proc/1/comm; ps -e -o pid= | wc -l; ls -d /proc/[0-9]* | wc -l; kill $!"),
+        // The init may still be starting when the program does: its name shows once it runs.
+        sh("sleep 100 & echo $$; \
+            for i in $(seq 100); do [ \"$(cat /proc/1/comm)\" = jobworker-init ] && break; sleep 0.02; done; \
+            cat /proc/1/comm; ps -e -o pid= | wc -l; ls -d /proc/[0-9]* | wc -l; kill $!"),
     )
     .await;
     assert_eq!(state, JobState::Finished { exit_code: 0 }, "{err}");

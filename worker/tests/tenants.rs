@@ -134,7 +134,7 @@ impl Bob {
         }
         let pid = job.info().pid;
         let ticks = live_start_ticks(pid).expect("bob's job runs");
-        let program = support::program_pid(pid);
+        let program = support::program_pid(&job.info());
         Bob {
             job,
             pid,

@@ -15,13 +15,6 @@ pub(crate) mod protocol {
     include!("../../init/protocol.rs");
 }
 
-/// The init's own source, also compiled into the unit tests, so that the compiler's and
-/// clippy's checks and rustfmt cover it as they cover the library.
-#[cfg(test)]
-#[path = "../../init/main.rs"]
-#[allow(dead_code)]
-mod program;
-
 static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/jobworker-init"));
 
 /// The init's executable, ready to be exec'd by descriptor.

@@ -18,6 +18,14 @@
 //! gets there, so it never waits). If jobd dies first, or cannot record the job, the child
 //! reads end of file and exits without running a single instruction of the job's program:
 //! a job's program never runs untracked, with or without cgroups.
+//!
+//! With a PID namespace the child is the namespace's PID 1. Past its gate it starts the
+//! program as its own child (PID 2, on a stack of its own in the same memory) and, without
+//! waiting, execs the job's init (see [`crate::process::init`]) from its memfd, which so
+//! becomes the program's parent: the two execs run side by side. The report pipe is
+//! close-on-exec in both, so end of file still means "both have exec'd" (or failed and
+//! said why). The init says how the program ended on a status pipe of its own, which
+//! [`wait_job`] reads.
 
 use std::ffi::{c_char, CStr, CString};
 use std::fmt;
@@ -243,8 +251,9 @@ pub struct Stdio<'a> {
 pub struct Child {
     pub pid: i32,
     pub pidfd: OwnedFd,
-    /// With an init, the report pipe, on which it tells how the program ended.
-    report: Option<OwnedFd>,
+    /// With an init, the read end of its status pipe, on which it tells how the program
+    /// ended.
+    status: Option<OwnedFd>,
 }
 
 /// What the child needs, in one place it can be handed by pointer.
@@ -253,8 +262,15 @@ struct ChildContext<'a> {
     cmd: &'a Command,
     argv: &'a [*const c_char],
     envp: &'a [*const c_char],
-    /// `jobworker-init REPORT_FD PROGRAM ARGV...`, when there is an init.
+    /// `jobworker-init STATUS_FD PROGRAM_PID`, when there is an init; the child writes
+    /// the pid into `program_pid` first.
     init_argv: &'a [*const c_char],
+    /// The init's status pipe (write end), or -1.
+    status: RawFd,
+    /// Room for the program's pid in decimal and a NUL, in the parent's memory.
+    program_pid: *mut u8,
+    /// The stack the program's process runs on until it execs.
+    program_stack: *mut u8,
     stdio: &'a Stdio<'a>,
     report: RawFd,
     /// The exec gate's read end: one byte releases the child, end of file ends it.
@@ -381,6 +397,7 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// What the report pipe said.
+#[derive(Debug)]
 enum Report {
     /// End of file: the child exec'd (or, before the gate, died without a word).
     Closed,
@@ -389,8 +406,6 @@ enum Report {
     /// The gate closed unreleased; the child exits without exec.
     Refused,
     Failed(Stage, i32),
-    /// The init has started the program.
-    Started,
     /// The init tells how the program ended.
     Ended(ExitStatus),
 }
@@ -448,18 +463,24 @@ pub fn spawn(
     let envp = pointers(&cmd.envp);
     let (report_r, report_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
     let (gate_r, gate_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
-    let init_args: Vec<CString> = match cmd.init_to_exec() {
-        Some(_) => [
+    let status = match cmd.init_to_exec() {
+        Some(_) => Some(pipe_cloexec().map_err(SpawnError::Clone)?),
+        None => None,
+    };
+    let mut program_pid = [0u8; PID_TEXT_BYTES];
+    let init_args: Vec<CString> = match &status {
+        Some((_, status_w)) => vec![
             CString::from(c"jobworker-init"),
-            CString::new(report_w.as_raw_fd().to_string()).expect("digits hold no NUL"),
-            cmd.program.clone(),
-        ]
-        .into_iter()
-        .chain(cmd.argv.iter().cloned())
-        .collect(),
+            CString::new(status_w.as_raw_fd().to_string()).expect("digits hold no NUL"),
+        ],
         None => Vec::new(),
     };
-    let init_argv = pointers(&init_args);
+    let mut init_argv = pointers(&init_args);
+    if !init_args.is_empty() {
+        // The pid, written by the child into `program_pid`, goes before the final null.
+        init_argv.insert(2, program_pid.as_mut_ptr().cast_const().cast());
+    }
+    let mut program_stack = std::mem::ManuallyDrop::new(vec![0u128; CHILD_STACK_BYTES / 16]);
 
     let mut flags = CLONE_PIDFD | clone_flags(cmd.namespaces);
     if cmd.netns_to_join().is_some() {
@@ -482,6 +503,10 @@ pub fn spawn(
         argv: &argv,
         envp: &envp,
         init_argv: &init_argv,
+        status: status.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()),
+        program_pid: program_pid.as_mut_ptr(),
+        // The top: stacks grow down.
+        program_stack: program_stack.as_mut_ptr_range().end.cast(),
         stdio,
         report: report_w.as_raw_fd(),
         gate: gate_r.as_raw_fd(),
@@ -514,19 +539,19 @@ pub fn spawn(
     drop(gate_r);
     // SAFETY: CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let (status_r, status_w) = status.unzip();
+    // Only the init may hold the write end, so that end of file means it is gone.
+    drop(status_w);
     let mut child = Child {
         pid: ret as i32,
         pidfd,
-        report: None,
+        status: None,
     };
     hand_over(child.pid, Gate(gate_w));
-    let with_init = !init_args.is_empty();
     let unexpected = |what: &str| Err(SpawnError::Clone(io::Error::other(what.to_string())));
     let outcome = match read_report(report_r.as_fd()) {
         Ok(Report::AtGate) => match read_report(report_r.as_fd()) {
-            Ok(Report::Closed) if !with_init => Ok(()),
-            Ok(Report::Closed) => unexpected("the job's init ended before it started the program"),
-            Ok(Report::Started) if with_init => Ok(()),
+            Ok(Report::Closed) => Ok(()),
             Ok(Report::Refused) => Err(SpawnError::Refused),
             Ok(Report::Failed(stage, errno)) => Err(SpawnError::Child {
                 stage,
@@ -547,14 +572,16 @@ pub fn spawn(
     match outcome {
         Ok(()) => {
             drop(std::mem::ManuallyDrop::into_inner(stack));
-            child.report = with_init.then_some(report_r);
+            drop(std::mem::ManuallyDrop::into_inner(program_stack));
+            child.status = status_r;
             Ok(child)
         }
         Err(e) => {
             // The child has reported and is exiting with 127: reap it so no zombie is left,
-            // and only then free the stack it may still be on.
+            // and only then free the stacks it (or the program's process) may still be on.
             let _ = wait(child.pidfd.as_fd());
             drop(std::mem::ManuallyDrop::into_inner(stack));
+            drop(std::mem::ManuallyDrop::into_inner(program_stack));
             Err(e)
         }
     }
@@ -565,13 +592,23 @@ pub fn spawn(
 /// did not report (killed, say, by a stop's SIGKILL) ended with its program.
 pub fn wait_job(child: &Child) -> io::Result<ExitStatus> {
     let status = wait(child.pidfd.as_fd())?;
-    let Some(report) = child.report.as_ref() else {
+    let Some(report) = child.status.as_ref() else {
         return Ok(status);
     };
     // Whatever the init wrote is in the pipe by now; never wait for more.
     rustix::fs::fcntl_setfl(report, rustix::fs::OFlags::NONBLOCK)?;
     Ok(match (status, read_report(report.as_fd())) {
         (ExitStatus::Exited(_), Ok(Report::Ended(program))) => program,
+        (ExitStatus::Exited(code), report) => {
+            // An init ends by itself only once the program has; its PID namespace, and so
+            // the program, dies with it. Killed is what the job was.
+            tracing::error!(
+                code,
+                ?report,
+                "the job's init exited without telling how the program ended"
+            );
+            ExitStatus::Signaled(libc::SIGKILL)
+        }
         _ => status,
     })
 }
@@ -613,9 +650,6 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Report> {
     Ok(match stage {
         REPORT_AT_GATE => Report::AtGate,
         REPORT_REFUSED => Report::Refused,
-        REPORT_STARTED => Report::Started,
-        REPORT_EXEC_FAILED => Report::Failed(Stage::Exec, errno),
-        REPORT_INIT_FAILED => Report::Failed(Stage::Init, errno),
         REPORT_EXITED if (0..=255).contains(&errno) => Report::Ended(ExitStatus::Exited(errno)),
         REPORT_SIGNALED if (1..=64).contains(&errno) => Report::Ended(ExitStatus::Signaled(errno)),
         REPORT_EXITED | REPORT_SIGNALED => {
@@ -641,6 +675,9 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         argv,
         envp,
         init_argv,
+        status,
+        program_pid,
+        program_stack,
         stdio,
         report,
         gate,
@@ -746,9 +783,14 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
                 );
             }
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // An init keeps every signal blocked, to take each in turn once it runs; the program
+        // unblocks them before its exec.
+        let init = cmd
+            .init_to_exec()
+            .map_or(report, |init| init.fd().as_raw_fd());
+        if init == report {
+            unblock_all_signals();
+        }
         if let Some(Credentials { uid, gid }) = cmd.credentials {
             if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
@@ -767,10 +809,8 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         }
         // The exec gate. Every other descriptor goes first: a copy of another start's gate
         // kept here would keep that child waiting, and ours waiting on it, if jobd died now.
-        let init = cmd
-            .init_to_exec()
-            .map_or(report, |init| init.fd().as_raw_fd());
-        if !close_all_but([0, 1, 2, report, gate, init]) {
+        let kept = if status < 0 { report } else { status };
+        if !close_all_but([0, 1, 2, report, gate, init, kept]) {
             fail(report, Stage::CloseFds);
         }
         say(report, REPORT_AT_GATE, 0);
@@ -782,8 +822,21 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         }
         libc::close(gate);
         if init != report {
-            // The init keeps the report pipe, to say when the program runs and how it ended.
-            if libc::fcntl(report, libc::F_SETFD, 0) < 0 {
+            // The program, as this process's child: PID 2. Until it execs it runs on its
+            // own stack in this memory. A program that cannot exec says why on the report
+            // pipe, and the init then ends with it.
+            let pid = libc::clone(
+                program_entry,
+                program_stack.cast(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                (ctx as *const ChildContext<'_>).cast_mut().cast(),
+            );
+            if pid < 0 {
+                fail(report, Stage::Init);
+            }
+            write_decimal(pid, program_pid);
+            // The init keeps the status pipe, to say how the program ended.
+            if libc::fcntl(status, libc::F_SETFD, 0) < 0 {
                 fail(report, Stage::Init);
             }
             libc::syscall(
@@ -801,12 +854,81 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
     }
 }
 
+/// The program's process, cloned by a job's PID 1 with `CLONE_VM`: unblocks every signal
+/// and execs the program; if it cannot, says why and exits.
+extern "C" fn program_entry(ctx: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: PID 1 passes the context, which the parent keeps valid until this process
+    // has exec'd or exited (its copy of the report pipe closes then); only
+    // async-signal-safe calls follow.
+    unsafe {
+        let ctx = &*(ctx as *const ChildContext<'_>);
+        unblock_all_signals();
+        libc::execve(
+            ctx.cmd.program.as_ptr(),
+            ctx.argv.as_ptr(),
+            ctx.envp.as_ptr(),
+        );
+        // errno is shared with PID 1 (same memory, same thread pointer), whose calls that
+        // run meanwhile (fcntl, execveat) set it only if they fail: the start fails then
+        // anyway.
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&Stage::Exec.code().to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(ctx.report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// Unblocks every signal (the raw call: glibc's would keep its own two blocked).
+fn unblock_all_signals() {
+    let none = 0u64;
+    // SAFETY: reads a local mask of the kernel's size.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+}
+
+/// Digits of a pid, and a NUL.
+const PID_TEXT_BYTES: usize = 12;
+
+/// Writes `n` (not negative) in decimal, NUL-terminated, into `out` (PID_TEXT_BYTES
+/// long); async-signal-safe.
+///
+/// # Safety
+/// `out` must be valid for PID_TEXT_BYTES bytes of writes.
+unsafe fn write_decimal(n: i32, out: *mut u8) {
+    let mut digits = [0u8; PID_TEXT_BYTES];
+    let mut len = 0;
+    let mut n = n.max(0) as u32;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: len <= 10 < PID_TEXT_BYTES, within the caller's buffer.
+        unsafe { *out.add(i) = digits[len - 1 - i] };
+    }
+    // SAFETY: as above.
+    unsafe { *out.add(len) = 0 };
+}
+
 /// Closes every descriptor but `keep`; async-signal-safe, allocates nothing.
 ///
 /// # Safety
 /// Only in a child about to exec: it closes descriptors that the parent's Rust objects
 /// own.
-unsafe fn close_all_but(mut keep: [RawFd; 6]) -> bool {
+unsafe fn close_all_but(mut keep: [RawFd; 7]) -> bool {
     keep.sort_unstable();
     let close_range = |from: u32, to: u32| {
         // SAFETY: the caller's contract; close_range reads no memory.

@@ -161,9 +161,9 @@ pub fn live_start_ticks(pid: i32) -> Option<u64> {
 
 /// The pid of the job's program: the first child of the job's init where it has one (a
 /// PID namespace), else the job's own pid.
-pub fn program_pid(leader: i32) -> i32 {
-    let comm = std::fs::read_to_string(format!("/proc/{leader}/comm")).unwrap_or_default();
-    if comm.trim() != "jobworker-init" {
+pub fn program_pid(job: &worker::JobInfo) -> i32 {
+    let leader = job.pid;
+    if !job.isolation.pid {
         return leader;
     }
     std::fs::read_to_string(format!("/proc/{leader}/task/{leader}/children"))
