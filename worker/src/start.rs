@@ -11,6 +11,7 @@
 //! the [`Plan`] resolved in step 1 and, if it holds something on the host, of
 //! [`Provisioned`].
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
@@ -177,7 +178,7 @@ impl Worker {
             cstring(working_dir.as_bytes())?,
         )
         .namespaces(isolation)
-        .init(isolation.pid.then(|| Arc::clone(&self.init)))
+        .init(Arc::clone(&self.init))
         .private_tmp(
             isolation
                 .mount
@@ -205,12 +206,18 @@ impl Worker {
             format!("USER={user}"),
             format!("LOGNAME={user}"),
         ];
-        let mut env: Vec<String> = Vec::new();
+        // One pass with an index by name: an environment of many thousand small variables
+        // is within the size cap, and must not cost a start quadratic time.
+        let mut slots: Vec<Option<&String>> = Vec::new();
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
         for var in identity.iter().chain(&self.config.env).chain(&spec.env) {
             let name = var.split_once('=').map_or(var.as_str(), |(name, _)| name);
-            env.retain(|v| v.split_once('=').map(|(n, _)| n) != Some(name));
-            env.push(var.clone());
+            if let Some(earlier) = by_name.insert(name, slots.len()) {
+                slots[earlier] = None;
+            }
+            slots.push(Some(var));
         }
+        let env: Vec<String> = slots.into_iter().flatten().cloned().collect();
         let bytes = common::env::size(&env);
         if bytes > common::env::MAX_ENV_BYTES {
             return Err(Error::InvalidArgument(

@@ -174,7 +174,7 @@ pub struct Command {
     credentials: Option<Credentials>,
     /// tmpfs options for a private `/tmp` and `/var/tmp`, with a mount namespace.
     tmp: Option<CString>,
-    /// With a PID namespace, the init exec'd as its PID 1, which then runs the program.
+    /// The init that a job with a PID namespace execs as its PID 1, beside the program.
     init: Option<Arc<InitProgram>>,
 }
 
@@ -196,8 +196,8 @@ impl Command {
 
     /// Runs `init` as the job's PID 1, and the program as its child, when the job has a
     /// PID namespace (see `worker/init/main.rs`).
-    pub fn init(mut self, init: Option<Arc<InitProgram>>) -> Self {
-        self.init = init;
+    pub fn init(mut self, init: Arc<InitProgram>) -> Self {
+        self.init = Some(init);
         self
     }
 
@@ -269,7 +269,8 @@ struct ChildContext<'a> {
     status: RawFd,
     /// Room for the program's pid in decimal and a NUL, in the parent's memory.
     program_pid: *mut u8,
-    /// The stack the program's process runs on until it execs.
+    /// The top of the stack the program's process runs on until it execs; null without
+    /// an init.
     program_stack: *mut u8,
     stdio: &'a Stdio<'a>,
     report: RawFd,
@@ -480,7 +481,10 @@ pub fn spawn(
         // The pid, written by the child into `program_pid`, goes before the final null.
         init_argv.insert(2, program_pid.as_mut_ptr().cast_const().cast());
     }
-    let mut program_stack = std::mem::ManuallyDrop::new(vec![0u128; CHILD_STACK_BYTES / 16]);
+    // Kept, like the child's own stack below, until the program's process has exec'd.
+    let mut program_stack = status
+        .is_some()
+        .then(|| std::mem::ManuallyDrop::new(vec![0u128; CHILD_STACK_BYTES / 16]));
 
     let mut flags = CLONE_PIDFD | clone_flags(cmd.namespaces);
     if cmd.netns_to_join().is_some() {
@@ -506,22 +510,23 @@ pub fn spawn(
         status: status.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()),
         program_pid: program_pid.as_mut_ptr(),
         // The top: stacks grow down.
-        program_stack: program_stack.as_mut_ptr_range().end.cast(),
+        program_stack: program_stack
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |s| s.as_mut_ptr_range().end.cast()),
         stdio,
         report: report_w.as_raw_fd(),
         gate: gate_r.as_raw_fd(),
     };
     // 16-byte aligned, and a multiple of 16 long: the stack top the kernel hands the
     // child is then aligned as the ABI wants at a call. Kept (like `ctx`) until the child
-    // has exec'd (end of file on the report pipe, or the init's first word) or exited;
-    // leaked, not freed, should `hand_over` panic, since the child may still be on it then.
+    // has exec'd or exited, which `read_report` below sees as end of file; leaked, not
+    // freed, should `hand_over` panic, since the child may still be on it then.
     let mut stack = std::mem::ManuallyDrop::new(vec![0u128; CHILD_STACK_BYTES / 16]);
     let blocked = SignalsBlocked::new();
-    // SAFETY: `ctx` and `stack` outlive the child's use of them: this function frees them
-    // only once the child has exec'd (end of file on the report pipe, whose write end the
-    // child holds until it execs or exits, or a word from the init it exec'd) or has been
-    // reaped; signals are blocked; the child makes only async-signal-safe calls and never
-    // returns.
+    // SAFETY: `ctx` and the stacks outlive the child's (and the program's process's) use
+    // of them: this function frees them only after end of file on the report pipe, whose
+    // write end each holds until it execs or exits, or once the child has been reaped;
+    // signals are blocked; the child makes only async-signal-safe calls and never returns.
     let ret = unsafe { clone_child(&mut args, &ctx, &mut stack) };
     if ret < 0 {
         let e = io::Error::last_os_error();
@@ -572,7 +577,7 @@ pub fn spawn(
     match outcome {
         Ok(()) => {
             drop(std::mem::ManuallyDrop::into_inner(stack));
-            drop(std::mem::ManuallyDrop::into_inner(program_stack));
+            drop(program_stack.map(std::mem::ManuallyDrop::into_inner));
             child.status = status_r;
             Ok(child)
         }
@@ -581,7 +586,7 @@ pub fn spawn(
             // and only then free the stacks it (or the program's process) may still be on.
             let _ = wait(child.pidfd.as_fd());
             drop(std::mem::ManuallyDrop::into_inner(stack));
-            drop(std::mem::ManuallyDrop::into_inner(program_stack));
+            drop(program_stack.map(std::mem::ManuallyDrop::into_inner));
             Err(e)
         }
     }
@@ -682,13 +687,6 @@ unsafe fn child_after_clone(ctx: &ChildContext<'_>) -> ! {
         report,
         gate,
     } = *ctx;
-    fn say(report: RawFd, code: u32, errno: i32) {
-        let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&code.to_ne_bytes());
-        msg[4..].copy_from_slice(&errno.to_ne_bytes());
-        // SAFETY: writes a local buffer of its own length.
-        unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
-    }
     fn fail(report: RawFd, stage: Stage) -> ! {
         // SAFETY: reads this thread's errno.
         say(report, stage.code(), unsafe { *libc::__errno_location() });
@@ -871,13 +869,18 @@ extern "C" fn program_entry(ctx: *mut libc::c_void) -> libc::c_int {
         // errno is shared with PID 1 (same memory, same thread pointer), whose calls that
         // run meanwhile (fcntl, execveat) set it only if they fail: the start fails then
         // anyway.
-        let errno = *libc::__errno_location();
-        let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&Stage::Exec.code().to_ne_bytes());
-        msg[4..].copy_from_slice(&errno.to_ne_bytes());
-        libc::write(ctx.report, msg.as_ptr().cast(), msg.len());
+        say(ctx.report, Stage::Exec.code(), *libc::__errno_location());
         libc::_exit(127)
     }
+}
+
+/// Writes one message, `(code, errno)`, on the report pipe; async-signal-safe.
+fn say(report: RawFd, code: u32, errno: i32) {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&code.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes a local buffer of its own length.
+    unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
 }
 
 /// Unblocks every signal (the raw call: glibc's would keep its own two blocked).
