@@ -97,7 +97,9 @@ impl JobRecord {
             output_error: info.output_error,
             env: info.env,
             working_dir: info.working_dir,
-            timeout_ms: info.timeout.map(|t| t.as_millis() as u64),
+            timeout_ms: info
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             timed_out: info.timed_out,
         }
     }
