@@ -233,12 +233,7 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         max_pids: file.max_pids,
         max_device_bps: file.max_device_bps,
     };
-    let file_retention = file
-        .retention
-        .as_deref()
-        .map(humantime::parse_duration)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("retention in the config file: {e}"))?;
+    let file_retention = file_duration("retention", &file.retention)?;
     config.worker.retention = args.retention.or(file_retention);
     config.worker.max_output_bytes = file.max_output_bytes;
     if let Some(list) = &file.isolation {
@@ -266,14 +261,8 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
             .map_err(|e| anyhow::anyhow!("job_env in the config file: {e}"))?;
         config.worker.env.push(var.clone());
     }
-    let duration = |key: &str, text: &Option<String>| {
-        text.as_deref()
-            .map(humantime::parse_duration)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{key} in the config file: {e}"))
-    };
-    config.worker.default_timeout = duration("default_timeout", &file.default_timeout)?;
-    config.worker.max_timeout = duration("max_timeout", &file.max_timeout)?;
+    config.worker.default_timeout = file_duration("default_timeout", &file.default_timeout)?;
+    config.worker.max_timeout = file_duration("max_timeout", &file.max_timeout)?;
     if let (Some(default), Some(max)) = (config.worker.default_timeout, config.worker.max_timeout) {
         anyhow::ensure!(
             default <= max,
@@ -345,9 +334,7 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     )? {
         config.transport.max_handshakes_per_address = n;
     }
-    if let Some(text) = &file.handshake_timeout {
-        let timeout = humantime::parse_duration(text)
-            .map_err(|e| anyhow::anyhow!("handshake_timeout in the config file: {e}"))?;
+    if let Some(timeout) = file_duration("handshake_timeout", &file.handshake_timeout)? {
         anyhow::ensure!(
             !timeout.is_zero(),
             "handshake_timeout in the config file must be longer than zero"
@@ -355,6 +342,14 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         config.transport.handshake_timeout = timeout;
     }
     Ok(config)
+}
+
+/// A duration key of the config file (`90s`, `7d`), if it is there.
+fn file_duration(key: &str, text: &Option<String>) -> anyhow::Result<Option<Duration>> {
+    text.as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{key} in the config file: {e}"))
 }
 
 pub fn pki(command: PkiCommand) -> anyhow::Result<()> {
