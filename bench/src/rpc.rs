@@ -149,6 +149,7 @@ async fn each_batch(
         .logs(pb::LogsRequest {
             job_id: id.into(),
             follow,
+            start: None,
         })
         .await
         .context("Logs failed")?

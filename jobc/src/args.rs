@@ -80,6 +80,17 @@ impl ConnArgs {
 pub enum Command {
     /// Start a job and print its id.
     Start(Box<StartArgs>),
+    /// Start a job, print its output as it comes and exit with its exit code (128+N for
+    /// signal N). Ctrl-C sends SIGINT to the job, a second Ctrl-C stops it. The job runs
+    /// in jobd: if jobc itself is killed, the job goes on.
+    Run(Box<RunArgs>),
+    /// Wait until jobs have ended; print each status and exit with the first non-zero
+    /// exit code among them (128+N for signal N).
+    Wait {
+        /// Job ids, or unique prefixes of at least 4 characters.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
     /// Stop a job: SIGTERM, a grace period, then SIGKILL. Returns when it has ended.
     Stop {
         id: String,
@@ -109,9 +120,20 @@ pub enum Command {
         /// Write the job's bytes to stdout and stderr exactly as it wrote them.
         #[arg(long)]
         raw: bool,
+        /// Follow the job until it ends (the default), resuming after a broken
+        /// connection or a restart of the server.
+        #[arg(short, long, overrides_with = "no_follow")]
+        follow: bool,
         /// Stop after the output so far instead of following the job.
         #[arg(long)]
         no_follow: bool,
+        /// Start with the last N lines of the output (stdout and stderr together).
+        #[arg(long, value_name = "N", conflicts_with = "since")]
+        tail: Option<u32>,
+        /// Start with the output written at or after TIME (RFC 3339, e.g.
+        /// 2026-12-03T10:00:00Z) or DURATION ago (e.g. 10m, 2h).
+        #[arg(long, value_name = "TIME|DURATION", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
     },
     /// Delete an ended job and its output.
     Rm { id: String },
@@ -140,6 +162,15 @@ pub enum Format {
 pub enum ListState {
     Running,
     Ended,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the job and its output once it has ended (as `jobc rm`).
+    #[arg(long)]
+    pub rm: bool,
+    #[command(flatten)]
+    pub start: StartArgs,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +221,19 @@ pub struct StartArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+/// An RFC 3339 time, or a duration before now.
+fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither a time (2026-12-03T10:00:00Z) nor a duration (10m)")
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("{s:?} is too long ago"))
 }
 
 fn parse_signal(s: &str) -> Result<i32, String> {
@@ -341,6 +385,55 @@ mod tests {
             let err = start(&bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn run_takes_the_flags_of_start_and_its_own() {
+        let cli = Cli::try_parse_from([
+            "jobc", "run", "--rm", "--cpus", "1", "sh", "-c", "x", "--rm",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert!(run.rm);
+        assert_eq!(run.start.cpus, Some(1.0));
+        assert_eq!(run.start.command, ["sh", "-c", "x", "--rm"]);
+    }
+
+    #[test]
+    fn logs_start_at_a_tail_or_a_time_but_not_both() {
+        let logs = |extra: &[&str]| match Cli::try_parse_from(
+            ["jobc", "logs"].iter().chain(extra).chain(&["ID"]),
+        )?
+        .command
+        {
+            Command::Logs {
+                tail,
+                since,
+                follow,
+                no_follow,
+                ..
+            } => Ok::<_, clap::Error>((tail, since, follow, no_follow)),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(logs(&["--tail", "5"]).unwrap().0, Some(5));
+        let t = logs(&["--since", "2026-12-03T10:00:00Z"])
+            .unwrap()
+            .1
+            .unwrap();
+        assert_eq!(
+            humantime::format_rfc3339(t).to_string(),
+            "2026-12-03T10:00:00Z"
+        );
+        let ago = logs(&["--since", "10m"]).unwrap().1.unwrap();
+        let elapsed = std::time::SystemTime::now().duration_since(ago).unwrap();
+        assert!((599..=601).contains(&elapsed.as_secs()), "{elapsed:?}");
+        assert!(logs(&["--tail", "5", "--since", "10m"]).is_err());
+        assert!(logs(&["--since", "soon"]).is_err());
+        assert!(logs(&["--tail", "-1"]).is_err());
+        let (_, _, follow, no_follow) = logs(&["--no-follow", "-f"]).unwrap();
+        assert!(follow && !no_follow);
     }
 
     #[test]

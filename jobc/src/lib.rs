@@ -5,5 +5,7 @@ pub mod args;
 pub mod client;
 pub mod environment;
 pub mod errors;
+pub mod follow;
 pub mod output;
 mod render;
+pub mod run;

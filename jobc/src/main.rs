@@ -1,12 +1,14 @@
 //! The `jobc` binary: parse, connect, call, print. Errors are one line on stderr.
 
-use std::io::{self, Write};
+use std::io;
 
 use clap::{CommandFactory, Parser};
 use jobc::args::{Cli, Command, Format, ListState, StartArgs};
 use jobc::client;
 use jobc::errors::{self, Failure, EXIT_INTERRUPTED, EXIT_REQUEST};
-use jobc::output::{self, LogSink};
+use jobc::follow::Connection;
+use jobc::output::{self, print, LogSink};
+use jobc::run;
 use proto::v1 as pb;
 
 fn main() {
@@ -29,8 +31,10 @@ fn main() {
             other => other,
         }
     });
-    if let Err(failure) = result {
-        exit(failure);
+    match result {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(failure) => exit(failure),
     }
 }
 
@@ -56,39 +60,54 @@ fn exit(failure: Failure) -> ! {
     std::process::exit(failure.exit_code)
 }
 
-/// Prints to stdout; a closed pipe (`jobc ... | head`) ends jobc quietly.
-fn print(text: &str) -> Result<(), Failure> {
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(write_failure)
-}
-
-fn write_failure(e: io::Error) -> Failure {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        Failure::new(0, "")
-    } else {
-        Failure::new(EXIT_REQUEST, format!("cannot write output: {e}"))
-    }
-}
-
-async fn run(cli: Cli) -> Result<(), Failure> {
+/// Runs the command; returns jobc's exit code.
+async fn run(cli: Cli) -> Result<i32, Failure> {
     if let Command::Completions { shell } = cli.command {
         let mut cmd = Cli::command();
         clap_complete::generate(shell, &mut cmd, "jobc", &mut io::stdout());
-        return Ok(());
+        return Ok(0);
     }
     let target = cli.conn.target();
-    let server = target.server.clone();
-    let status = |s: tonic::Status| errors::from_status(&s, &server);
     // A start's own mistakes (an env file that cannot be read) show before connecting.
     let start = match &cli.command {
         Command::Start(args) => Some(start_request(args)?),
+        Command::Run(args) => Some(start_request(&args.start).map_err(no_status)?),
         _ => None,
     };
-    let mut client = client::connect(&target).await?;
+    let connected = client::connect(&target).await;
+    if let Command::Run(_) | Command::Wait { .. } = cli.command {
+        // Their exit code is the job's: a failure of jobc's own must not look like one.
+        let mut conn = Connection {
+            target: target.clone(),
+            client: connected.map_err(|e| no_status(e.into()))?,
+        };
+        let code = match cli.command {
+            Command::Run(args) => {
+                let request = start.expect("made above for a run");
+                run::run(&mut conn, request, args.rm).await
+            }
+            Command::Wait { ids } => run::wait(&conn, &ids).await,
+            _ => unreachable!("only run and wait get here"),
+        }
+        .map_err(no_status)?;
+        return Ok(code);
+    }
+    let client = connected?;
+    call(cli.command, start, Connection { target, client })
+        .await
+        .map(|()| 0)
+}
 
-    match cli.command {
+/// The commands of one call (or a few: a list's pages), whose success is exit code 0.
+async fn call(
+    command: Command,
+    start: Option<pb::StartRequest>,
+    conn: Connection,
+) -> Result<(), Failure> {
+    let server = conn.target.server.clone();
+    let status = |s: tonic::Status| errors::from_status(&s, &server);
+    let mut client = conn.client.clone();
+    match command {
         Command::Start(_) => {
             let request = start.expect("made above for a start");
             let reply = client.start(request).await.map_err(status)?;
@@ -109,7 +128,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client
                 .stop(pb::StopRequest {
                     job_id: id,
-                    grace_period_seconds: grace,
+                    grace_period: grace.map(|s| proto::Duration {
+                        seconds: s.into(),
+                        nanos: 0,
+                    }),
                 })
                 .await
                 .map_err(status)?;
@@ -179,44 +201,46 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => print(json.end()),
             }
         }
-        Command::Logs { id, raw, no_follow } => {
+        Command::Logs {
+            id,
+            raw,
+            follow: _,
+            no_follow,
+            tail,
+            since,
+        } => {
+            let start = match (tail, since) {
+                (Some(n), _) => Some(pb::logs_request::Start::TailLines(n)),
+                (None, Some(t)) => Some(pb::logs_request::Start::Since(t.into())),
+                (None, None) => None,
+            };
             let request = pb::LogsRequest {
                 job_id: id,
                 follow: !no_follow,
+                start,
             };
+            let mut conn = conn;
+            let mut sink = LogSink::new(raw);
             tokio::select! {
-                result = logs(&mut client, request, raw, &server) => result,
+                result = conn.logs(request, &mut sink, !no_follow) => result,
                 _ = tokio::signal::ctrl_c() => Err(Failure::new(EXIT_INTERRUPTED, "")),
             }
         }
+        Command::Run(_) | Command::Wait { .. } => unreachable!("handled above"),
         Command::Completions { .. } => unreachable!("handled before connecting"),
     }
 }
 
-async fn logs(
-    client: &mut pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
-    request: pb::LogsRequest,
-    raw: bool,
-    server: &str,
-) -> Result<(), Failure> {
-    let mut stream = client
-        .logs(request)
-        .await
-        .map_err(|s| errors::from_status(&s, server))?
-        .into_inner();
-    let mut sink = LogSink::new(raw);
-    loop {
-        match stream.message().await {
-            Ok(Some(batch)) => sink.write_batch(batch.records).map_err(write_failure)?,
-            Ok(None) => break,
-            Err(s) => {
-                // Print what we have, then say why the stream ended early.
-                sink.finish().map_err(write_failure)?;
-                return Err(errors::from_status(&s, server));
-            }
-        }
+/// A failure of `run` or `wait`, whose exit codes are the job's.
+fn no_status(failure: Failure) -> Failure {
+    Failure {
+        exit_code: if failure.exit_code == 0 {
+            0
+        } else {
+            run::EXIT_NO_STATUS
+        },
+        ..failure
     }
-    sink.finish().map_err(write_failure)
 }
 
 fn start_request(args: &StartArgs) -> Result<pb::StartRequest, Failure> {
@@ -249,6 +273,9 @@ fn start_request(args: &StartArgs) -> Result<pb::StartRequest, Failure> {
         host_network: args.network.as_deref() == Some("host"),
         env,
         working_dir: args.workdir.clone().unwrap_or_default(),
-        timeout_seconds: args.timeout,
+        timeout: args.timeout.map(|s| proto::Duration {
+            seconds: s as i64,
+            nanos: 0,
+        }),
     })
 }

@@ -10,6 +10,24 @@ use common::inert::Inert;
 use proto::v1 as pb;
 use serde::Serialize;
 
+/// Prints to stdout; a closed pipe (`jobc ... | head`) ends jobc quietly.
+pub fn print(text: &str) -> Result<(), crate::errors::Failure> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(write_failure)
+}
+
+/// A failure to write jobc's output: a closed pipe is a quiet end, not an error.
+pub fn write_failure(e: io::Error) -> crate::errors::Failure {
+    use crate::errors::{Failure, EXIT_REQUEST};
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Failure::new(0, "")
+    } else {
+        Failure::new(EXIT_REQUEST, format!("cannot write output: {e}"))
+    }
+}
+
 /// `running`, `finished (exit code: N)` or `stopped (signal: N)`.
 pub fn status_line(s: &pb::JobStatus) -> String {
     match state_name(s) {
@@ -26,7 +44,7 @@ pub fn status_text(s: &pb::JobStatus) -> String {
     let mut text = status_line(s);
     text.push('\n');
     if s.timed_out {
-        let limit = s.timeout_seconds.unwrap_or(0);
+        let limit = seconds(&s.timeout).unwrap_or(0);
         text.push_str(&format!(
             "timed out: stopped after its time limit of {limit} s\n"
         ));
@@ -49,10 +67,25 @@ fn state_name(s: &pb::JobStatus) -> &'static str {
     }
 }
 
-fn time(t: &Option<pb::Timestamp>) -> Option<String> {
+fn time(t: &Option<proto::Timestamp>) -> Option<String> {
     t.as_ref().map(|t| {
-        let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos);
+        let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
         humantime::format_rfc3339_nanos(at).to_string()
+    })
+}
+
+/// Whole seconds of a duration, rounded up (a limit under a second shows as one).
+fn seconds(d: &Option<proto::Duration>) -> Option<u64> {
+    d.as_ref()
+        .map(|d| (d.seconds.max(0) as u64).saturating_add(u64::from(d.nanos > 0)))
+}
+
+/// Microseconds of a duration; a negative one (no server sends it) as zero.
+fn micros(d: &Option<proto::Duration>) -> u64 {
+    d.as_ref().map_or(0, |d| {
+        (d.seconds.max(0) as u64)
+            .saturating_mul(1_000_000)
+            .saturating_add((d.nanos.max(0) / 1000) as u64)
     })
 }
 
@@ -124,7 +157,7 @@ fn status_json(s: &pb::JobStatus) -> Status<'_> {
         ended_at: time(&s.ended_at),
         stop_requested: s.stop_requested,
         oom_killed: s.oom_killed,
-        cpu_usage_usec: s.cpu_usage_usec,
+        cpu_usage_usec: micros(&s.cpu_usage),
         memory_peak_bytes: s.memory_peak_bytes,
         limits: s.limits.as_ref().map(|l| Limits {
             cpus: l.cpus,
@@ -150,7 +183,7 @@ fn status_json(s: &pb::JobStatus) -> Status<'_> {
         record_error: Some(s.record_error.as_str()).filter(|e| !e.is_empty()),
         env: &s.env,
         working_dir: &s.working_dir,
-        timeout_seconds: s.timeout_seconds,
+        timeout_seconds: seconds(&s.timeout),
         timed_out: s.timed_out,
     }
 }

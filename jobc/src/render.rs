@@ -64,6 +64,15 @@ impl Partial {
     }
 }
 
+/// A record's time in nanoseconds since the Unix epoch (0 if the server sent none).
+fn unix_nanos(record: &Record) -> i64 {
+    record.time.as_ref().map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.nanos))
+    })
+}
+
 /// The last time formatted. Every line of a record has the record's time, so a record of
 /// thousands of lines formats it once.
 #[derive(Default)]
@@ -120,7 +129,7 @@ impl JsonLines {
                 None if window.len() > room => (room, room),
                 None => {
                     if partial.bytes.is_empty() {
-                        partial.time_unix_nanos = record.time_unix_nanos;
+                        partial.time_unix_nanos = unix_nanos(record);
                     }
                     partial.bytes.extend_from_slice(window);
                     return;
@@ -128,7 +137,7 @@ impl JsonLines {
             };
             if partial.bytes.is_empty() {
                 // The whole line is in this record: written from it, not copied first.
-                line(&rest[..end], stream, time.of(record.time_unix_nanos), out);
+                line(&rest[..end], stream, time.of(unix_nanos(record)), out);
             } else {
                 partial.bytes.extend_from_slice(&rest[..end]);
                 partial.emit(stream, time, out);
@@ -231,7 +240,10 @@ mod tests {
     fn rec(stream: Stream, t: i64, data: &[u8]) -> Record {
         Record {
             stream: stream as i32,
-            time_unix_nanos: t,
+            time: Some(proto::Timestamp {
+                seconds: t.div_euclid(1_000_000_000),
+                nanos: t.rem_euclid(1_000_000_000) as i32,
+            }),
             data: data.to_vec().into(),
         }
     }
@@ -414,7 +426,7 @@ z",
                     line.clear();
                 }
                 if line.is_empty() {
-                    *time = r.time_unix_nanos;
+                    *time = unix_nanos(r);
                 }
                 if b == b'\n' {
                     emit(line, stream, *time, &mut out);

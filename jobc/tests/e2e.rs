@@ -182,9 +182,9 @@ fn errors_are_one_clear_line() {
     let s = Server::start();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (
-            vec!["status", "1234"],
+            vec!["status", "12z4"],
             1,
-            "jobc: malformed job id \"1234\": expected a UUID\n",
+            "jobc: malformed job id \"12z4\": expected a UUID or the start of one\n",
         ),
         (
             vec!["status", "00000000-0000-4000-8000-000000000000"],
@@ -257,7 +257,7 @@ fn errors_are_one_clear_line() {
     assert!(!err.contains('\u{1b}'), "{err}");
     assert!(
         err.starts_with("jobc: malformed job id \"\\u{1b}[2J")
-            && err.ends_with("(10000 bytes): expected a UUID\n"),
+            && err.ends_with("(10000 bytes): expected a UUID or the start of one\n"),
         "{err}"
     );
 

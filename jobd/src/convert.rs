@@ -1,6 +1,6 @@
 //! Translation between the wire types and the worker's types, with request validation.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use proto::v1 as pb;
 use tonic::Status;
@@ -79,12 +79,47 @@ fn limits_to_pb(l: &Limits) -> pb::Limits {
     }
 }
 
-fn timestamp(t: SystemTime) -> pb::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    pb::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos(),
+fn timestamp(t: SystemTime) -> proto::Timestamp {
+    t.into()
+}
+
+fn timestamp_of_nanos(unix_nanos: i64) -> proto::Timestamp {
+    proto::Timestamp {
+        seconds: unix_nanos.div_euclid(1_000_000_000),
+        nanos: unix_nanos.rem_euclid(1_000_000_000) as i32,
     }
+}
+
+/// A `Duration` of the API: never negative (there is none in jobworker).
+fn duration(d: Duration) -> proto::Duration {
+    proto::Duration::try_from(d).unwrap_or(proto::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
+}
+
+/// A duration a caller sent, for the field `what`: negative or malformed is their mistake.
+pub fn duration_from(d: proto::Duration, what: &str) -> Result<Duration, Status> {
+    Duration::try_from(d).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{what} of {}.{:09} s is not a duration (negative, or nanos out of range)",
+            d.seconds, d.nanos
+        ))
+    })
+}
+
+/// A time a caller sent (`since`): before the epoch is the epoch, as nanoseconds.
+pub fn unix_nanos_from(t: proto::Timestamp, what: &str) -> Result<i64, Status> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Status::invalid_argument(format!(
+            "{what}: nanos {} out of range",
+            t.nanos
+        )));
+    }
+    Ok(t.seconds
+        .max(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos)))
 }
 
 pub fn isolation(i: Option<pb::Isolation>) -> Option<Isolation> {
@@ -118,7 +153,7 @@ pub fn into_status(info: JobInfo) -> pb::JobStatus {
         ended_at: info.ended_at.map(timestamp),
         stop_requested: info.stop_requested,
         oom_killed: info.oom_killed,
-        cpu_usage_usec: info.cpu_usage_usec,
+        cpu_usage: Some(duration(Duration::from_micros(info.cpu_usage_usec))),
         memory_peak_bytes: info.memory_peak_bytes,
         pid: info.pid.max(0) as u32,
         output_error: info.output_error.unwrap_or_default(),
@@ -133,13 +168,33 @@ pub fn into_status(info: JobInfo) -> pb::JobStatus {
         gid: info.gid,
         env: info.env,
         working_dir: info.working_dir,
-        // A limit under a second (none comes over the API) shows as one second.
-        timeout_seconds: info.timeout.map(|t| t.as_secs_f64().ceil() as u64),
+        timeout: info.timeout.map(duration),
         timed_out: info.timed_out,
     }
 }
 
-pub fn records(batch: Vec<Record>) -> pb::LogsResponse {
+pub fn position(p: worker::LogPosition) -> pb::LogPosition {
+    pb::LogPosition {
+        offset: p.offset,
+        skip: p.skip,
+    }
+}
+
+/// Where a Logs request starts; a time or a position the caller sent is checked.
+pub fn log_start(start: Option<pb::logs_request::Start>) -> Result<worker::LogStart, Status> {
+    use pb::logs_request::Start as S;
+    Ok(match start {
+        None => worker::LogStart::Beginning,
+        Some(S::Position(p)) => worker::LogStart::Position(worker::LogPosition {
+            offset: p.offset,
+            skip: p.skip,
+        }),
+        Some(S::Since(t)) => worker::LogStart::Since(unix_nanos_from(t, "since")?),
+        Some(S::TailLines(n)) => worker::LogStart::TailLines(n.into()),
+    })
+}
+
+pub fn records(batch: Vec<Record>, next: worker::LogPosition) -> pb::LogsResponse {
     pb::LogsResponse {
         records: batch
             .into_iter()
@@ -149,10 +204,11 @@ pub fn records(batch: Vec<Record>) -> pb::LogsResponse {
                     Stream::Stderr => pb::Stream::Stderr,
                     Stream::System => pb::Stream::System,
                 } as i32,
-                time_unix_nanos: r.time_unix_nanos,
+                time: Some(timestamp_of_nanos(r.time_unix_nanos)),
                 data: r.data,
             })
             .collect(),
+        next: Some(position(next)),
     }
 }
 

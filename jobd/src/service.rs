@@ -10,7 +10,7 @@ use proto::v1 as pb;
 use proto::v1::job_service_server::JobService;
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
-use worker::{Job, JobId, JobSpec, Recipients, Worker};
+use worker::{IdPrefix, Job, JobId, JobSpec, Recipients, Worker};
 
 use crate::authz::{self, Action, Denied};
 use crate::convert::{self, RequestLimits};
@@ -58,18 +58,58 @@ impl Service {
         }
     }
 
-    /// Finds a job the caller may act on; a job they may not see is "not found".
+    /// Finds a job the caller may act on, by its id or the unique start of it among the
+    /// jobs the caller may see; a job they may not see is "not found", and never makes a
+    /// prefix ambiguous.
     fn job_for(&self, caller: &Identity, action: Action, id: &str) -> Result<Arc<Job>, Status> {
         // A caller without a role learns nothing, not even whether the id is well formed.
         authz::authorize(caller, action, Some(&caller.name)).map_err(denied(id))?;
-        let id: JobId = id
-            .parse()
-            .map_err(|e: worker::MalformedJobId| convert::error(e.into()))?;
-        let job = self.worker.job(&id).map_err(convert::error)?;
-        authz::authorize(caller, action, Some(job.owner())).map_err(denied(&id.to_string()))?;
+        let Ok(full) = id.parse::<JobId>() else {
+            return self.job_by_prefix(caller, action, id);
+        };
+        let job = self.worker.job(&full).map_err(convert::error)?;
+        authz::authorize(caller, action, Some(job.owner())).map_err(denied(&full.to_string()))?;
         Ok(job)
     }
+
+    fn job_by_prefix(
+        &self,
+        caller: &Identity,
+        action: Action,
+        text: &str,
+    ) -> Result<Arc<Job>, Status> {
+        let prefix: IdPrefix = text
+            .parse()
+            .map_err(|e: worker::BadPrefix| Status::invalid_argument(e.to_string()))?;
+        let mut found = self.worker.jobs_with_prefix(&prefix, |job| {
+            authz::authorize(caller, action, Some(job.owner())).is_ok()
+        });
+        match found.len() {
+            0 => Err(Status::not_found(format!(
+                "no job with an id that starts with {prefix}"
+            ))),
+            1 => Ok(found.remove(0)),
+            n => {
+                let shown: Vec<String> = found
+                    .iter()
+                    .take(AMBIGUOUS_SHOWN)
+                    .map(|j| j.id().to_string())
+                    .collect();
+                let more = match n.saturating_sub(AMBIGUOUS_SHOWN) {
+                    0 => String::new(),
+                    rest => format!(" and {rest} more"),
+                };
+                Err(Status::invalid_argument(format!(
+                    "job id prefix {prefix} is ambiguous: it matches {n} jobs: {}{more}",
+                    shown.join(", ")
+                )))
+            }
+        }
+    }
 }
+
+/// The matches an ambiguous prefix's refusal names.
+const AMBIGUOUS_SHOWN: usize = 10;
 
 fn denied(id: &str) -> impl Fn(Denied) -> Status + '_ {
     move |d| match d {
@@ -172,7 +212,17 @@ impl JobService for Service {
             spec.as_root = req.as_root;
             spec.env = req.env;
             spec.working_dir = Some(req.working_dir).filter(|d| !d.is_empty());
-            spec.timeout = req.timeout_seconds.map(Duration::from_secs);
+            spec.timeout = match req.timeout {
+                None => None,
+                Some(t) => match convert::duration_from(t, "a time limit")? {
+                    t if t.is_zero() => {
+                        return Err(Status::invalid_argument(
+                            "a time limit must be longer than zero",
+                        ))
+                    }
+                    t => Some(t),
+                },
+            };
             let job = self.worker.start(spec).await.map_err(convert::error)?;
             Ok(job.id().to_string())
         }
@@ -200,15 +250,18 @@ impl JobService for Service {
         let req = req.into_inner();
         let result = async {
             let job = self.job_for(&caller, Action::Stop, &req.job_id)?;
-            let grace = match req.grace_period_seconds {
+            let grace = match req.grace_period {
                 None => self.worker.config().default_grace,
-                Some(s) if Duration::from_secs(s.into()) > self.limits.max_grace => {
-                    return Err(Status::invalid_argument(format!(
-                        "a grace period of {s} s is longer than the server's maximum of {} s",
-                        self.limits.max_grace.as_secs()
-                    )))
-                }
-                Some(s) => Duration::from_secs(s.into()),
+                Some(g) => match convert::duration_from(g, "a grace period")? {
+                    g if g > self.limits.max_grace => {
+                        return Err(Status::invalid_argument(format!(
+                            "a grace period of {} is longer than the server's maximum of {} s",
+                            humantime::format_duration(g),
+                            self.limits.max_grace.as_secs()
+                        )))
+                    }
+                    g => g,
+                },
             };
             let info = job.stop(grace).await.map_err(convert::error)?;
             Ok(convert::status(&info))
@@ -263,14 +316,42 @@ impl JobService for Service {
         })
     }
 
+    async fn wait(
+        &self,
+        req: Request<pb::WaitRequest>,
+    ) -> Result<Response<pb::WaitResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let result = async {
+            let job = self.job_for(&caller, Action::Status, &req.job_id)?;
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                info = job.wait() => Ok(convert::into_status(info)),
+                // The server's graceful shutdown waits for calls in flight: a wait must end.
+                _ = shutdown.wait_for(|down| *down) => {
+                    Err(Status::unavailable("the server is shutting down"))
+                }
+            }
+        }
+        .await;
+        log(&caller, "Wait", &req.job_id, started, &result);
+        result.map(|status| {
+            Response::new(pb::WaitResponse {
+                status: Some(status),
+            })
+        })
+    }
+
     type LogsStream = LogStream;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogStream>, Status> {
         let started = Instant::now();
         let caller = caller(&req)?;
         let req = req.into_inner();
-        let result = (|| {
+        let result = async {
             let job = self.job_for(&caller, Action::Logs, &req.job_id)?;
+            let start = convert::log_start(req.start)?;
             let permit = Arc::clone(&self.log_streams)
                 .try_acquire_owned()
                 .map_err(|_| {
@@ -278,9 +359,13 @@ impl JobService for Service {
                         "the server is serving its maximum of log streams; try again later",
                     )
                 })?;
-            let reader = job.logs(req.follow).map_err(convert::error)?;
+            let reader = job
+                .logs_from(req.follow, start)
+                .await
+                .map_err(convert::error)?;
             Ok(log_stream(reader, self.shutdown.clone(), permit))
-        })();
+        }
+        .await;
         log(&caller, "Logs", &req.job_id, started, &result);
         result.map(Response::new)
     }
@@ -345,7 +430,7 @@ fn log_stream(
             _ = st.shutdown.wait_for(|down| *down) => None,
         };
         match next {
-            Some(Ok(Some(batch))) => Some((Ok(convert::records(batch)), st)),
+            Some(Ok(Some(batch))) => Some((Ok(convert::records(batch, reader.position())), st)),
             Some(Ok(None)) => None,
             Some(Err(e)) => {
                 st.reader = None;

@@ -45,7 +45,10 @@ async fn start(c: &mut JobServiceClient<Channel>, argv: &[&str]) -> String {
 async fn stop(c: &mut JobServiceClient<Channel>, id: &str) -> pb::JobStatus {
     c.stop(pb::StopRequest {
         job_id: id.into(),
-        grace_period_seconds: Some(0),
+        grace_period: Some(proto::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
     })
     .await
     .unwrap()
@@ -93,7 +96,7 @@ async fn pages(
 }
 
 /// The list's order: start time, then id.
-fn place(j: &pb::JobStatus) -> (i64, u32, String) {
+fn place(j: &pb::JobStatus) -> (i64, i32, String) {
     let t = j.started_at.unwrap_or_default();
     (t.seconds, t.nanos, j.job_id.clone())
 }

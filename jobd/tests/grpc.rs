@@ -75,6 +75,7 @@ async fn read_logs(
         .logs(pb::LogsRequest {
             job_id: id.into(),
             follow,
+            start: None,
         })
         .await?
         .into_inner();
@@ -192,7 +193,7 @@ async fn the_rbac_matrix() {
                 let err = client
                     .stop(pb::StopRequest {
                         job_id: id.clone(),
-                        grace_period_seconds: None,
+                        grace_period: None,
                     })
                     .await
                     .unwrap_err();
@@ -209,7 +210,10 @@ async fn the_rbac_matrix() {
     let stopped = alice
         .stop(pb::StopRequest {
             job_id: jobs[1].1.clone(),
-            grace_period_seconds: Some(1),
+            grace_period: Some(proto::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap()
@@ -226,7 +230,10 @@ async fn the_rbac_matrix() {
         let stopped = admin
             .stop(pb::StopRequest {
                 job_id: id.clone(),
-                grace_period_seconds: Some(1),
+                grace_period: Some(proto::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
             })
             .await
             .unwrap_or_else(|e| panic!("admin stop of {owner}'s job: {e:?}"))
@@ -275,7 +282,7 @@ async fn a_certificate_without_a_role_may_do_nothing() {
         nobody
             .stop(pb::StopRequest {
                 job_id: id.clone(),
-                grace_period_seconds: None,
+                grace_period: None,
             })
             .await
             .map(|_| ()),
@@ -355,9 +362,18 @@ async fn bad_requests_get_clear_status_codes() {
         "the request is larger than the server accepts (4 MiB)"
     );
 
-    let e = status(&mut alice, "1234").await.unwrap_err();
+    let e = status(&mut alice, "12z4").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert_eq!(e.message(), "malformed job id \"1234\": expected a UUID");
+    assert_eq!(
+        e.message(),
+        "malformed job id \"12z4\": expected a UUID or the start of one"
+    );
+    let e = status(&mut alice, "123").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "job id prefix \"123\" is too short: give at least 4 characters of the id"
+    );
     let e = status(&mut alice, "00000000-0000-4000-8000-000000000000")
         .await
         .unwrap_err();
@@ -367,7 +383,10 @@ async fn bad_requests_get_clear_status_codes() {
     let e = alice
         .stop(pb::StopRequest {
             job_id: id.clone(),
-            grace_period_seconds: Some(100_000),
+            grace_period: Some(proto::Duration {
+                seconds: 100_000,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap_err();
@@ -394,7 +413,7 @@ async fn bad_requests_get_clear_status_codes() {
         alice
             .stop(pb::StopRequest {
                 job_id: id.clone(),
-                grace_period_seconds: None,
+                grace_period: None,
             })
             .await
             .unwrap();
@@ -649,6 +668,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
                 .logs(pb::LogsRequest {
                     job_id: id.clone(),
                     follow: true,
+                    start: None,
                 })
                 .await
                 .unwrap()
@@ -677,6 +697,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
                 .logs(pb::LogsRequest {
                     job_id: id.clone(),
                     follow: false,
+                    start: None,
                 })
                 .await
             {
@@ -702,7 +723,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
     alice
         .stop(pb::StopRequest {
             job_id: id,
-            grace_period_seconds: None,
+            grace_period: None,
         })
         .await
         .unwrap();
@@ -719,6 +740,7 @@ async fn shutdown_ends_follows_with_unavailable_and_stops_jobs() {
         .logs(pb::LogsRequest {
             job_id: id.clone(),
             follow: true,
+            start: None,
         })
         .await
         .unwrap()
@@ -944,7 +966,10 @@ async fn remove_follows_the_rbac_rules() {
     alice
         .stop(pb::StopRequest {
             job_id: running.clone(),
-            grace_period_seconds: Some(0),
+            grace_period: Some(proto::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap();
@@ -1080,6 +1105,7 @@ async fn streams_past_the_per_connection_limit_wait_for_a_free_one() {
             .logs(pb::LogsRequest {
                 job_id: id.clone(),
                 follow: true,
+                start: None,
             })
             .await
             .unwrap()
@@ -1112,7 +1138,10 @@ async fn streams_past_the_per_connection_limit_wait_for_a_free_one() {
     alice
         .stop(pb::StopRequest {
             job_id: id,
-            grace_period_seconds: Some(0),
+            grace_period: Some(proto::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap();
@@ -1145,7 +1174,10 @@ async fn running_jobs_past_the_limit_are_refused() {
     alice
         .stop(pb::StopRequest {
             job_id: first,
-            grace_period_seconds: Some(0),
+            grace_period: Some(proto::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap();
@@ -1172,7 +1204,10 @@ async fn running_jobs_past_the_limit_are_refused() {
     wait_ended(&mut alice, &third).await;
     bob.stop(pb::StopRequest {
         job_id: second,
-        grace_period_seconds: Some(0),
+        grace_period: Some(proto::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
     })
     .await
     .unwrap();

@@ -17,6 +17,7 @@ async fn wait_for_output(c: &mut JobServiceClient<Channel>, id: &str, needle: &[
         .logs(pb::LogsRequest {
             job_id: id.into(),
             follow: true,
+            start: None,
         })
         .await
         .unwrap()
@@ -58,7 +59,10 @@ async fn a_stop_with_a_deadline_shorter_than_the_grace_still_ends_the_job() {
     let t0 = Instant::now();
     let mut stop = tonic::Request::new(pb::StopRequest {
         job_id: id.clone(),
-        grace_period_seconds: Some(2),
+        grace_period: Some(proto::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
     });
     // Sent as grpc-timeout: the server drops the call when it expires, and so does the
     // client (the outer timeout only bounds the test).

@@ -349,11 +349,26 @@ impl Jobd {
         key: &Path,
         extra: &[&str],
     ) -> Result<Jobd, (ExitStatus, Vec<String>)> {
+        Jobd::spawn_listening("127.0.0.1:0", jobd, log_filter, state, ca, cert, key, extra)
+    }
+
+    /// As [`Jobd::spawn_with`], on the address `listen`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_listening(
+        listen: &str,
+        jobd: &Path,
+        log_filter: &str,
+        state: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> Result<Jobd, (ExitStatus, Vec<String>)> {
         let address_dir = tempfile::tempdir().expect("a folder for the address file");
         let address_file = address_dir.path().join("address");
         let mut child = Command::new(jobd)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .args(["--listen", listen, "--state-dir"])
             .arg(state)
             .arg("--ca")
             .arg(ca)
@@ -532,6 +547,35 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         self.jobd.kill();
         self.jobd = self.spawn_second().expect("jobd did not restart");
+    }
+
+    /// Ends jobd (SIGKILL when `crash`, else SIGTERM) and starts a new one on the same
+    /// state and port, so that clients connected to the first can reach the second.
+    pub fn restart_on_the_same_port(&mut self, crash: bool) {
+        if crash {
+            self.jobd.kill();
+        } else {
+            let status = self.jobd.terminate();
+            assert_eq!(status.code(), Some(0), "jobd exited with {status:?}");
+        }
+        self.jobd = self.spawn_on_the_same_port();
+    }
+
+    /// Another jobd on the same state dir, PKI and port, once this one has exited.
+    pub fn spawn_on_the_same_port(&self) -> Jobd {
+        let listen = format!("127.0.0.1:{}", self.jobd.port);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Jobd::spawn_listening(
+            &listen,
+            &jobd_bin(),
+            "info",
+            &self.dir.path().join("state"),
+            &self.pki.join("ca.pem"),
+            &self.pki.join("server.pem"),
+            &self.pki.join("server-key.pem"),
+            &extra,
+        )
+        .expect("jobd did not restart on its port")
     }
 
     /// Stops jobd with SIGTERM and starts a new one on the same state.

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::output::logfile;
 use crate::output::reader::{LogReader, Progress};
+use crate::output::seek::{self, LogStart};
 use crate::process::cgroup::Usage;
 use crate::process::members::{Processes, Recipients};
 use crate::process::spawn::{Credentials, ExitStatus};
@@ -428,9 +430,39 @@ impl Job {
     /// A reader of the job's output from the beginning; with `follow`, it also waits for
     /// output still to come until the job has ended and every byte was delivered.
     pub fn logs(&self, follow: bool) -> Result<LogReader, Error> {
+        let (file, progress, committed) = self.open_log()?;
+        let start = seek::Start {
+            pos: logfile::FILE_HEADER_LEN,
+            continued: None,
+        };
+        Ok(LogReader::new(file, progress, follow, committed, start))
+    }
+
+    /// Like [`Job::logs`], from `start`. Finding a time or a tail walks the log once,
+    /// on the blocking pool; a position that names no record of this job's log is
+    /// `InvalidArgument`.
+    pub async fn logs_from(&self, follow: bool, start: LogStart) -> Result<LogReader, Error> {
+        let (file, progress, committed) = self.open_log()?;
+        let id = self.id;
+        let (file, found) = tokio::task::spawn_blocking(move || {
+            let found = seek::find(&file, start, committed);
+            (file, found)
+        })
+        .await
+        .map_err(|e| Error::io("output reader task failed", std::io::Error::other(e)))?;
+        let start = found.map_err(|e| match e {
+            seek::SeekError::NotARecord { .. } => Error::InvalidArgument(e.to_string()),
+            seek::SeekError::Io(e) => Error::io(format!("cannot read output of job {id}"), e),
+        })?;
+        Ok(LogReader::new(file, progress, follow, committed, start))
+    }
+
+    fn open_log(&self) -> Result<(File, watch::Receiver<Progress>, u64), Error> {
         let file = File::open(self.dir.join(record::LOG_FILE))
             .map_err(|e| Error::io(format!("cannot open output of job {}", self.id), e))?;
-        Ok(LogReader::new(file, self.progress.subscribe(), follow))
+        let progress = self.progress.subscribe();
+        let committed = progress.borrow().committed;
+        Ok((file, progress, committed))
     }
 
     // ---- called by the capture thread ----

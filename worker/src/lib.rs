@@ -33,10 +33,11 @@ mod status;
 mod table;
 
 pub use error::Error;
-pub use id::{JobId, MalformedJobId};
+pub use id::{BadPrefix, IdPrefix, JobId, MalformedJobId};
 pub use job::Job;
 pub use output::logfile::{Record, Stream};
 pub use output::reader::LogReader;
+pub use output::seek::{LogPosition, LogStart};
 pub use page::{Cursor, ListQuery, Page, StateFilter};
 pub use policy::LimitPolicy;
 pub use process::cgroup::{CgroupError, CgroupMode};

@@ -11,6 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::id::IdPrefix;
 use crate::job::Job;
 use crate::made_ahead::Ahead;
 use crate::page::{self, ListQuery, Page};
@@ -294,6 +295,25 @@ impl Worker {
             .get(id)
             .cloned()
             .ok_or(Error::NotFound(*id))
+    }
+
+    /// The jobs whose id starts with `prefix` among those `visible` allows, by id. Walks
+    /// the table: only for ids typed short, a full id is looked up with [`Worker::job`].
+    pub fn jobs_with_prefix(
+        &self,
+        prefix: &IdPrefix,
+        visible: impl Fn(&Job) -> bool,
+    ) -> Vec<Arc<Job>> {
+        let mut found: Vec<Arc<Job>> = self
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(id, job)| prefix.matches(**id) && visible(job))
+            .map(|(_, job)| Arc::clone(job))
+            .collect();
+        found.sort_by_key(|j| j.id());
+        found
     }
 
     /// One page of the list (see `page.rs`): only the jobs on it are touched, so a

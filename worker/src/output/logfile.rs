@@ -119,14 +119,24 @@ pub fn encode_header(buf: &mut [u8], stream: Stream, time_unix_nanos: i64) {
 }
 
 /// A parsed record header.
-struct Header {
-    len: usize,
-    stream: Stream,
-    time_unix_nanos: i64,
-    crc: u32,
+pub(crate) struct Header {
+    pub len: usize,
+    pub stream: Stream,
+    pub time_unix_nanos: i64,
+    pub crc: u32,
 }
 
-fn decode_header(h: &[u8]) -> Option<Header> {
+impl Header {
+    /// Whether `payload` is this record's, as the writer framed it.
+    pub fn matches(&self, head: &[u8], payload: &[u8]) -> bool {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[..16]);
+        crc.update(payload);
+        payload.len() == self.len && crc.finalize() == self.crc
+    }
+}
+
+pub(crate) fn decode_header(h: &[u8]) -> Option<Header> {
     let len = u32::from_le_bytes(h[0..4].try_into().ok()?) as usize;
     let stream = Stream::from_code(h[4])?;
     if len > MAX_RECORD_DATA || h[5..8] != [0, 0, 0] {
@@ -145,6 +155,8 @@ fn decode_header(h: &[u8]) -> Option<Header> {
 pub struct Continued {
     pub stream: Stream,
     pub time_unix_nanos: i64,
+    /// Payload bytes already handed out.
+    pub taken: usize,
     /// Payload bytes still to come.
     pub remaining: usize,
 }
@@ -181,6 +193,7 @@ pub fn split_records(buf: Bytes, continued: Option<Continued>) -> io::Result<Spl
         push(c.stream, c.time_unix_nanos, buf.slice(..take));
         if take < c.remaining {
             let continued = Continued {
+                taken: c.taken + take,
                 remaining: c.remaining - take,
                 ..c
             };
@@ -205,6 +218,7 @@ pub fn split_records(buf: Bytes, continued: Option<Continued>) -> io::Result<Spl
                 continued: Some(Continued {
                     stream: header.stream,
                     time_unix_nanos: header.time_unix_nanos,
+                    taken: buf.len() - start,
                     remaining: end - buf.len(),
                 }),
             });
@@ -253,10 +267,7 @@ pub fn valid_len(file: &File) -> io::Result<u64> {
         if read_full(&mut reader, &mut payload[..h.len])? < h.len {
             return Ok(pos);
         }
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&head[..16]);
-        crc.update(&payload[..h.len]);
-        if crc.finalize() != h.crc {
+        if !h.matches(&head, &payload[..h.len]) {
             return Ok(pos);
         }
         pos += (RECORD_HEADER_LEN + h.len) as u64;

@@ -4,3 +4,4 @@
 pub(crate) mod capture;
 pub(crate) mod logfile;
 pub(crate) mod reader;
+pub(crate) mod seek;

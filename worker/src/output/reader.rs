@@ -22,7 +22,8 @@ use bytes::Bytes;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::error::Error;
-use crate::output::logfile::{self, Continued, Record, FILE_HEADER_LEN};
+use crate::output::logfile::{self, Continued, Record, RECORD_HEADER_LEN};
+use crate::output::seek::{LogPosition, Start};
 
 /// How much of the job's log is committed, and whether the writer has finished.
 /// Readers never read past `committed`, so they never see a half-written record.
@@ -83,15 +84,37 @@ impl Drop for LogReader {
 }
 
 impl LogReader {
-    pub(crate) fn new(file: File, progress: watch::Receiver<Progress>, follow: bool) -> Self {
+    /// A reader from `start`; without `follow`, it ends at `committed`, what the log held
+    /// when the read began.
+    pub(crate) fn new(
+        file: File,
+        progress: watch::Receiver<Progress>,
+        follow: bool,
+        committed: u64,
+        start: Start,
+    ) -> Self {
         READERS.fetch_add(1, Ordering::Relaxed);
-        let snapshot = (!follow).then(|| progress.borrow().committed);
         LogReader {
             file: Arc::new(file),
-            pos: FILE_HEADER_LEN,
+            pos: start.pos,
             progress,
-            snapshot,
-            continued: None,
+            snapshot: (!follow).then_some(committed),
+            continued: start.continued,
+        }
+    }
+
+    /// Where the next batch starts: a read that begins here later goes on with no gap
+    /// and no duplicate byte.
+    pub fn position(&self) -> LogPosition {
+        match self.continued {
+            Some(c) => LogPosition {
+                offset: self.pos - (RECORD_HEADER_LEN + c.taken) as u64,
+                skip: c.taken as u64,
+            },
+            None => LogPosition {
+                offset: self.pos,
+                skip: 0,
+            },
         }
     }
 
