@@ -10,6 +10,7 @@ pub mod identity;
 mod oversized;
 pub mod paging;
 pub mod pki;
+pub mod revoke;
 pub mod server;
 pub mod service;
 pub mod tls;

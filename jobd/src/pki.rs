@@ -58,7 +58,7 @@ const MAX_USERNAME_LEN: usize = 64;
 /// beside the CA's and the server's, so it must fit a CN and must not name another file of
 /// the PKI: `ca`, `server` and any `X-key` would overwrite the CA, the server's files or
 /// user X's key.
-fn check_username(name: &str) -> Result<(), String> {
+pub(crate) fn check_username(name: &str) -> Result<(), String> {
     let shown = quote(name);
     if name.is_empty() {
         return Err("a username cannot be empty".into());
@@ -152,6 +152,10 @@ pub enum PkiError {
     Issue(#[from] rcgen::Error),
     #[error("the validity must be between 1 and 36500 days")]
     Days,
+    #[error("{path} is not usable: {why}")]
+    Crl { path: PathBuf, why: String },
+    #[error("{0}")]
+    User(String),
 }
 
 /// Issues the CA, the server certificate and the users' certificates into `opts.out`.
@@ -303,6 +307,18 @@ fn write(dir: &Path, name: &str, contents: &str) -> Result<(), PkiError> {
         f.sync_all()
     })();
     result.map_err(|source| PkiError::Write { path, source })
+}
+
+/// Replaces `dir/name` with `contents` through a temporary file and a rename, so that a
+/// reader (a jobd reloading its CRL) sees the old file or the new one, never a part.
+pub(crate) fn replace(dir: &Path, name: &str, contents: &str) -> Result<(), PkiError> {
+    let temp = format!(".{name}.{}.tmp", std::process::id());
+    write(dir, &temp, contents)?;
+    let (from, to) = (dir.join(&temp), dir.join(name));
+    fs::rename(&from, &to).map_err(|source| {
+        let _ = fs::remove_file(&from);
+        PkiError::Write { path: to, source }
+    })
 }
 
 #[cfg(test)]
