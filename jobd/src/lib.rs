@@ -3,6 +3,7 @@
 //! the gRPC handlers that tie them to the worker.
 
 pub mod admission;
+pub mod audit;
 pub mod authz;
 pub mod cli;
 mod convert;
