@@ -35,6 +35,9 @@ impl Role {
 pub struct Identity {
     pub name: String,
     pub roles: Vec<Role>,
+    /// The certificate's serial number, hex with colons (`openssl x509 -serial` shows it
+    /// without them): what the audit log records and `jobd pki revoke --serial` takes.
+    pub serial: String,
 }
 
 impl Identity {
@@ -42,6 +45,7 @@ impl Identity {
         Identity {
             name: name.into(),
             roles,
+            serial: String::new(),
         }
     }
 
@@ -70,7 +74,10 @@ impl Identity {
                 }
             }
         }
-        Ok(Identity::new(name, roles))
+        Ok(Identity {
+            serial: crate::revoke::hex(cert.raw_serial()),
+            ..Identity::new(name, roles)
+        })
     }
 }
 

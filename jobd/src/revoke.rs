@@ -61,7 +61,8 @@ pub fn parse_serial(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A serial as people compare it: hex pairs with colons.
+pub fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02X}"))

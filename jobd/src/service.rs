@@ -12,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 use worker::{IdPrefix, Job, JobId, JobSpec, Recipients, Worker};
 
+use crate::audit::{self, AuditLog};
 use crate::authz::{self, Action, Denied};
 use crate::convert::{self, RequestLimits};
 use crate::identity::{Identity, Role};
@@ -46,7 +47,26 @@ pub struct Service {
     limits: ServiceLimits,
     log_streams: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
+    audit: Option<Arc<AuditLog>>,
 }
+
+/// A request's failure, and whether policy refused it: the caller is told only the
+/// status (a job hidden from them is "not found"), the audit log also the refusal.
+struct Refusal {
+    status: Status,
+    denied: bool,
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Self {
+        Refusal {
+            status,
+            denied: false,
+        }
+    }
+}
+
+type Outcome<T> = Result<T, Refusal>;
 
 impl Service {
     pub fn new(worker: Worker, limits: ServiceLimits, shutdown: watch::Receiver<bool>) -> Self {
@@ -55,13 +75,56 @@ impl Service {
             worker,
             limits,
             shutdown,
+            audit: None,
         }
+    }
+
+    /// Records every request in `audit` too.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Logs one request's outcome (and records it in the audit log), with how long the
+    /// server took over it (for Logs: to open the stream), measured from the handler's
+    /// entry; returns the outcome as the caller sees it, and that time, for a reply that
+    /// reports it too.
+    fn finish<T>(
+        &self,
+        conn: &ConnInfo,
+        method: &'static str,
+        job: &str,
+        started: Instant,
+        result: Outcome<T>,
+    ) -> (Result<T, Status>, Duration) {
+        let elapsed = log(&conn.identity, method, job, started, &result);
+        if let Some(audit) = &self.audit {
+            let code = match &result {
+                Ok(_) => tonic::Code::Ok,
+                Err(r) => r.status.code(),
+            };
+            let entry = audit::Entry {
+                time: audit::Entry::now(),
+                caller: &conn.identity.name,
+                roles: conn.identity.roles.iter().map(|r| r.as_str()).collect(),
+                serial: &conn.identity.serial,
+                remote: conn.remote.to_string(),
+                method,
+                job,
+                allowed: !matches!(&result, Err(r) if r.denied),
+                code: code_name(code),
+            };
+            if let Err(e) = audit.record(&entry) {
+                tracing::error!(path = %audit.path().display(), error = %e, "cannot write the audit log");
+            }
+        }
+        (result.map_err(|r| r.status), elapsed)
     }
 
     /// Finds a job the caller may act on, by its id or the unique start of it among the
     /// jobs the caller may see; a job they may not see is "not found", and never makes a
     /// prefix ambiguous.
-    fn job_for(&self, caller: &Identity, action: Action, id: &str) -> Result<Arc<Job>, Status> {
+    fn job_for(&self, caller: &Identity, action: Action, id: &str) -> Outcome<Arc<Job>> {
         // A caller without a role learns nothing, not even whether the id is well formed.
         authz::authorize(caller, action, Some(&caller.name)).map_err(denied(id))?;
         let Ok(full) = id.parse::<JobId>() else {
@@ -72,12 +135,7 @@ impl Service {
         Ok(job)
     }
 
-    fn job_by_prefix(
-        &self,
-        caller: &Identity,
-        action: Action,
-        text: &str,
-    ) -> Result<Arc<Job>, Status> {
+    fn job_by_prefix(&self, caller: &Identity, action: Action, text: &str) -> Outcome<Arc<Job>> {
         let prefix: IdPrefix = text
             .parse()
             .map_err(|e: worker::BadPrefix| Status::invalid_argument(e.to_string()))?;
@@ -85,9 +143,9 @@ impl Service {
             authz::authorize(caller, action, Some(job.owner())).is_ok()
         });
         match found.len() {
-            0 => Err(Status::not_found(format!(
-                "no job with an id that starts with {prefix}"
-            ))),
+            0 => Err(
+                Status::not_found(format!("no job with an id that starts with {prefix}")).into(),
+            ),
             1 => Ok(found.remove(0)),
             n => {
                 let shown: Vec<String> = found
@@ -102,7 +160,8 @@ impl Service {
                 Err(Status::invalid_argument(format!(
                     "job id prefix {prefix} is ambiguous: it matches {n} jobs: {}{more}",
                     shown.join(", ")
-                )))
+                ))
+                .into())
             }
         }
     }
@@ -111,24 +170,51 @@ impl Service {
 /// The matches an ambiguous prefix's refusal names.
 const AMBIGUOUS_SHOWN: usize = 10;
 
-fn denied(id: &str) -> impl Fn(Denied) -> Status + '_ {
-    move |d| match d {
-        Denied::NoRole => Status::permission_denied(
-            "this certificate carries no known role (admin or user) and may do nothing",
-        ),
-        Denied::Hidden => Status::not_found(format!("job {id} not found")),
-        Denied::AdminOnly => Status::permission_denied("only an admin may do this"),
-        Denied::WeakerIsolation(dropped) => {
-            Status::permission_denied(authz::weaker_isolation_refusal(dropped))
-        }
+fn denied(id: &str) -> impl Fn(Denied) -> Refusal + '_ {
+    move |d| Refusal {
+        status: match d {
+            Denied::NoRole => Status::permission_denied(
+                "this certificate carries no known role (admin or user) and may do nothing",
+            ),
+            Denied::Hidden => Status::not_found(format!("job {id} not found")),
+            Denied::AdminOnly => Status::permission_denied("only an admin may do this"),
+            Denied::WeakerIsolation(dropped) => {
+                Status::permission_denied(authz::weaker_isolation_refusal(dropped))
+            }
+        },
+        denied: true,
     }
 }
 
-fn caller<T>(req: &Request<T>) -> Result<Arc<Identity>, Status> {
+fn conn<T>(req: &Request<T>) -> Result<ConnInfo, Status> {
     req.extensions()
         .get::<ConnInfo>()
-        .map(|c| Arc::clone(&c.identity))
+        .cloned()
         .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+}
+
+/// The name of a code as gRPC spells it (`NOT_FOUND`), for the audit log.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// Logs one request's outcome and how long the server took over it (for Logs: to open
@@ -139,7 +225,7 @@ fn log<T>(
     method: &str,
     job: &str,
     started: Instant,
-    result: &Result<T, Status>,
+    result: &Outcome<T>,
 ) -> Duration {
     let elapsed = started.elapsed();
     let elapsed_us = elapsed.as_micros() as u64;
@@ -147,10 +233,10 @@ fn log<T>(
     let job = common::inert::Brief(job);
     match result {
         Ok(_) => tracing::info!(caller = %caller, method, %job, elapsed_us, "ok"),
-        Err(s) if s.code() == tonic::Code::Internal => {
+        Err(Refusal { status: s, .. }) if s.code() == tonic::Code::Internal => {
             tracing::error!(caller = %caller, method, %job, elapsed_us, code = ?s.code(), error = s.message(), "failed")
         }
-        Err(s) => {
+        Err(Refusal { status: s, .. }) => {
             tracing::info!(caller = %caller, method, %job, elapsed_us, code = ?s.code(), error = s.message(), "refused")
         }
     }
@@ -184,13 +270,15 @@ impl JobService for Service {
         req: Request<pb::StartRequest>,
     ) -> Result<Response<pb::StartResponse>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
         let req = req.into_inner();
-        let result = async {
-            authz::authorize(&caller, Action::Start, None).map_err(denied(""))?;
+        let result: Outcome<_> = async {
+            authz::authorize(caller, Action::Start, None).map_err(denied(""))?;
             if req.as_root {
-                authz::authorize(&caller, Action::StartAsRoot, None).map_err(|_| {
-                    Status::permission_denied("only an admin may start a job as root")
+                authz::authorize(caller, Action::StartAsRoot, None).map_err(|_| Refusal {
+                    status: Status::permission_denied("only an admin may start a job as root"),
+                    denied: true,
                 })?;
             }
             let argv = convert::argv(req.argv, &self.limits.request)?;
@@ -202,7 +290,7 @@ impl JobService for Service {
                 isolation.net = false;
             }
             authz::authorize_isolation(
-                &caller,
+                caller,
                 isolation,
                 default,
                 &self.limits.weaker_isolation_roles,
@@ -218,7 +306,8 @@ impl JobService for Service {
                     t if t.is_zero() => {
                         return Err(Status::invalid_argument(
                             "a time limit must be longer than zero",
-                        ))
+                        )
+                        .into())
                     }
                     t => Some(t),
                 },
@@ -227,13 +316,8 @@ impl JobService for Service {
             Ok(job.id().to_string())
         }
         .await;
-        let took = log(
-            &caller,
-            "Start",
-            result.as_deref().unwrap_or(""),
-            started,
-            &result,
-        );
+        let job = result.as_ref().map(String::clone).unwrap_or_default();
+        let (result, took) = self.finish(&conn, "Start", &job, started, result);
         let mut response = Response::new(pb::StartResponse { job_id: result? });
         response
             .metadata_mut()
@@ -246,10 +330,11 @@ impl JobService for Service {
         req: Request<pb::StopRequest>,
     ) -> Result<Response<pb::StopResponse>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
         let req = req.into_inner();
-        let result = async {
-            let job = self.job_for(&caller, Action::Stop, &req.job_id)?;
+        let result: Outcome<_> = async {
+            let job = self.job_for(caller, Action::Stop, &req.job_id)?;
             let grace = match req.grace_period {
                 None => self.worker.config().default_grace,
                 Some(g) => match convert::duration_from(g, "a grace period")? {
@@ -258,7 +343,8 @@ impl JobService for Service {
                             "a grace period of {} is longer than the server's maximum of {} s",
                             humantime::format_duration(g),
                             self.limits.max_grace.as_secs()
-                        )))
+                        ))
+                        .into())
                     }
                     g => g,
                 },
@@ -267,7 +353,7 @@ impl JobService for Service {
             Ok(convert::status(&info))
         }
         .await;
-        log(&caller, "Stop", &req.job_id, started, &result);
+        let (result, _) = self.finish(&conn, "Stop", &req.job_id, started, result);
         result.map(|status| {
             Response::new(pb::StopResponse {
                 status: Some(status),
@@ -280,10 +366,11 @@ impl JobService for Service {
         req: Request<pb::SignalRequest>,
     ) -> Result<Response<pb::SignalResponse>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
         let req = req.into_inner();
-        let result = async {
-            let job = self.job_for(&caller, Action::Signal, &req.job_id)?;
+        let result: Outcome<_> = async {
+            let job = self.job_for(caller, Action::Signal, &req.job_id)?;
             let signal = common::parse_signal(&req.signal)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             let to = if req.all_processes {
@@ -291,10 +378,10 @@ impl JobService for Service {
             } else {
                 Recipients::Program
             };
-            job.signal(signal, to).map_err(convert::error)
+            Ok(job.signal(signal, to).map_err(convert::error)?)
         }
         .await;
-        log(&caller, "Signal", &req.job_id, started, &result);
+        let (result, _) = self.finish(&conn, "Signal", &req.job_id, started, result);
         result.map(|()| Response::new(pb::SignalResponse {}))
     }
 
@@ -303,12 +390,13 @@ impl JobService for Service {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
         let req = req.into_inner();
         let result = self
-            .job_for(&caller, Action::Status, &req.job_id)
+            .job_for(caller, Action::Status, &req.job_id)
             .map(|job| convert::status(&job.info()));
-        log(&caller, "Status", &req.job_id, started, &result);
+        let (result, _) = self.finish(&conn, "Status", &req.job_id, started, result);
         result.map(|status| {
             Response::new(pb::StatusResponse {
                 status: Some(status),
@@ -321,21 +409,22 @@ impl JobService for Service {
         req: Request<pb::WaitRequest>,
     ) -> Result<Response<pb::WaitResponse>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
         let req = req.into_inner();
-        let result = async {
-            let job = self.job_for(&caller, Action::Status, &req.job_id)?;
+        let result: Outcome<_> = async {
+            let job = self.job_for(caller, Action::Status, &req.job_id)?;
             let mut shutdown = self.shutdown.clone();
             tokio::select! {
                 info = job.wait() => Ok(convert::into_status(info)),
                 // The server's graceful shutdown waits for calls in flight: a wait must end.
                 _ = shutdown.wait_for(|down| *down) => {
-                    Err(Status::unavailable("the server is shutting down"))
+                    Err(Status::unavailable("the server is shutting down").into())
                 }
             }
         }
         .await;
-        log(&caller, "Wait", &req.job_id, started, &result);
+        let (result, _) = self.finish(&conn, "Wait", &req.job_id, started, result);
         result.map(|status| {
             Response::new(pb::WaitResponse {
                 status: Some(status),
@@ -347,10 +436,11 @@ impl JobService for Service {
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogStream>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
         let req = req.into_inner();
-        let result = async {
-            let job = self.job_for(&caller, Action::Logs, &req.job_id)?;
+        let result: Outcome<_> = async {
+            let job = self.job_for(caller, Action::Logs, &req.job_id)?;
             let start = convert::log_start(req.start)?;
             let permit = Arc::clone(&self.log_streams)
                 .try_acquire_owned()
@@ -366,7 +456,7 @@ impl JobService for Service {
             Ok(log_stream(reader, self.shutdown.clone(), permit))
         }
         .await;
-        log(&caller, "Logs", &req.job_id, started, &result);
+        let (result, _) = self.finish(&conn, "Logs", &req.job_id, started, result);
         result.map(Response::new)
     }
 
@@ -375,14 +465,19 @@ impl JobService for Service {
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
         let req = req.into_inner();
-        let result = async {
-            let job = self.job_for(&caller, Action::Remove, &req.job_id)?;
-            self.worker.remove(&job.id()).await.map_err(convert::error)
+        let result: Outcome<_> = async {
+            let job = self.job_for(caller, Action::Remove, &req.job_id)?;
+            Ok(self
+                .worker
+                .remove(&job.id())
+                .await
+                .map_err(convert::error)?)
         }
         .await;
-        log(&caller, "Remove", &req.job_id, started, &result);
+        let (result, _) = self.finish(&conn, "Remove", &req.job_id, started, result);
         result.map(|()| Response::new(pb::RemoveResponse {}))
     }
 
@@ -391,15 +486,19 @@ impl JobService for Service {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let started = Instant::now();
-        let caller = caller(&req)?;
-        let result = authz::authorize(&caller, Action::List, None)
+        let conn = conn(&req)?;
+        let caller = &conn.identity;
+        let result = authz::authorize(caller, Action::List, None)
             .map_err(denied(""))
-            .and_then(|()| PageRequest::parse(&caller, req.into_inner(), &self.limits.list))
+            .and_then(|()| {
+                PageRequest::parse(caller, req.into_inner(), &self.limits.list)
+                    .map_err(Refusal::from)
+            })
             .map(|request| {
                 let page = self.worker.page(&request.query());
                 request.response(page, &self.limits.list)
             });
-        log(&caller, "List", "", started, &result);
+        let (result, _) = self.finish(&conn, "List", "", started, result);
         result.map(Response::new)
     }
 }
