@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
 use worker::Worker;
 
 use crate::oversized;
@@ -260,7 +261,13 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                JobServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+                JobServiceServer::new(service)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES)
+                    // Other gRPC clients may compress what they send (grpcio with
+                    // compression=Gzip); responses are compressed only for a client that
+                    // says it accepts gzip, which jobc does not (see BENCHMARKS.md).
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
             )
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
             .await
