@@ -9,6 +9,9 @@ use common::Isolation;
 
 use crate::client::Target;
 
+/// The help heading of the connection flags.
+pub const CONNECTION_HEADING: &str = "Connection options";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "jobc",
@@ -22,7 +25,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Under a heading of their own: they are the same in every subcommand, and listed among a
+/// subcommand's flags they would hide the few that are its own.
 #[derive(Debug, Args)]
+#[command(next_help_heading = CONNECTION_HEADING)]
 pub struct ConnArgs {
     /// Server address [default: localhost:50051].
     #[arg(long, global = true, env = "JOBC_SERVER", value_name = "HOST:PORT")]
@@ -330,6 +336,51 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_lists_the_connection_flags_under_their_own_heading_last() {
+        let mut cli = Cli::command();
+        // Copies the global flags into every subcommand, as parsing does.
+        cli.build();
+        let names: Vec<String> = cli
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .filter(|name| name != "help")
+            .collect();
+        assert!(names.len() >= 8, "{names:?}");
+        let heading = format!("\n{CONNECTION_HEADING}:\n");
+        for name in names {
+            let sub = cli.find_subcommand_mut(&name).expect("listed above");
+            let own: Vec<String> = sub
+                .get_arguments()
+                .filter(|a| !a.is_global_set())
+                .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+                .collect();
+            let help = sub.render_long_help().to_string();
+            let at = help
+                .find(&heading)
+                .unwrap_or_else(|| panic!("{name}: no {CONNECTION_HEADING:?} heading:\n{help}"));
+            let (before, after) = help.split_at(at);
+            for flag in ["--server", "--ca", "--cert", "--key", "--connect-timeout"] {
+                let listed = format!(" {flag} <");
+                assert!(
+                    after.contains(&listed),
+                    "{name}: {flag} not under it:\n{help}"
+                );
+                assert!(
+                    !before.contains(&listed),
+                    "{name}: {flag} before it:\n{help}"
+                );
+            }
+            assert!(own.contains(&"--help".to_string()), "{name}: {own:?}");
+            for flag in own {
+                assert!(
+                    before.contains(&flag) && !after.contains(&format!(" {flag} ")),
+                    "{name}: its own {flag} is not above the heading:\n{help}"
+                );
+            }
+        }
     }
 
     #[test]

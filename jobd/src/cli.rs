@@ -14,9 +14,7 @@ use serde::Deserialize;
 
 use crate::identity::Role;
 use crate::pki::{self, PkiOptions, User};
-use crate::server::{self, ServerConfig, TlsFiles};
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+use crate::server::{self, Listen, ServerConfig, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,9 +41,10 @@ pub struct ServeArgs {
     /// TOML configuration file; flags override its values.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:50051].
+    /// An address to listen on, IP:PORT or [IPv6]:PORT; repeat it for more
+    /// [default: 127.0.0.1:50051 and [::1]:50051, or only the first where there is no IPv6].
     #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Vec<SocketAddr>,
     /// Where job records and output live [default: /var/lib/jobworker as root].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -76,15 +75,16 @@ pub struct ServeArgs {
     /// [default: 61184-65519, systemd's range for dynamic users].
     #[arg(long, value_name = "FIRST-LAST")]
     pub job_uid_range: Option<worker::UidRange>,
-    /// Once listening, write the bound address (HOST:PORT and a newline) to FILE, replaced
-    /// atomically: how a script or a test learns the port of `--listen 127.0.0.1:0`.
+    /// Once listening, write the bound addresses (HOST:PORT and a newline each, in the order
+    /// of --listen) to FILE, replaced atomically: how a script or a test learns the port of
+    /// `--listen 127.0.0.1:0`.
     #[arg(long, value_name = "FILE")]
     pub address_file: Option<PathBuf>,
 }
 
-/// Writes `addr` to `path` through a temporary file in the same folder and a rename, so
-/// that a reader polling for the file never sees it half written.
-pub fn write_address_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+/// Writes `addrs`, one a line, to `path` through a temporary file in the same folder and a
+/// rename, so that a reader polling for the file never sees it half written.
+pub fn write_address_file(path: &std::path::Path, addrs: &[SocketAddr]) -> anyhow::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| anyhow::anyhow!("--address-file {}: not a file name", path.display()))?;
@@ -92,7 +92,8 @@ pub fn write_address_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::R
     temp_name.push(name);
     temp_name.push(format!(".{}.tmp", std::process::id()));
     let temp = path.with_file_name(temp_name);
-    std::fs::write(&temp, format!("{addr}\n"))
+    let text: String = addrs.iter().map(|a| format!("{a}\n")).collect();
+    std::fs::write(&temp, text)
         .and_then(|()| std::fs::rename(&temp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&temp);
@@ -135,11 +136,22 @@ pub enum PkiCommand {
     },
 }
 
+/// `listen` in the config file: one address or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an address (\"IP:PORT\") or a list of addresses"
+)]
+enum FileListen {
+    One(SocketAddr),
+    Many(Vec<SocketAddr>),
+}
+
 /// The config file; every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    listen: Option<SocketAddr>,
+    listen: Option<FileListen>,
     state_dir: Option<PathBuf>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -190,11 +202,15 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         }
         None => FileConfig::default(),
     };
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| {
-        DEFAULT_LISTEN
-            .parse()
-            .expect("the default address is valid")
-    });
+    let listen = match (args.listen, file.listen) {
+        (flags, _) if !flags.is_empty() => Listen::from_addrs(flags),
+        (_, Some(FileListen::One(addr))) => Listen::from(addr),
+        (_, Some(FileListen::Many(addrs))) if addrs.is_empty() => {
+            anyhow::bail!("listen in the config file is an empty list: give at least one address")
+        }
+        (_, Some(FileListen::Many(addrs))) => Listen::from_addrs(addrs),
+        (_, None) => Listen::localhost(),
+    };
     let state_dir = args
         .state_dir
         .or(file.state_dir)
@@ -453,19 +469,86 @@ mod tests {
     }
 
     #[test]
+    fn jobd_listens_on_both_loopbacks_unless_flags_or_the_file_say_otherwise() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let listen = |flags: &[&str], toml: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut args = serve_args(dir.path(), Some(toml));
+            args.listen = flags.iter().map(|f| addr(f)).collect();
+            server_config(args).map(|c| c.listen)
+        };
+        let default = listen(&[], "").unwrap();
+        assert_eq!(
+            default,
+            Listen {
+                addrs: vec![addr("127.0.0.1:50051"), addr("[::1]:50051")],
+                is_default: true
+            }
+        );
+        let asked = |addrs: &[&str]| Listen {
+            addrs: addrs.iter().map(|a| addr(a)).collect(),
+            is_default: false,
+        };
+        assert_eq!(
+            listen(&[], r#"listen = "0.0.0.0:7000""#).unwrap(),
+            asked(&["0.0.0.0:7000"])
+        );
+        assert_eq!(
+            listen(&[], r#"listen = ["[::]:7000", "10.0.0.1:7001"]"#).unwrap(),
+            asked(&["[::]:7000", "10.0.0.1:7001"])
+        );
+        // Flags replace the file's list, in their order; an address given twice is bound once.
+        assert_eq!(
+            listen(
+                &["[::1]:0", "127.0.0.1:0", "[::1]:0"],
+                r#"listen = ["0.0.0.0:7000"]"#
+            )
+            .unwrap(),
+            asked(&["[::1]:0", "127.0.0.1:0"])
+        );
+        for (bad, says) in [
+            ("listen = []", "listen in the config file is an empty list"),
+            (
+                "listen = \"localhost:50051\"",
+                "an address (\"IP:PORT\") or a list of addresses",
+            ),
+            ("listen = 50051", "an address"),
+        ] {
+            let err = format!("{:#}", listen(&[], bad).unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        // A flag that is not an address is clap's to refuse.
+        let err = Cli::try_parse_from(["jobd", "serve", "--listen", "localhost:1"]).unwrap_err();
+        assert!(err.to_string().contains("--listen"), "{err}");
+    }
+
+    #[test]
     fn the_address_file_is_replaced_whole_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("address");
         std::fs::write(&path, "stale, from a jobd before\n").unwrap();
-        write_address_file(&path, "127.0.0.1:40123".parse().unwrap()).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.1:40123\n");
+        write_address_file(
+            &path,
+            &[
+                "127.0.0.1:40123".parse().unwrap(),
+                "[::1]:40124".parse().unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "127.0.0.1:40123\n[::1]:40124\n"
+        );
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("address")]);
-        let err = write_address_file(&dir.path().join("no/such/dir"), "[::1]:1".parse().unwrap())
-            .unwrap_err();
+        let err = write_address_file(
+            &dir.path().join("no/such/dir"),
+            &["[::1]:1".parse().unwrap()],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no/such/dir"), "{err}");
     }
 

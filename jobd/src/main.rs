@@ -34,17 +34,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let address_file = args.address_file.clone();
     let config = cli::server_config(args)?;
-    let listen = config.listen;
+    let listen = config.listen.clone();
     let server = jobd::server::Server::open(config)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener
-        .local_addr()
+    let listeners = jobd::server::bind(&listen).await?;
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()
         .context("cannot read the bound address")?;
-    tracing::info!(%addr, "listening");
+    for addr in &addrs {
+        tracing::info!(%addr, "listening");
+    }
     if let Some(path) = &address_file {
-        cli::write_address_file(path, addr)?;
+        cli::write_address_file(path, &addrs)?;
     }
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -54,7 +56,7 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
             _ = int.recv() => {}
         }
     };
-    server.serve(listener, shutdown).await
+    server.serve(listeners, shutdown).await
 }
 
 /// Log streaming allocates and frees many buffers of 64 KiB to 1 MiB on many threads.

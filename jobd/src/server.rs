@@ -1,4 +1,4 @@
-//! Wiring: TLS listener → tonic (JobService, health, reflection) → worker, and the
+//! Wiring: TLS listeners → tonic (JobService, health, reflection) → worker, and the
 //! graceful shutdown that ties them together.
 
 use std::future::Future;
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
 use worker::Worker;
 
 use crate::oversized;
@@ -24,10 +25,90 @@ use crate::tls::{self, TransportLimits};
 /// Largest request message; a Start request is far smaller.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// The port of the default addresses.
+pub const DEFAULT_PORT: u16 = 50051;
+
+/// Where jobd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// In the order given; the address file lists them so.
+    pub addrs: Vec<SocketAddr>,
+    /// The built-in default (localhost on both IP versions). A host without IPv6 cannot
+    /// bind its `[::1]`; that host still gets a working development server on 127.0.0.1,
+    /// where an address someone asked for and cannot have is an error.
+    pub is_default: bool,
+}
+
+impl Listen {
+    /// 127.0.0.1 and [::1], port 50051: `localhost` resolves to either, depending on the
+    /// client and the host's resolver configuration.
+    pub fn localhost() -> Listen {
+        Listen {
+            addrs: vec![
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, DEFAULT_PORT)),
+            ],
+            is_default: true,
+        }
+    }
+}
+
+impl Listen {
+    /// Addresses someone asked for; one given twice is bound once.
+    pub fn from_addrs(addrs: impl IntoIterator<Item = SocketAddr>) -> Listen {
+        let mut unique: Vec<SocketAddr> = Vec::new();
+        for addr in addrs {
+            if !unique.contains(&addr) {
+                unique.push(addr);
+            }
+        }
+        Listen {
+            addrs: unique,
+            is_default: false,
+        }
+    }
+}
+
+impl From<SocketAddr> for Listen {
+    fn from(addr: SocketAddr) -> Listen {
+        Listen {
+            addrs: vec![addr],
+            is_default: false,
+        }
+    }
+}
+
+/// Binds every address of `listen`, in order. Only the default's IPv6 address may be
+/// missing (on a host without IPv6, with a warning); any other failure names its address.
+pub async fn bind(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(listen.addrs.len());
+    for &addr in &listen.addrs {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => listeners.push(listener),
+            Err(e) if listen.is_default && addr.is_ipv6() && means_no_ipv6(&e) => {
+                tracing::warn!(%addr, error = %e, "this host has no IPv6 loopback: not listening on it");
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot listen on {addr}"))),
+        }
+    }
+    anyhow::ensure!(!listeners.is_empty(), "no address to listen on");
+    Ok(listeners)
+}
+
+/// What binding an IPv6 address fails with where IPv6 is off: the family is not there at
+/// all (EAFNOSUPPORT, `ipv6.disable=1`) or has no `::1` (EADDRNOTAVAIL, IPv6 disabled on
+/// `lo`).
+fn means_no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Everything `jobd serve` needs, after flags and the config file are merged.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     pub tls: TlsFiles,
     /// State dir, grace period, cgroups and limit policy.
     pub worker: worker::Config,
@@ -58,12 +139,12 @@ impl TlsFiles {
 impl ServerConfig {
     /// Secure defaults: jobs in new PID, mount and network namespaces (as far as the kernel
     /// allows) and, when jobd runs as root, each user's under a uid of their own.
-    pub fn new(listen: SocketAddr, state_dir: PathBuf, tls: TlsFiles) -> Self {
+    pub fn new(listen: impl Into<Listen>, state_dir: PathBuf, tls: TlsFiles) -> Self {
         let mut worker = worker::Config::new(state_dir);
         worker.isolation = worker::Isolation::ALL;
         worker.job_uids = Some(worker::UidRange::DYNAMIC_USER);
         ServerConfig {
-            listen,
+            listen: listen.into(),
             tls,
             worker,
             transport: TransportLimits {
@@ -93,13 +174,13 @@ pub fn ensure_dev_pki(state_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Serves on `listener` until `shutdown` completes (see [`Server::serve`]).
+/// Serves on `listeners` until `shutdown` completes (see [`Server::serve`]).
 pub async fn serve(
     config: ServerConfig,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    Server::open(config)?.serve(listener, shutdown).await
+    Server::open(config)?.serve(listeners, shutdown).await
 }
 
 /// A server whose state is loaded and whose TLS is set up, ready to serve.
@@ -124,10 +205,11 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends log streams, lets
-    /// in-flight calls finish, and stops every job still running.
+    /// in-flight calls finish, and stops every job still running. Every listener feeds the
+    /// one accept loop, so the connection limits count connections over all of them.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: Vec<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let Server {
@@ -159,7 +241,7 @@ impl Server {
 
         let (conn_tx, conn_rx) = mpsc::channel(64);
         let accept = tokio::spawn(tls::accept_loop(
-            listener,
+            listeners,
             TlsAcceptor::from(tls_config),
             config.transport.clone(),
             conn_tx,
@@ -179,7 +261,13 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                JobServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+                JobServiceServer::new(service)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES)
+                    // Other gRPC clients may compress what they send (grpcio with
+                    // compression=Gzip); responses are compressed only for a client that
+                    // says it accepts gzip, which jobc does not (see BENCHMARKS.md).
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
             )
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
             .await
@@ -203,5 +291,40 @@ async fn prune_periodically(worker: Worker, retention: Duration) {
         let worker = worker.clone();
         // Deleting files blocks; keep it off the runtime's workers.
         let _ = tokio::task::spawn_blocking(move || worker.prune(retention)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_defaults_ipv6_address_may_be_missing() {
+        // No host has an address of 2001:db8::/32 (documentation only): binding one fails
+        // as binding [::1] does where IPv6 is off.
+        let absent: SocketAddr = "[2001:db8::1]:0".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let default_like = Listen {
+            addrs: vec![v4, absent],
+            is_default: true,
+        };
+        let bound = bind(&default_like).await.unwrap();
+        assert_eq!(bound.len(), 1);
+        assert!(bound[0].local_addr().unwrap().is_ipv4());
+
+        let err = bind(&Listen::from_addrs([v4, absent])).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("cannot listen on [2001:db8::1]:0: "),
+            "{text}"
+        );
+
+        // Only a missing IPv6 is forgiven, not an address in use.
+        assert!(!means_no_ipv6(&std::io::Error::from_raw_os_error(
+            libc::EADDRINUSE
+        )));
+        assert!(means_no_ipv6(&std::io::Error::from_raw_os_error(
+            libc::EAFNOSUPPORT
+        )));
     }
 }

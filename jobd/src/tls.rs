@@ -149,27 +149,28 @@ pub struct TransportLimits {
     pub max_handshakes_per_address: usize,
 }
 
-/// Accepts connections until `incoming` is dropped (or the listener fails), handshaking
+/// Accepts connections on every listener until `incoming` is dropped, handshaking
 /// each in its own task so a slow or hostile client cannot hold up the others.
 /// Refused handshakes are logged and dropped; only authenticated connections reach tonic.
 /// Once more than half of the connection slots are taken, a source address with its
 /// maximum of handshakes in flight gets its further connections closed at once, so that
 /// it cannot take the remaining slots from others.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     acceptor: TlsAcceptor,
     limits: TransportLimits,
     incoming: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Handshakes::new(limits.max_handshakes_per_address);
+    let mut first = 0;
     loop {
         let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners, &mut first) => match accepted {
                 Ok(a) => a,
-                Err(e) => {
+                Err((listen, e)) => {
                     // EMFILE and the like: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(%listen, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -211,6 +212,31 @@ pub async fn accept_loop(
             }
         });
     }
+}
+
+/// The next connection on any of `listeners`. Each call starts polling at the listener
+/// after the one that gave the last connection, so a busy listener cannot starve another.
+/// An error comes with the address of the listener that failed.
+async fn accept_any(
+    listeners: &[TcpListener],
+    first: &mut usize,
+) -> Result<(TcpStream, SocketAddr), (String, io::Error)> {
+    std::future::poll_fn(|cx| {
+        for i in 0..listeners.len() {
+            let at = (*first + i) % listeners.len();
+            if let Poll::Ready(accepted) = listeners[at].poll_accept(cx) {
+                *first = (at + 1) % listeners.len();
+                return Poll::Ready(accepted.map_err(|e| {
+                    let listen = listeners[at]
+                        .local_addr()
+                        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+                    (listen, e)
+                }));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Why a handshake failed, as the log should say it: an identity the subject check refused

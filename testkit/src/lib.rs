@@ -319,7 +319,10 @@ pub const O: &[u64] = &[2, 5, 4, 10];
 /// A running `jobd serve`, its log collected as it comes (and its errors echoed).
 pub struct Jobd {
     child: Option<Child>,
+    /// The port of the first address.
     pub port: u16,
+    /// Every address jobd listens on, from its address file, the first first.
+    pub addrs: Vec<std::net::SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     // Holds the address file; dropped with jobd.
     _address_dir: tempfile::TempDir,
@@ -387,13 +390,17 @@ impl Jobd {
             .expect("spawn jobd");
         let log = collect_log(child.stderr.take().expect("piped"));
         let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
+        let addrs = loop {
             if let Ok(text) = std::fs::read_to_string(&address_file) {
-                let addr: std::net::SocketAddr = text
-                    .trim_end()
-                    .parse()
-                    .unwrap_or_else(|e| panic!("jobd's address file holds {text:?}: {e}"));
-                break addr.port();
+                let addrs: Vec<std::net::SocketAddr> = text
+                    .lines()
+                    .map(|line| {
+                        line.parse()
+                            .unwrap_or_else(|e| panic!("jobd's address file holds {text:?}: {e}"))
+                    })
+                    .collect();
+                assert!(!addrs.is_empty(), "jobd's address file is empty");
+                break addrs;
             }
             if let Some(status) = child.try_wait().expect("try_wait") {
                 // Its last words may still be on their way through the pipe.
@@ -411,7 +418,8 @@ impl Jobd {
         };
         Ok(Jobd {
             child: Some(child),
-            port,
+            port: addrs[0].port(),
+            addrs,
             log,
             _address_dir: address_dir,
         })

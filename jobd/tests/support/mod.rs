@@ -82,7 +82,7 @@ impl TestServer {
         let mut config = ServerConfig::new(addr, scratch.state(), TlsFiles::in_dir(&scratch.pki()));
         tune(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(jobd::server::serve(config, listener, async {
+        let task = tokio::spawn(jobd::server::serve(config, vec![listener], async {
             let _ = stopped.await;
         }));
         TestServer {
