@@ -129,6 +129,7 @@ async fn responses_are_compressed_for_a_client_that_asks_and_only_for_it() {
         .logs(pb::LogsRequest {
             job_id: id,
             follow: true,
+            start: None,
         })
         .await
         .unwrap();
