@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::identity::Role;
 use crate::pki::{self, PkiOptions, User};
+use crate::revoke::Revocation;
 use crate::server::{self, Listen, ServerConfig, TlsFiles};
 
 #[derive(Debug, Parser)]
@@ -30,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the job API (the default command).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage a small certificate authority for jobd and its clients.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -57,6 +58,15 @@ pub struct ServeArgs {
     /// Server private key (PEM).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Certificate revocation list (PEM, from `jobd pki revoke`): the client certificates
+    /// it names are refused at the handshake [default: crl.pem of the development PKI, if
+    /// there is one]. SIGHUP reloads it with the certificate, key and CA.
+    #[arg(long, value_name = "FILE")]
+    pub crl: Option<PathBuf>,
+    /// The audit log: one JSON line per request (who, from where, what, the outcome)
+    /// [default: audit.log in the state dir]. SIGHUP reopens it, for rotation.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// Seconds between SIGTERM and SIGKILL when a stop does not say [default: 5].
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<u64>,
@@ -134,6 +144,22 @@ pub enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke client certificates: add them to the CRL (crl.pem in DIR) signed by the CA.
+    /// Given nothing to revoke, sign the list again with a later expiry.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The user whose certificate (NAME.pem in DIR) to revoke; repeatable.
+        #[arg(long = "user", value_name = "NAME")]
+        users: Vec<String>,
+        /// A certificate's serial number (hex, as `openssl x509 -serial` and the audit
+        /// log show it); repeatable.
+        #[arg(long = "serial", value_name = "HEX", value_parser = crate::revoke::parse_serial)]
+        serials: Vec<Vec<u8>>,
+        /// Days until the CRL expires (its nextUpdate): sign it again before then.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 /// `listen` in the config file: one address or a list of them.
@@ -156,6 +182,8 @@ struct FileConfig {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
     grace_seconds: Option<u64>,
     cgroups: Option<String>,
     cgroup_root: Option<PathBuf>,
@@ -220,13 +248,26 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         args.cert.or(file.cert),
         args.key.or(file.key),
     ) {
-        (Some(ca), Some(cert), Some(key)) => TlsFiles { ca, cert, key },
+        (Some(ca), Some(cert), Some(key)) => TlsFiles {
+            ca,
+            cert,
+            key,
+            crl: None,
+        },
         (None, None, None) => TlsFiles::in_dir(&server::ensure_dev_pki(&state_dir)?),
         _ => anyhow::bail!(
             "give --ca, --cert and --key together, or none of them for a development PKI"
         ),
     };
+    let mut tls = tls;
+    if let Some(crl) = args.crl.or(file.crl) {
+        tls.crl = Some(crl);
+    }
+    let audit_log = args.audit_log.or(file.audit_log);
     let mut config = ServerConfig::new(listen, state_dir, tls);
+    if audit_log.is_some() {
+        config.audit_log = audit_log;
+    }
     if let Some(s) = args.grace.or(file.grace_seconds) {
         config.worker.default_grace = Duration::from_secs(s);
     }
@@ -413,6 +454,30 @@ pub fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 "wrote {0}.pem and {0}-key.pem to {1}",
                 user.name,
                 dir.display()
+            );
+        }
+        PkiCommand::Revoke {
+            dir,
+            users,
+            serials,
+            days,
+        } => {
+            let what: Vec<Revocation> = users
+                .into_iter()
+                .map(Revocation::User)
+                .chain(serials.into_iter().map(Revocation::Serial))
+                .collect();
+            let done = crate::revoke::revoke(&dir, &what, days)?;
+            for serial in &done.already {
+                println!("{serial} was revoked already");
+            }
+            for serial in &done.added {
+                println!("revoked {serial}");
+            }
+            println!(
+                "wrote {} (valid until {}); send jobd SIGHUP to apply it",
+                done.crl.display(),
+                done.next_update
             );
         }
     }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod authz;
 pub mod cli;
 mod convert;
+pub mod credentials;
 pub mod identity;
 mod oversized;
 pub mod paging;

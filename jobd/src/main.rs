@@ -26,7 +26,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .max_blocking_threads(64)
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(serve(args))
+            runtime.block_on(serve(*args))
         }
     }
 }
@@ -48,6 +48,15 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &address_file {
         cli::write_address_file(path, &addrs)?;
     }
+    // SIGHUP: new TLS material for new handshakes, the audit log reopened. A failed reload
+    // is logged and changes nothing.
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let reloader = server.reloader();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload();
+        }
+    });
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let shutdown = async move {

@@ -12,11 +12,12 @@ use proto::v1 as pb;
 use proto::v1::job_service_server::JobServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use worker::Worker;
 
+use crate::audit::AuditLog;
+use crate::credentials::Credentials;
 use crate::oversized;
 use crate::pki;
 use crate::service::{Service, ServiceLimits};
@@ -116,30 +117,20 @@ pub struct ServerConfig {
     pub service: ServiceLimits,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
+    /// The audit log (see `audit.rs`); `None`: none is kept.
+    pub audit_log: Option<PathBuf>,
 }
 
-/// Where the CA, the server certificate and its key are.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+pub use crate::credentials::TlsFiles;
 
-impl TlsFiles {
-    pub fn in_dir(dir: &std::path::Path) -> Self {
-        TlsFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("server.pem"),
-            key: dir.join("server-key.pem"),
-        }
-    }
-}
+/// The audit log's name in the state dir, where it is kept by default.
+pub const AUDIT_LOG: &str = "audit.log";
 
 impl ServerConfig {
     /// Secure defaults: jobs in new PID, mount and network namespaces (as far as the kernel
     /// allows) and, when jobd runs as root, each user's under a uid of their own.
     pub fn new(listen: impl Into<Listen>, state_dir: PathBuf, tls: TlsFiles) -> Self {
+        let audit_log = Some(state_dir.join(AUDIT_LOG));
         let mut worker = worker::Config::new(state_dir);
         worker.isolation = worker::Isolation::ALL;
         worker.job_uids = Some(worker::UidRange::DYNAMIC_USER);
@@ -154,6 +145,7 @@ impl ServerConfig {
             },
             service: ServiceLimits::default(),
             max_streams_per_connection: 256,
+            audit_log,
         }
     }
 }
@@ -186,22 +178,65 @@ pub async fn serve(
 /// A server whose state is loaded and whose TLS is set up, ready to serve.
 pub struct Server {
     config: ServerConfig,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Credentials,
+    audit: Option<Arc<AuditLog>>,
     worker: Worker,
+}
+
+/// What SIGHUP does to a running server: new TLS material for new handshakes, and the
+/// audit log opened again (after a rotation). Connections and jobs are untouched.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    tls: Credentials,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl Reloader {
+    /// Reloads what it can; each failure keeps the old material and is logged and returned.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let tls = self.tls.reload();
+        match &tls {
+            Ok(()) => tracing::info!("reloaded the TLS certificate, key, CA and CRL"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed: keeping the TLS material in use")
+            }
+        }
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.reopen() {
+                tracing::error!(path = %audit.path().display(), error = %e, "cannot reopen the audit log: writing on to the old file");
+            }
+        }
+        tls
+    }
 }
 
 impl Server {
     /// Everything that can fail before the server accepts a connection: TLS files, the
-    /// state-dir lock, recovery of earlier jobs, cgroups.
+    /// audit log, the state-dir lock, recovery of earlier jobs, cgroups.
     pub fn open(config: ServerConfig) -> anyhow::Result<Server> {
-        let tls = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
-            .context("cannot set up TLS")?;
+        let tls = Credentials::load(config.tls.clone()).context("cannot set up TLS")?;
+        // After the worker, which makes the state dir and takes its lock.
         let worker = Worker::new(config.worker.clone()).context("cannot start the worker")?;
+        let audit = match &config.audit_log {
+            Some(path) => Some(Arc::new(AuditLog::open(path).with_context(|| {
+                format!("cannot open the audit log {}", path.display())
+            })?)),
+            None => None,
+        };
         Ok(Server {
             config,
             tls,
+            audit,
             worker,
         })
+    }
+
+    /// The handle that reloads this server's TLS material and audit log.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tls: self.tls.clone(),
+            audit: self.audit.clone(),
+        }
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends log streams, lets
@@ -214,14 +249,18 @@ impl Server {
     ) -> anyhow::Result<()> {
         let Server {
             config,
-            tls: tls_config,
+            tls,
+            audit,
             worker,
         } = self;
         if let Some(retention) = config.worker.retention {
             tokio::spawn(prune_periodically(worker.clone(), retention));
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let service = Service::new(worker.clone(), config.service.clone(), shutdown_rx);
+        let mut service = Service::new(worker.clone(), config.service.clone(), shutdown_rx);
+        if let Some(audit) = audit {
+            service = service.with_audit(audit);
+        }
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<JobServiceServer<Service>>()
@@ -242,7 +281,7 @@ impl Server {
         let (conn_tx, conn_rx) = mpsc::channel(64);
         let accept = tokio::spawn(tls::accept_loop(
             listeners,
-            TlsAcceptor::from(tls_config),
+            tls.subscribe(),
             config.transport.clone(),
             conn_tx,
         ));

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -54,18 +54,41 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// TLS 1.3 only, with a client certificate required and verified against `ca`.
 pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    server_config_with_crls(ca, cert, key, Vec::new())
+}
+
+/// As [`server_config`], refusing the client certificates that `crls` revoke. Only the
+/// client's own certificate is checked (the CA is the root itself); one whose issuer has no
+/// CRL among them is refused too, so a CRL of another CA cannot pass for ours.
+pub fn server_config_with_crls(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    use anyhow::Context as _;
     let mut roots = RootCertStore::empty();
     for c in load_certs(ca)? {
         roots.add(c)?;
     }
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .build()?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+    if !crls.is_empty() {
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = builder.build().context("the CA or the CRL is not usable")?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(crate::identity::SubjectVerifier(verifier)))
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .with_context(|| {
+            format!(
+                "the server certificate {} and key {} do not make a pair",
+                cert.display(),
+                key.display()
+            )
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     // No session resumption: a resumed session skips the client certificate check, so a
     // certificate is checked against the CA on every connection, and the server keeps no
@@ -157,7 +180,7 @@ pub struct TransportLimits {
 /// it cannot take the remaining slots from others.
 pub async fn accept_loop(
     listeners: Vec<TcpListener>,
-    acceptor: TlsAcceptor,
+    tls: watch::Receiver<Arc<ServerConfig>>,
     limits: TransportLimits,
     incoming: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
@@ -187,7 +210,8 @@ pub async fn accept_loop(
         };
         // Small RPCs must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        // The config as it is now: a reload changes the handshakes that follow it.
+        let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow()));
         let incoming = incoming.clone();
         let timeout = limits.handshake_timeout;
         tokio::spawn(async move {
