@@ -105,9 +105,22 @@ fn server_name(server: &str) -> Result<ServerName<'static>, ConnectError> {
         .map_err(|_| ConnectError::Config(format!("{host:?} is not a valid host name")))
 }
 
+/// The host name of `--server` did not resolve. Typed, so that jobc says so in its own
+/// words rather than in the resolver's.
+#[derive(Debug, thiserror::Error)]
+#[error("name not resolved: {0}")]
+pub struct NameNotResolved(String);
+
+impl NameNotResolved {
+    #[cfg(test)]
+    pub(crate) fn for_test(why: &str) -> Self {
+        NameNotResolved(why.into())
+    }
+}
+
 /// Connects TCP to `HOST:PORT`. IP literals and `localhost` (loopback by RFC 6761) skip
 /// the resolver, whose start-up (NSS configuration, a helper thread) costs milliseconds
-/// of a CLI run; other names are resolved as usual.
+/// of a CLI run; other names are resolved as usual, and tried in the resolver's order.
 async fn tcp_connect(server: &str) -> std::io::Result<TcpStream> {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     if let Ok(addr) = server.parse::<SocketAddr>() {
@@ -119,7 +132,19 @@ async fn tcp_connect(server: &str) -> std::io::Result<TcpStream> {
     {
         return TcpStream::connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)).await;
     }
-    TcpStream::connect(server).await
+    let not_resolved =
+        |why: String| std::io::Error::new(std::io::ErrorKind::NotFound, NameNotResolved(why));
+    let addrs = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| not_resolved(e.to_string()))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| not_resolved("no address".into())))
 }
 
 /// HTTP/2 settings this client offers jobd. Log batches are up to 1 MiB: with the default

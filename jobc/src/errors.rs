@@ -21,6 +21,8 @@ pub struct Failure {
     /// The connection failed without saying why; worth a diagnosis (see
     /// [`crate::client::diagnose`]).
     pub unexplained: bool,
+    /// An established connection broke during a call (see [`is_connection_lost`]).
+    pub connection_lost: bool,
 }
 
 impl Failure {
@@ -29,8 +31,32 @@ impl Failure {
             message: message.into(),
             exit_code,
             unexplained: false,
+            connection_lost: false,
         }
     }
+
+    /// `the server went away`, with the server's own words when it said why (a shutdown).
+    fn went_away(said: Option<&str>) -> Self {
+        let message = match said {
+            Some(why) if !why.is_empty() => format!("the server went away: {why}"),
+            _ => "the server went away".to_string(),
+        };
+        Failure {
+            connection_lost: true,
+            ..Failure::new(EXIT_CONNECT, message)
+        }
+    }
+}
+
+/// Whether `failure` is an established connection that broke during a call (reset,
+/// closed, the server shutting down or gone for good): what [`from_status`] makes of a
+/// stream that ended so, printed as `the server went away`. Such a call may be worth
+/// retrying on a new connection (`logs -f` can resume), where a refusal or a failed
+/// request is not. A certificate refusal whose TLS alert was lost with the connection
+/// looks the same at first; such a failure is also [`Failure::unexplained`], and
+/// [`crate::client::diagnose`] (one fresh handshake) tells the two apart.
+pub fn is_connection_lost(failure: &Failure) -> bool {
+    failure.connection_lost
 }
 
 /// What went wrong underneath a transport failure. Typed, so that how a failure is
@@ -39,8 +65,8 @@ impl Failure {
 pub enum Reason {
     /// The server's certificate did not verify; says why.
     ServerCertificate(String),
-    /// The server sent an alert about our certificate.
-    CertificateRefused,
+    /// The server sent an alert about our certificate; says why, as the alert does.
+    CertificateRefused(&'static str),
     /// The server sent an alert saying it does not speak TLS 1.3.
     OldTls,
     /// The server sent another alert (its name).
@@ -49,7 +75,13 @@ pub enum Reason {
     Tls(String),
     ConnectionRefused,
     ConnectionReset,
+    /// The server closed the connection before the TLS handshake was done.
+    ClosedBeforeHandshake,
     TimedOut,
+    NoRoute,
+    NetworkUnreachable,
+    /// The host name did not resolve to an address.
+    NameNotResolved,
     /// Any other I/O failure, as the system or jobc's own timeout words it.
     Io(String),
 }
@@ -59,7 +91,7 @@ impl Reason {
     pub fn stands_alone(&self) -> bool {
         matches!(
             self,
-            Reason::ServerCertificate(_) | Reason::CertificateRefused
+            Reason::ServerCertificate(_) | Reason::CertificateRefused(_)
         )
     }
 }
@@ -70,15 +102,37 @@ impl std::fmt::Display for Reason {
             Reason::ServerCertificate(why) => {
                 write!(f, "cannot verify the server's certificate: {why}")
             }
-            Reason::CertificateRefused => f.write_str("server refused this certificate"),
+            Reason::CertificateRefused(why) => write!(f, "server refused this certificate: {why}"),
             Reason::OldTls => f.write_str("the server does not speak TLS 1.3"),
             Reason::Alert(name) => write!(f, "TLS failed: the server sent {name}"),
             Reason::Tls(why) => write!(f, "TLS failed: {why}"),
             Reason::ConnectionRefused => f.write_str("connection refused"),
             Reason::ConnectionReset => f.write_str("connection reset by the server"),
+            Reason::ClosedBeforeHandshake => f.write_str(
+                "the server closed the connection before the TLS handshake (for example \
+                 because it is at its connection limit)",
+            ),
             Reason::TimedOut => f.write_str("timed out"),
+            Reason::NoRoute => f.write_str("no route to host"),
+            Reason::NetworkUnreachable => f.write_str("network unreachable"),
+            Reason::NameNotResolved => f.write_str("name not resolved"),
             Reason::Io(why) => f.write_str(why),
         }
+    }
+}
+
+/// An I/O error's text without the `(os error N)` that std appends to the system's words,
+/// and starting in lower case, as the rest of a jobc sentence.
+fn io_text(io: &std::io::Error) -> String {
+    let text = io.to_string();
+    let text = match (io.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => &text[..at],
+        _ => text.as_str(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -89,22 +143,31 @@ fn transport_reason(err: &(dyn StdError + 'static)) -> Option<Reason> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls_reason(tls));
         }
+        if e.downcast_ref::<crate::client::NameNotResolved>().is_some() {
+            return Some(Reason::NameNotResolved);
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 return Some(tls_reason(tls));
             }
+            if let Some(inner) = io.get_ref() {
+                if inner.is::<crate::client::NameNotResolved>() {
+                    return Some(Reason::NameNotResolved);
+                }
+            }
             if let Some(alert) = alert_in_text(io) {
                 return Some(alert_reason(alert));
             }
+            use std::io::ErrorKind as K;
             return Some(match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => Reason::ConnectionRefused,
+                K::ConnectionRefused => Reason::ConnectionRefused,
                 // jobc's own connect timeout says which limit ran out.
-                std::io::ErrorKind::TimedOut if io.get_ref().is_some() => {
-                    Reason::Io(io.to_string())
-                }
-                std::io::ErrorKind::TimedOut => Reason::TimedOut,
-                std::io::ErrorKind::ConnectionReset => Reason::ConnectionReset,
-                _ => Reason::Io(io.to_string()),
+                K::TimedOut if io.get_ref().is_some() => Reason::Io(io.to_string()),
+                K::TimedOut => Reason::TimedOut,
+                K::ConnectionReset => Reason::ConnectionReset,
+                K::HostUnreachable => Reason::NoRoute,
+                K::NetworkUnreachable => Reason::NetworkUnreachable,
+                _ => Reason::Io(io_text(io)),
             });
         }
         next = e.source();
@@ -168,21 +231,38 @@ fn abrupt_close(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// What a TLS alert from the server means for the person running jobc.
+/// What a TLS alert from the server means for the person running jobc. The server's
+/// verdicts on a client certificate (RFC 8446, 6.2; rustls sends them as its
+/// `CertificateError`s map) each say why, in the words of the alert.
 pub fn alert_reason(alert: rustls::AlertDescription) -> Reason {
     use rustls::AlertDescription as A;
-    match alert {
-        A::BadCertificate
-        | A::UnknownCA
-        | A::CertificateExpired
-        | A::CertificateRequired
-        | A::CertificateRevoked
-        | A::CertificateUnknown
-        | A::UnsupportedCertificate
-        | A::AccessDenied
-        | A::DecryptError => Reason::CertificateRefused,
-        A::ProtocolVersion => Reason::OldTls,
-        other => Reason::Alert(format!("{other:?}")),
+    let why = match alert {
+        A::CertificateExpired => "it has expired or is not valid yet",
+        A::CertificateRevoked => "it has been revoked",
+        A::UnknownCA => "it is not issued by a CA the server trusts",
+        A::CertificateRequired => "none was sent",
+        A::DecryptError => "its signature does not verify with a CA the server trusts",
+        A::UnsupportedCertificate => "it is not a certificate for a TLS client",
+        A::AccessDenied => "access denied",
+        // jobd's own checks of the subject (one common name) end in certificate_unknown;
+        // its log names the reason.
+        A::BadCertificate | A::CertificateUnknown | A::BadCertificateStatusResponse => {
+            "the server does not accept it"
+        }
+        A::ProtocolVersion => return Reason::OldTls,
+        other => return Reason::Alert(format!("{other:?}")),
+    };
+    Reason::CertificateRefused(why)
+}
+
+/// Whether a connection failed because one side refused the other's certificate: asking
+/// again would be refused again.
+pub fn is_certificate_refusal(e: &ConnectError) -> bool {
+    match e {
+        ConnectError::Config(_) => false,
+        ConnectError::Connect { source, .. } => {
+            transport_reason(source).is_some_and(|r| r.stands_alone())
+        }
     }
 }
 
@@ -190,20 +270,17 @@ impl From<ConnectError> for Failure {
     fn from(e: ConnectError) -> Self {
         match &e {
             ConnectError::Config(msg) => Failure::new(EXIT_USAGE, msg.clone()),
-            // jobd closes connections past its connection limit before the TLS
-            // handshake (no handshake CPU for a connection it cannot serve); TLS 1.3 sends
-            // the server's verdict on our certificate only after our side of the handshake,
-            // so a connection cut while we handshake was cut before it.
-            ConnectError::Connect { server, source } if abrupt_close(source) => Failure::new(
-                EXIT_CONNECT,
-                format!(
-                    "cannot connect to {server}: the server closed the connection before the \
-                     TLS handshake (for example because it is at its connection limit)"
-                ),
-            ),
             ConnectError::Connect { server, source } => {
-                let reason =
-                    transport_reason(source).unwrap_or_else(|| Reason::Io(source.to_string()));
+                // jobd closes connections past its connection limit before the TLS
+                // handshake (no handshake CPU for a connection it cannot serve); TLS 1.3
+                // sends the server's verdict on our certificate only after our side of the
+                // handshake, so a connection cut while we handshake was cut before it.
+                let reason = match transport_reason(source) {
+                    Some(reason) if reason.stands_alone() => reason,
+                    _ if abrupt_close(source) => Reason::ClosedBeforeHandshake,
+                    Some(reason) => reason,
+                    None => Reason::Io(source.to_string()),
+                };
                 let message = if reason.stands_alone() {
                     reason.to_string()
                 } else {
@@ -215,32 +292,32 @@ impl From<ConnectError> for Failure {
     }
 }
 
-/// A failed RPC: the server's own sentence for refusals, a transport reason otherwise.
-pub fn from_status(status: &tonic::Status, server: &str) -> Failure {
+/// A failed RPC: the server's own sentence for refusals; for a call whose connection broke
+/// (reset, closed, or the server gone by the time tonic reconnected), `the server went
+/// away`, which [`is_connection_lost`] recognises; a TLS verdict on our certificate
+/// (which TLS 1.3 delivers during the first call) as the refusal it is.
+/// `_server` is not named: the call's connection was open, so its address was right.
+pub fn from_status(status: &tonic::Status, _server: &str) -> Failure {
     use tonic::Code;
     match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => {
-            if let Some(reason) = transport_reason(status) {
-                return if reason.stands_alone() {
+        // A status the server sent carries no error of ours underneath: its words are the
+        // reason. UNAVAILABLE from jobd ends the streams of a server shutting down.
+        Code::Unavailable if status.source().is_none() => {
+            Failure::went_away(Some(status.message()))
+        }
+        Code::Unavailable | Code::Unknown | Code::Cancelled if status.source().is_some() => {
+            match transport_reason(status) {
+                Some(reason) if reason.stands_alone() => {
                     Failure::new(EXIT_CONNECT, reason.to_string())
-                } else {
-                    Failure {
-                        // A connection the server cut says little by itself: the reason
-                        // (such as a TLS alert) may have been lost with it.
-                        unexplained: abrupt_close(status),
-                        ..Failure::new(
-                            EXIT_CONNECT,
-                            format!("lost the connection to {server}: {reason}"),
-                        )
-                    }
-                };
-            }
-            Failure {
-                unexplained: true,
-                ..Failure::new(
-                    EXIT_CONNECT,
-                    format!("lost the connection to {server}: {}", status.message()),
-                )
+                }
+                // Refused: tonic reconnected, and the server is no longer there.
+                Some(Reason::ConnectionRefused) => Failure::went_away(None),
+                // A connection the server cut says little by itself: the reason (such as
+                // a TLS alert about our certificate) may have been lost with it.
+                _ => Failure {
+                    unexplained: true,
+                    ..Failure::went_away(None)
+                },
             }
         }
         _ => Failure::new(EXIT_REQUEST, status.message().to_string()),
@@ -267,7 +344,10 @@ mod tests {
         let bad = rustls::AlertDescription::BadCertificate;
         let text = std::io::Error::other(rustls::Error::AlertReceived(bad).to_string());
         let reason = transport_reason(&text).expect("an alert is a reason");
-        assert_eq!(reason, Reason::CertificateRefused);
+        assert_eq!(
+            reason,
+            Reason::CertificateRefused("the server does not accept it")
+        );
         assert!(reason.stands_alone());
     }
 
@@ -280,6 +360,84 @@ mod tests {
         assert_eq!(
             transport_reason(&refused).map(|r| r.to_string()).as_deref(),
             Some("connection refused")
+        );
+    }
+
+    #[test]
+    fn system_words_lose_their_os_error_number() {
+        let io = std::io::Error::from_raw_os_error(libc::ENETDOWN);
+        assert_eq!(
+            transport_reason(&io).map(|r| r.to_string()).as_deref(),
+            Some("network is down")
+        );
+        for (errno, says) in [
+            (libc::EHOSTUNREACH, "no route to host"),
+            (libc::ENETUNREACH, "network unreachable"),
+            (libc::ECONNREFUSED, "connection refused"),
+        ] {
+            let io = std::io::Error::from_raw_os_error(errno);
+            let reason = transport_reason(&io).map(|r| r.to_string());
+            assert_eq!(reason.as_deref(), Some(says), "{errno}");
+        }
+        let unresolved = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            crate::client::NameNotResolved::for_test("failed to lookup address information"),
+        );
+        assert_eq!(transport_reason(&unresolved), Some(Reason::NameNotResolved));
+    }
+
+    #[test]
+    fn every_certificate_alert_says_why_the_certificate_was_refused() {
+        use rustls::AlertDescription as A;
+        for (alert, why) in [
+            (A::CertificateExpired, "it has expired or is not valid yet"),
+            (A::CertificateRevoked, "it has been revoked"),
+            (A::UnknownCA, "it is not issued by a CA the server trusts"),
+            (A::CertificateRequired, "none was sent"),
+            (A::BadCertificate, "the server does not accept it"),
+            (A::CertificateUnknown, "the server does not accept it"),
+        ] {
+            assert_eq!(
+                alert_reason(alert).to_string(),
+                format!("server refused this certificate: {why}")
+            );
+        }
+        assert_eq!(alert_reason(A::ProtocolVersion), Reason::OldTls);
+    }
+
+    #[test]
+    fn a_broken_call_is_the_server_going_away_and_says_so() {
+        // A status the server sent: its words.
+        let shutdown = tonic::Status::unavailable("the server is shutting down");
+        let failure = from_status(&shutdown, "localhost:50051");
+        assert_eq!(
+            failure.message,
+            "the server went away: the server is shutting down"
+        );
+        assert!(is_connection_lost(&failure) && !failure.unexplained);
+        assert_eq!(failure.exit_code, EXIT_CONNECT);
+        // A connection cut under a call: tonic's status carries the I/O error.
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionRefused,
+        ] {
+            let status = tonic::Status::from_error(Box::new(std::io::Error::new(
+                kind,
+                "peer closed connection without sending TLS close_notify: https://docs.rs/",
+            )));
+            let failure = from_status(&status, "localhost:50051");
+            assert_eq!(failure.message, "the server went away", "{kind:?}");
+            assert!(is_connection_lost(&failure), "{kind:?}");
+            assert_eq!(failure.exit_code, EXIT_CONNECT);
+        }
+        // A request the server refused is not a lost connection.
+        let refused = from_status(&tonic::Status::not_found("job 1 not found"), "x:1");
+        assert!(!is_connection_lost(&refused));
+        assert_eq!(
+            (refused.message.as_str(), refused.exit_code),
+            ("job 1 not found", EXIT_REQUEST)
         );
     }
 }

@@ -175,33 +175,18 @@ impl Connection {
 /// Whether a failed call lost its connection (so that asking again may work) or was
 /// answered with a refusal.
 fn classify(status: &tonic::Status, server: &str, retry: bool) -> Broken {
-    use tonic::Code;
     let failure = errors::from_status(status, server);
-    let lost = matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    );
-    // A certificate refusal stands alone; asking again is refused again.
-    if retry && lost && failure.exit_code == errors::EXIT_CONNECT && !refused(&failure) {
+    if retry && errors::is_connection_lost(&failure) {
         Broken::Lost(failure)
     } else {
         Broken::Final(failure)
     }
 }
 
-fn refused(failure: &Failure) -> bool {
-    failure
-        .message
-        .starts_with("server refused this certificate")
-        || failure
-            .message
-            .starts_with("cannot verify the server's certificate")
-}
-
-/// A connection that could not be made for now: refused or cut while jobd restarts.
+/// A connection that could not be made for now (refused, timed out, cut while jobd
+/// restarts), rather than refused for good: a certificate refusal or a bad flag is final.
 fn lost_connecting(e: &ConnectError) -> bool {
-    // INTEGRATE: certificate refusals are final.
-    matches!(e, ConnectError::Connect { .. })
+    matches!(e, ConnectError::Connect { .. }) && !errors::is_certificate_refusal(e)
 }
 
 /// A note on stderr that does not end jobc.

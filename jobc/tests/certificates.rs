@@ -135,7 +135,11 @@ fn client_certificates_outside_their_validity_are_refused_in_the_handshake() {
     ] {
         assert_eq!(
             as_cert(&s, name, &["list"]),
-            (3, "jobc: server refused this certificate\n".into()),
+            (
+                3,
+                "jobc: server refused this certificate: it has expired or is not valid yet\n"
+                    .into()
+            ),
             "{name}"
         );
         s.jobd.wait_log(why, Duration::from_secs(5), |l| {
@@ -227,7 +231,10 @@ fn assert_refused_identity(subject: &[(&[u64], &str)], reason: &str) {
     for args in [vec!["list"], vec!["start", "true"]] {
         assert_eq!(
             as_cert(&s, "odd", &args),
-            (3, "jobc: server refused this certificate\n".into()),
+            (
+                3,
+                "jobc: server refused this certificate: the server does not accept it\n".into()
+            ),
             "{subject:?} {args:?}"
         );
     }

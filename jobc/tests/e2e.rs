@@ -261,7 +261,7 @@ fn errors_are_one_clear_line() {
         "{err}"
     );
 
-    // A certificate from another CA.
+    // A certificate from another CA of the same name.
     let other = tempfile::tempdir().unwrap();
     testkit::pki_init(other.path());
     let out = output(
@@ -273,7 +273,12 @@ fn errors_are_one_clear_line() {
     );
     assert_eq!(
         failure(&out),
-        (3, "jobc: server refused this certificate\n".into())
+        (
+            3,
+            "jobc: server refused this certificate: its signature does not verify with a CA the \
+             server trusts\n"
+                .into()
+        )
     );
 
     // A missing certificate file.

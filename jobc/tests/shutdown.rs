@@ -99,12 +99,7 @@ fn shuts_down_gracefully_on(signal: i32) {
         (status.code(), err.as_str()),
         (
             Some(0),
-            format!(
-                "jobc: lost the connection to {}: the server is shutting down; resuming the \
-                 output\n",
-                s.server()
-            )
-            .as_str()
+            "jobc: the server went away: the server is shutting down; resuming the output\n"
         )
     );
     // `sleep` dies of the SIGTERM; the trapper, which outlives it, of the SIGKILL.

@@ -536,7 +536,7 @@ async fn handshakes_are_refused_for_bad_clients() {
     assert_eq!(
         (failure.message.as_str(), failure.exit_code),
         (
-            "server refused this certificate",
+            "server refused this certificate: it has expired or is not valid yet",
             jobc::errors::EXIT_CONNECT
         )
     );
