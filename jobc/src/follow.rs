@@ -71,12 +71,19 @@ impl Retries {
     }
 
     /// After a lost connection: pauses, then connects again, until a connection is made
-    /// (`Ok`) or the retries are spent or a connection is refused for good (`Err`).
+    /// (`Ok`) or the retries are spent or a connection is refused for good (`Err`: the
+    /// loss itself once the retries are spent, as `the server went away`).
     async fn reconnect(&mut self, conn: &mut Connection, lost: Failure) -> Result<(), Failure> {
+        // A connection cut without a word may have been the server's verdict on our
+        // certificate (TLS 1.3 gives it after the handshake): that is final, not an outage.
+        if lost.unexplained {
+            if let Some(reason) = client::diagnose(&conn.target).await {
+                return Err(Failure::new(lost.exit_code, reason.to_string()));
+            }
+        }
         if self.left.len() == RETRY_PAUSES.len() {
             note(&format!("{}; resuming {}", lost.message, self.what));
         }
-        let mut failure = lost;
         for pause in self.left.by_ref() {
             tokio::time::sleep(*pause).await;
             match client::connect(&conn.target).await {
@@ -84,11 +91,14 @@ impl Retries {
                     conn.client = client;
                     return Ok(());
                 }
-                Err(e) if lost_connecting(&e) => failure = e.into(),
+                Err(e) if lost_connecting(&e) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(failure)
+        Err(Failure {
+            unexplained: false,
+            ..lost
+        })
     }
 }
 
