@@ -7,6 +7,7 @@ pub mod authz;
 pub mod cli;
 mod convert;
 pub mod identity;
+pub mod notify;
 mod oversized;
 pub mod paging;
 pub mod pki;
