@@ -48,6 +48,9 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &address_file {
         cli::write_address_file(path, &addrs)?;
     }
+    // Under systemd (Type=notify): jobd accepts connections from now on.
+    jobd::notify::ready()
+        .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot tell systemd that jobd is ready"));
     // SIGHUP: new TLS material for new handshakes, the audit log reopened. A failed reload
     // is logged and changes nothing.
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -64,6 +67,9 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+        jobd::notify::stopping().unwrap_or_else(
+            |e| tracing::warn!(error = %e, "cannot tell systemd that jobd is stopping"),
+        );
     };
     server.serve(listeners, shutdown).await
 }
