@@ -32,6 +32,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    // Handled from the start: a signal that comes while jobd recovers its jobs or before
+    // it says where it listens is acted on once it serves, never the default death.
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let address_file = args.address_file.clone();
     let config = cli::server_config(args)?;
     let listen = config.listen.clone();
@@ -48,20 +53,14 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &address_file {
         cli::write_address_file(path, &addrs)?;
     }
-    // Under systemd (Type=notify): jobd accepts connections from now on.
-    jobd::notify::ready()
-        .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot tell systemd that jobd is ready"));
     // SIGHUP: new TLS material for new handshakes, the audit log reopened. A failed reload
     // is logged and changes nothing.
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let reloader = server.reloader();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = reloader.reload();
         }
     });
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {}
@@ -71,6 +70,10 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
             |e| tracing::warn!(error = %e, "cannot tell systemd that jobd is stopping"),
         );
     };
+    // Under systemd (Type=notify): the listeners are bound, so connections are taken from
+    // now on.
+    jobd::notify::ready()
+        .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot tell systemd that jobd is ready"));
     server.serve(listeners, shutdown).await
 }
 
