@@ -148,3 +148,12 @@ pub fn loadavg() -> String {
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
+
+/// Bytes a process has passed to write-like system calls so far (`wchar` of
+/// `/proc/PID/io`): for jobd serving a log read, what it sent on the socket (TLS records),
+/// since the read writes no file.
+pub fn written_bytes(pid: u32) -> Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .with_context(|| format!("cannot read /proc/{pid}/io"))?;
+    status_field(&io, "wchar").context("no wchar in /proc/PID/io")
+}

@@ -71,6 +71,8 @@ pub enum Reason {
     OldTls,
     /// The server sent another alert (its name).
     Alert(String),
+    /// What came back was not TLS (a plain-text server on the port, say).
+    NotTls,
     /// TLS failed on our side.
     Tls(String),
     ConnectionRefused,
@@ -105,6 +107,7 @@ impl std::fmt::Display for Reason {
             Reason::CertificateRefused(why) => write!(f, "server refused this certificate: {why}"),
             Reason::OldTls => f.write_str("the server does not speak TLS 1.3"),
             Reason::Alert(name) => write!(f, "TLS failed: the server sent {name}"),
+            Reason::NotTls => f.write_str("the server does not answer in TLS (is it jobd?)"),
             Reason::Tls(why) => write!(f, "TLS failed: {why}"),
             Reason::ConnectionRefused => f.write_str("connection refused"),
             Reason::ConnectionReset => f.write_str("connection reset by the server"),
@@ -211,6 +214,10 @@ fn tls_reason(e: &rustls::Error) -> Reason {
             };
             Reason::ServerCertificate(why)
         }
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => Reason::NotTls,
+        rustls::Error::PeerIncompatible(_) => Reason::OldTls,
         other => Reason::Tls(other.to_string()),
     }
 }
@@ -361,6 +368,19 @@ mod tests {
             transport_reason(&refused).map(|r| r.to_string()).as_deref(),
             Some("connection refused")
         );
+    }
+
+    #[test]
+    fn a_server_that_does_not_speak_tls_13_is_named_so() {
+        let garbage = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert_eq!(
+            tls_reason(&garbage).to_string(),
+            "the server does not answer in TLS (is it jobd?)"
+        );
+        let old = rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+        );
+        assert_eq!(tls_reason(&old), Reason::OldTls);
     }
 
     #[test]

@@ -129,6 +129,33 @@ fn a_server_that_is_not_there_is_a_connection_refused() {
 }
 
 #[test]
+fn a_server_that_answers_in_plain_text_does_not_answer_in_tls() {
+    let s = Server::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap().to_string();
+    let answering = std::thread::spawn(move || {
+        for _ in 0..TRIES {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let _ = std::io::Write::write_all(&mut tcp, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    for _ in 0..TRIES {
+        assert_eq!(
+            failure(&s.jobc("alice", &["--server", &server, "list"])),
+            (
+                3,
+                format!(
+                    "jobc: cannot connect to {server}: the server does not answer in TLS \
+                     (is it jobd?)\n"
+                )
+            )
+        );
+    }
+    answering.join().unwrap();
+    s.shutdown();
+}
+
+#[test]
 fn a_server_killed_during_a_followed_stream_went_away() {
     let mut s = Server::start();
     let job = s.start_job(

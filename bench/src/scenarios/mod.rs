@@ -2,6 +2,7 @@
 //! (and pueued) under test, the run's size (full or `--quick`) and small helpers.
 
 pub mod cli_start;
+pub mod compressed_logs;
 pub mod end_visible;
 pub mod followers;
 pub mod logs_read;
@@ -59,6 +60,7 @@ pub async fn run(n: u8, ctx: &Ctx) -> Result<Vec<Row>> {
         5 => logs_read::run(ctx).await,
         6 => followers::run(ctx).await,
         7 => write_path::run(ctx).await,
+        8 => compressed_logs::run(ctx).await,
         _ => bail!("there is no scenario {n}"),
     }
 }
@@ -67,6 +69,10 @@ pub async fn run(n: u8, ctx: &Ctx) -> Result<Vec<Row>> {
 /// larger RSS (glibc keeps the freed memory), and every later start then pays for it
 /// (jobs are started with a fork-style `clone3`, whose cost grows with jobd's memory).
 pub const ALL: [u8; 7] = [1, 2, 3, 4, 5, 7, 6];
+
+/// Scenarios run only when asked for with `--only`: 8 measures a choice (jobc asks for no
+/// compression), not a target.
+pub const OPTIONAL: [u8; 1] = [8];
 
 /// A one-line title for scenario `n`, used when it fails before producing rows.
 pub fn title(n: u8) -> &'static str {
@@ -78,6 +84,7 @@ pub fn title(n: u8) -> &'static str {
         5 => "5 jobc logs --raw",
         6 => "6 1000 followers",
         7 => "7 200 MiB of lines",
+        8 => "8 log streams with and without gzip",
         _ => "unknown scenario",
     }
 }
@@ -85,7 +92,7 @@ pub fn title(n: u8) -> &'static str {
 /// The most a scenario may take before it is abandoned and reported as failed.
 pub fn time_limit(n: u8, quick: bool) -> Duration {
     let full = match n {
-        6 => 150,
+        6 | 8 => 150,
         5 => 90,
         _ => 60,
     };
