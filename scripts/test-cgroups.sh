@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the resource-control tests (worker/tests/cgroups.rs) under a real cgroup v2
-# hierarchy with the cpu, io, memory and pids controllers: directly when this host has
-# one and we are root, otherwise inside the small VM of scripts/cgroup-vm/.
-# The tests move their own process between cgroups, so they run one at a time.
+# Runs the resource-control tests under a real cgroup v2 hierarchy with the cpu, io,
+# memory and pids controllers: directly when this host has one and we are root, otherwise
+# inside the small VM of scripts/cgroup-vm/. Two test binaries, one at a time (the worker's
+# tests move their own process between cgroups):
+#   worker/tests/cgroups.rs       the worker library on its own;
+#   jobc/tests/cgroups_stack.rs   the real jobd (--cgroups required) and jobc binaries.
 #
 # The run is bounded in time: every wait in the tests has a deadline, and should a test
 # hang anyway, the whole run is killed after CGVM_TIMEOUT seconds (default 600; a full
@@ -25,8 +27,11 @@ host_has_cgroup_v2() {
   done
 }
 
-# Build on the host first: the guest only runs the binary.
+# Build on the host first: the guest only runs the binaries (jobd and jobc too, which
+# the stack tests start).
 cargo test -p worker --test cgroups --no-run --locked
+cargo build -p jobd -p jobc --locked
+cargo test -p jobc --test cgroups_stack --no-run --locked
 
 if host_has_cgroup_v2 && [ -z "${JOBWORKER_FORCE_VM:-}" ]; then
   echo "test-cgroups: this host has cgroup v2 with cpu, io, memory and pids; running directly" >&2
@@ -35,11 +40,14 @@ if host_has_cgroup_v2 && [ -z "${JOBWORKER_FORCE_VM:-}" ]; then
   fi
   # timeout signals its process group: cargo and the test binary (a job of a killed
   # test runs in a session of its own and may be left; its cgroup is jobworker-test-*).
-  exec timeout --kill-after=10 "$CGVM_TIMEOUT" \
+  timeout --kill-after=10 "$CGVM_TIMEOUT" \
     cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
+  exec timeout --kill-after=10 "$CGVM_TIMEOUT" \
+    cargo test -p jobc --test cgroups_stack --locked -- --include-ignored --test-threads=1
 fi
 
 echo "test-cgroups: no usable cgroup v2 here; running the tests in the VM" >&2
 export CGVM_RW="$here"
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$here/scripts/cgroup-vm/run-in-vm.sh"
-exec cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
+cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
+exec cargo test -p jobc --test cgroups_stack --locked -- --include-ignored --test-threads=1

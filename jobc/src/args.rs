@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::Isolation;
 
 use crate::client::Target;
+use crate::contexts::Context;
 
 /// The help heading of the connection flags.
 pub const CONNECTION_HEADING: &str = "Connection options";
@@ -30,6 +31,10 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = CONNECTION_HEADING)]
 pub struct ConnArgs {
+    /// A context of the contexts file (`jobc context ls`): its server and certificates,
+    /// under the flags given here [default: the file's current context].
+    #[arg(long, global = true, env = "JOBC_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// Server address [default: localhost:50051].
     #[arg(long, global = true, env = "JOBC_SERVER", value_name = "HOST:PORT")]
     pub server: Option<String>,
@@ -63,22 +68,44 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 impl ConnArgs {
     /// Fills what was not given from the development PKI of a local jobd (as admin).
     pub fn target(&self) -> Target {
+        self.target_in(&Context::default())
+            .expect("no context, so no context setting to refuse")
+    }
+
+    /// Each setting from its flag, else from `context`, else the development PKI of a
+    /// local jobd (as admin).
+    pub fn target_in(&self, context: &Context) -> Result<Target, String> {
         let pki = common::default_state_dir().join("pki");
-        Target {
+        let timeout = match &context.connect_timeout {
+            Some(text) => Some(parse_timeout(text).map_err(|e| format!("connect_timeout: {e}"))?),
+            None => None,
+        };
+        Ok(Target {
             server: self
                 .server
                 .clone()
+                .or_else(|| context.server.clone())
                 .unwrap_or_else(|| "localhost:50051".into()),
-            ca: self.ca.clone().unwrap_or_else(|| pki.join("ca.pem")),
-            cert: self.cert.clone().unwrap_or_else(|| pki.join("admin.pem")),
+            ca: self
+                .ca
+                .clone()
+                .or_else(|| context.ca.clone())
+                .unwrap_or_else(|| pki.join("ca.pem")),
+            cert: self
+                .cert
+                .clone()
+                .or_else(|| context.cert.clone())
+                .unwrap_or_else(|| pki.join("admin.pem")),
             key: self
                 .key
                 .clone()
+                .or_else(|| context.key.clone())
                 .unwrap_or_else(|| pki.join("admin-key.pem")),
             connect_timeout: self
                 .connect_timeout
+                .or(timeout)
                 .unwrap_or(crate::client::DEFAULT_CONNECT_TIMEOUT),
-        }
+        })
     }
 }
 
@@ -147,6 +174,11 @@ pub enum Command {
     List {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
+        /// Ask every context's server at once, each with its own settings; a CONTEXT
+        /// column (`context` in JSON) says whose job it is, and each server that fails is
+        /// named on stderr.
+        #[arg(long)]
+        all_contexts: bool,
         /// Only jobs that are running, or only those that ended.
         #[arg(long, value_enum)]
         state: Option<ListState>,
@@ -154,8 +186,19 @@ pub enum Command {
         #[arg(long, value_name = "USER")]
         owner: Option<String>,
     },
+    /// List the contexts of the contexts file, or choose the current one.
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Print each context's name and server; `*` marks the current one.
+    Ls,
+    /// Make NAME the current context.
+    Use { name: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,9 +3,11 @@
 
 pub mod args;
 pub mod client;
+pub mod contexts;
 pub mod environment;
 pub mod errors;
 pub mod follow;
+pub mod listing;
 pub mod output;
 mod render;
 pub mod run;

@@ -3,10 +3,12 @@
 use std::io;
 
 use clap::{CommandFactory, Parser};
-use jobc::args::{Cli, Command, Format, ListState, StartArgs};
+use jobc::args::{Cli, Command, ContextCommand, Format, StartArgs};
 use jobc::client;
-use jobc::errors::{self, Failure, EXIT_INTERRUPTED, EXIT_REQUEST};
+use jobc::contexts::Contexts;
+use jobc::errors::{self, Failure, EXIT_INTERRUPTED, EXIT_REQUEST, EXIT_USAGE};
 use jobc::follow::Connection;
+use jobc::listing;
 use jobc::output::{self, print, LogSink};
 use jobc::run;
 use proto::v1 as pb;
@@ -21,16 +23,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => exit(Failure::new(EXIT_REQUEST, format!("cannot start: {e}"))),
     };
-    let target = cli.conn.target();
-    let result = runtime.block_on(async {
-        match run(cli).await {
-            Err(failure) if failure.unexplained => match client::diagnose(&target).await {
-                Some(reason) => Err(Failure::new(failure.exit_code, reason.to_string())),
-                None => Err(failure),
-            },
-            other => other,
-        }
-    });
+    let result = runtime.block_on(run(cli));
     match result {
         Ok(0) => {}
         Ok(code) => std::process::exit(code),
@@ -67,7 +60,73 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         clap_complete::generate(shell, &mut cmd, "jobc", &mut io::stdout());
         return Ok(0);
     }
-    let target = cli.conn.target();
+    let usage = |e: String| Failure::new(EXIT_USAGE, e);
+    let contexts = Contexts::load(&Contexts::default_path()).map_err(usage)?;
+    match &cli.command {
+        Command::Context(command) => return context(&contexts, command).map(|()| 0),
+        Command::List {
+            all_contexts: true,
+            output,
+            state,
+            owner,
+        } => {
+            let request = listing::request(*state, owner.clone());
+            return listing::list_all(&cli.conn, &contexts, request, *output)
+                .await
+                .map(|()| 0);
+        }
+        _ => {}
+    }
+    let (_, context) = contexts
+        .chosen(cli.conn.context.as_deref())
+        .map_err(usage)?
+        .unwrap_or_default();
+    let target = cli.conn.target_in(&context).map_err(usage)?;
+    match connected(cli, &target).await {
+        Err(failure) if failure.unexplained => match client::diagnose(&target).await {
+            Some(reason) => Err(Failure::new(failure.exit_code, reason.to_string())),
+            None => Err(failure),
+        },
+        other => other,
+    }
+}
+
+/// `jobc context ls` and `use`, which only read and write the contexts file.
+fn context(contexts: &Contexts, command: &ContextCommand) -> Result<(), Failure> {
+    match command {
+        ContextCommand::Ls => {
+            let all = contexts.all().map_err(|e| Failure::new(EXIT_USAGE, e))?;
+            let width = all
+                .iter()
+                .map(|(n, _)| n.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(4);
+            let mut out = format!("CURRENT  {:<width$}  SERVER\n", "NAME");
+            for (name, context) in &all {
+                let mark = if contexts.current() == Some(name.as_str()) {
+                    "*"
+                } else {
+                    ""
+                };
+                let server = context.server.as_deref().unwrap_or("localhost:50051");
+                out.push_str(&format!(
+                    "{mark:<7}  {:<width$}  {}\n",
+                    common::inert::Inert(name).to_string(),
+                    common::inert::Inert(server)
+                ));
+            }
+            print(&out)
+        }
+        ContextCommand::Use { name } => contexts
+            .set_current(name)
+            .map_err(|e| Failure::new(EXIT_USAGE, e)),
+    }
+}
+
+/// The commands that talk to one server.
+async fn connected(cli: Cli, target: &client::Target) -> Result<i32, Failure> {
+    let target = target.clone();
     // A start's own mistakes (an env file that cannot be read) show before connecting.
     let start = match &cli.command {
         Command::Start(args) => Some(start_request(args)?),
@@ -159,47 +218,10 @@ async fn call(
             output,
             state,
             owner,
+            all_contexts: _,
         } => {
-            let mut request = pb::ListRequest {
-                // The server lowers it to its maximum, and ends a page early before it
-                // grows large: few round trips, small messages.
-                page_size: 1000,
-                page_token: String::new(),
-                state: match state {
-                    None => pb::ListStateFilter::Unspecified,
-                    Some(ListState::Running) => pb::ListStateFilter::Running,
-                    Some(ListState::Ended) => pb::ListStateFilter::Ended,
-                } as i32,
-                owner: owner.unwrap_or_default(),
-            };
-            let mut table = output::ListTable::default();
-            let mut json = output::JsonArray::default();
-            loop {
-                let page = client
-                    .list(request.clone())
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                match output {
-                    Format::Text => table.add(&page.jobs),
-                    // Written as it comes: the whole list's argv may be larger than memory.
-                    Format::Json => print(&json.elements(&page.jobs))?,
-                }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                if page.next_page_token == request.page_token {
-                    return Err(Failure::new(
-                        EXIT_REQUEST,
-                        "the server sent the same page of the list twice",
-                    ));
-                }
-                request.page_token = page.next_page_token;
-            }
-            match output {
-                Format::Text => print(&table.render()),
-                Format::Json => print(json.end()),
-            }
+            let request = listing::request(state, owner);
+            listing::list(&mut client, &server, request, output).await
         }
         Command::Logs {
             id,
@@ -227,6 +249,7 @@ async fn call(
             }
         }
         Command::Run(_) | Command::Wait { .. } => unreachable!("handled above"),
+        Command::Context(_) => unreachable!("handled before connecting"),
         Command::Completions { .. } => unreachable!("handled before connecting"),
     }
 }

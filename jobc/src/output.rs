@@ -107,6 +107,9 @@ struct Limits<'a> {
 /// The structured status as `-o json` prints it.
 #[derive(Serialize)]
 struct Status<'a> {
+    /// Only in `list --all-contexts`: the context whose server has the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a str>,
     id: &'a str,
     owner: &'a str,
     argv: &'a [String],
@@ -145,6 +148,7 @@ fn rates(v: &[pb::DeviceRate]) -> Vec<DeviceRate<'_>> {
 
 fn status_json(s: &pb::JobStatus) -> Status<'_> {
     Status {
+        context: None,
         id: &s.job_id,
         owner: &s.owner,
         argv: &s.argv,
@@ -207,14 +211,22 @@ pub struct JsonArray {
 impl JsonArray {
     /// The text of these jobs as the next elements of the array.
     pub fn elements(&mut self, jobs: &[pb::JobStatus]) -> String {
+        self.elements_in(None, jobs)
+    }
+
+    /// As [`JsonArray::elements`], each job saying which context it is from.
+    pub fn elements_in(&mut self, context: Option<&str>, jobs: &[pb::JobStatus]) -> String {
         let mut out = String::new();
         for job in jobs {
             out.push_str(if self.started { ",\n" } else { "[\n" });
             self.started = true;
             // Pretty JSON indents by two spaces per level, and its strings hold no raw
             // newline: an element is its own pretty form, each line indented once more.
-            let text = serde_json::to_string_pretty(&status_json(job))
-                .expect("a status always serializes");
+            let status = Status {
+                context,
+                ..status_json(job)
+            };
+            let text = serde_json::to_string_pretty(&status).expect("a status always serializes");
             for (i, line) in text.lines().enumerate() {
                 if i > 0 {
                     out.push('\n');
@@ -249,16 +261,41 @@ pub fn list_table(jobs: &[pb::JobStatus]) -> String {
 /// arrives, so jobc never holds every job's argv at once.
 #[derive(Debug, Default)]
 pub struct ListTable {
-    rows: Vec<[String; 5]>,
+    rows: Vec<Vec<String>>,
+    /// Whether the first column says which context each job is from.
+    contexts: bool,
 }
 
 impl ListTable {
+    /// A table with a CONTEXT column first, for `list --all-contexts`.
+    pub fn with_contexts() -> Self {
+        ListTable {
+            rows: Vec::new(),
+            contexts: true,
+        }
+    }
+
     pub fn add(&mut self, jobs: &[pb::JobStatus]) {
-        self.rows.extend(jobs.iter().map(row));
+        self.rows.extend(jobs.iter().map(|j| row(j).to_vec()));
+    }
+
+    /// Adds the jobs of `context`'s server.
+    pub fn add_in(&mut self, context: &str, jobs: &[pb::JobStatus]) {
+        for job in jobs {
+            let mut cells = vec![Inert(context).to_string()];
+            cells.extend(row(job));
+            self.rows.push(cells);
+        }
     }
 
     pub fn render(&self) -> String {
-        render_table(&self.rows)
+        let mut header: Vec<String> = ["ID", "OWNER", "STATUS", "STARTED (UTC)", "COMMAND"]
+            .map(String::from)
+            .to_vec();
+        if self.contexts {
+            header.insert(0, "CONTEXT".into());
+        }
+        render_table(&header, &self.rows)
     }
 }
 
@@ -280,25 +317,26 @@ fn row(j: &pb::JobStatus) -> [String; 5] {
     ]
 }
 
-fn render_table(rows: &[[String; 5]]) -> String {
-    let header = ["ID", "OWNER", "STATUS", "STARTED (UTC)", "COMMAND"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
+/// Columns padded to their widest cell, but the last (the command), which runs on.
+fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
+    let last = header.len() - 1;
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows) {
+    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .enumerate()
             .map(|(i, (cell, w))| {
-                if i == 4 {
+                if i == last {
                     cell.clone()
                 } else {
-                    format!("{cell:<w$}")
+                    format!("{cell:<w$}", w = *w)
                 }
             })
             .collect();

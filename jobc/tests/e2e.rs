@@ -2,7 +2,6 @@
 //! a server on 127.0.0.1 port 0. Covers the seed's CLI examples, RBAC between users and
 //! the errors people see.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::Duration;
 
@@ -210,7 +209,7 @@ fn errors_are_one_clear_line() {
     }
 
     // Nobody listens there.
-    let (_held, port) = port_without_listener();
+    let (_held, port) = testkit::port_without_listener();
     let out = output(
         s.jobc_cmd("alice")
             .env("JOBC_SERVER", format!("127.0.0.1:{port}"))
@@ -295,30 +294,6 @@ fn errors_are_one_clear_line() {
         "{err}"
     );
     s.shutdown();
-}
-
-/// A loopback port bound by this test on which nothing listens: a connection to it is
-/// refused, and, unlike a port bound and released, no other process can take it meanwhile.
-/// Closed with the returned descriptor.
-fn port_without_listener() -> (OwnedFd, u16) {
-    // SAFETY: socket has no memory effects; a valid descriptor is owned from here on.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    // SAFETY: sockaddr_in is plain data; all zeros is a valid value.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    addr.sin_family = libc::AF_INET as libc::sa_family_t;
-    addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: addr and len are valid for the calls and describe a sockaddr_in.
-    unsafe {
-        let p = (&raw mut addr).cast::<libc::sockaddr>();
-        assert_eq!(libc::bind(raw, p, len), 0, "bind");
-        assert_eq!(libc::getsockname(raw, p, &mut len), 0, "getsockname");
-    }
-    (fd, u16::from_be(addr.sin_port))
 }
 
 #[test]
