@@ -168,6 +168,61 @@ fn a_revoked_certificate_is_refused_after_a_reload_and_nothing_running_is_touche
     site.run("admin", &["stop", &id]);
     let (status, _, err) = follower.finish(Duration::from_secs(10));
     assert!(status.success(), "{err}");
+
+    // A new certificate for alice (a new serial) is accepted: only the old one is revoked.
+    let pki = site.pki();
+    jobd_ok(&[
+        "pki",
+        "add-user",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--user",
+        "alice:user",
+        "--force",
+    ]);
+    assert_eq!(site.run("alice", &["list"]).0, 0);
+}
+
+#[test]
+fn jobd_refuses_to_start_with_an_expired_crl() {
+    let dir = testkit::public_tempdir();
+    let pki = dir.path().join("pki");
+    testkit::pki_init(&pki);
+    // A CRL the CA signed two days ago, valid until yesterday.
+    let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+    let key = rcgen::KeyPair::from_pem(&read("ca-key.pem")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), key).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::days(2),
+        next_update: now - time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(vec![1]),
+        issuing_distribution_point: None,
+        revoked_certs: vec![],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    let path = pki.join("crl.pem");
+    std::fs::write(&path, crl.pem().unwrap()).unwrap();
+    let refused = Jobd::spawn(
+        &dir.path().join("state"),
+        &pki.join("ca.pem"),
+        &pki.join("server.pem"),
+        &pki.join("server-key.pem"),
+        &["--crl", path.to_str().unwrap()],
+    );
+    let Err((status, log)) = refused else {
+        panic!("jobd started with an expired CRL");
+    };
+    assert_eq!(status.code(), Some(1));
+    let said = log.join("\n");
+    assert!(
+        said.contains("cannot set up TLS")
+            && said.contains("expired at")
+            && said.contains("jobd pki revoke --dir DIR"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -287,4 +342,19 @@ fn the_audit_log_has_a_line_per_request_and_survives_a_crash_mid_line() {
     assert_eq!(last[1], "{\"time\":\"20");
     let (failed, _) = failure(&output(site.jobc("alice").arg("list"), JOBC_TIMEOUT));
     assert_eq!(failed, 0);
+
+    // Rotation: the file renamed, SIGHUP, and new lines go to a new file.
+    let audit = site.dir.path().join("state").join("audit.log");
+    let rotated = audit.with_extension("log.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    let before = std::fs::read_to_string(&rotated).unwrap();
+    site.reload("reloaded the TLS certificate");
+    site.run("bob", &["list"]);
+    let fresh = std::fs::read_to_string(&audit).unwrap();
+    let line: serde_json::Value = serde_json::from_str(fresh.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (line["method"].as_str(), line["caller"].as_str()),
+        (Some("List"), Some("bob"))
+    );
+    assert_eq!(std::fs::read_to_string(&rotated).unwrap(), before);
 }
