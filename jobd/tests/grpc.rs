@@ -18,18 +18,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 mod support;
-use support::{target_in, TestServer};
-
-async fn start(c: &mut JobServiceClient<Channel>, argv: &[&str]) -> String {
-    c.start(pb::StartRequest {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .job_id
-}
+use support::{start, target_in, TestServer};
 
 async fn status(
     c: &mut JobServiceClient<Channel>,

@@ -10,18 +10,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 mod support;
-use support::TestServer;
-
-async fn start(c: &mut JobServiceClient<Channel>, argv: &[&str]) -> String {
-    c.start(pb::StartRequest {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .job_id
-}
+use support::{start, TestServer};
 
 async fn wait(c: &mut JobServiceClient<Channel>, id: &str) -> Result<pb::JobStatus, tonic::Status> {
     c.wait(pb::WaitRequest { job_id: id.into() })

@@ -143,3 +143,15 @@ pub fn target_in(ca_dir: &Path, user_dir: &Path, user: &str, addr: std::net::Soc
         ..testkit::target(user_dir, user, addr.port())
     }
 }
+
+/// Starts `argv` as the client's user; returns the job id.
+pub async fn start(c: &mut JobServiceClient<Channel>, argv: &[&str]) -> String {
+    c.start(proto::v1::StartRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .job_id
+}
