@@ -103,6 +103,8 @@ impl Service {
                 Ok(_) => tonic::Code::Ok,
                 Err(r) => r.status.code(),
             };
+            // The caller's text until it named a job: kept short, as in the log.
+            let job = common::inert::Brief(job).to_string();
             let entry = audit::Entry {
                 time: audit::Entry::now(),
                 caller: &conn.identity.name,
@@ -110,7 +112,7 @@ impl Service {
                 serial: &conn.identity.serial,
                 remote: conn.remote.to_string(),
                 method,
-                job,
+                job: &job,
                 allowed: !matches!(&result, Err(r) if r.denied),
                 code: code_name(code),
             };
