@@ -457,15 +457,20 @@ fn ids_may_be_typed_short_among_the_jobs_the_caller_may_see() {
 #[test]
 fn a_wait_survives_a_jobd_killed_while_it_waits() {
     let mut s = Server::start();
+    let quick = s.start_job("alice", &["true"]);
+    s.wait_status("alice", &quick, "finished (exit code: 0)");
     let id = s.start_job("alice", &["sleep", "60"]);
-    let waiting = Background::spawn(s.jobc_cmd("alice").args(["wait", &id[..8]]));
-    // jobd logs a Wait with its outcome only: give jobc time to ask.
-    std::thread::sleep(Duration::from_secs(1));
+    let waiting = Background::spawn(s.jobc_cmd("alice").args(["wait", &quick, &id[..8]]));
+    // Both waits are asked at once: the first one's answer says the second is in flight.
+    assert_eq!(
+        waiting.line(Duration::from_secs(10)),
+        format!("{quick}: finished (exit code: 0)")
+    );
     s.restart_on_the_same_port(true);
     // The next jobd found the job killed in the crash: that is its end.
     let (status, lines, err) = waiting.finish(Duration::from_secs(40));
     assert_eq!(status.code(), Some(137), "{err}");
-    assert_eq!(lines, ["stopped (signal: 9)"]);
+    assert_eq!(lines, [format!("{id}: stopped (signal: 9)")]);
     assert_eq!(err, "jobc: the server went away; resuming the wait\n");
     assert_eq!(s.status_json("alice", &id)["server_lost"], true);
     s.shutdown();
