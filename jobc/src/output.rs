@@ -478,6 +478,85 @@ mod tests {
         );
     }
 
+    /// `-o json` is what scripts read: its keys and the form of its values stay as they
+    /// were when the API moved to protobuf's Timestamp and Duration.
+    #[test]
+    fn status_json_keeps_its_keys_and_forms() {
+        let s = pb::JobStatus {
+            job_id: "6f1c2a7e-8a7b-4b7e-9c1d-2e3f4a5b6c7d".into(),
+            owner: "alice".into(),
+            argv: vec!["sleep".into(), "60".into()],
+            limits: Some(pb::Limits {
+                cpus: Some(0.5),
+                ..Default::default()
+            }),
+            state: pb::JobState::Stopped as i32,
+            signal: Some(15),
+            started_at: Some(proto::Timestamp {
+                seconds: 1_764_700_000,
+                nanos: 5,
+            }),
+            ended_at: Some(proto::Timestamp {
+                seconds: 1_764_700_090,
+                nanos: 0,
+            }),
+            cpu_usage: Some(proto::Duration {
+                seconds: 1,
+                nanos: 500_999,
+            }),
+            timeout: Some(proto::Duration {
+                seconds: 90,
+                nanos: 0,
+            }),
+            timed_out: true,
+            pid: 42,
+            ..Default::default()
+        };
+        let json: serde_json::Value = serde_json::from_str(&status_to_json(&s)).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = vec![
+            "argv",
+            "cpu_usage_usec",
+            "ended_at",
+            "env",
+            "exit_code",
+            "gid",
+            "id",
+            "isolation",
+            "limits",
+            "memory_peak_bytes",
+            "oom_killed",
+            "output_error",
+            "owner",
+            "pid",
+            "record_error",
+            "server_lost",
+            "signal",
+            "started_at",
+            "state",
+            "status",
+            "stop_requested",
+            "timed_out",
+            "timeout_seconds",
+            "uid",
+            "working_dir",
+        ];
+        expected.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(json["started_at"], "2025-12-02T18:26:40.000000005Z");
+        assert_eq!(json["ended_at"], "2025-12-02T18:28:10.000000000Z");
+        assert_eq!(json["cpu_usage_usec"], 1_000_500);
+        assert_eq!(json["timeout_seconds"], 90);
+        assert_eq!(json["status"], "stopped (signal: 15)");
+    }
+
     #[test]
     fn json_written_page_by_page_is_the_whole_array() {
         let job = |id: &str, argv: &[&str]| pb::JobStatus {
