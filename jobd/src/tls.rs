@@ -346,3 +346,63 @@ async fn handshake(
     let identity = Identity::from_certificate(leaf)?;
     Ok((stream, identity))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertificateError as C;
+
+    /// As tokio-rustls returns a handshake's failure.
+    fn wrapped(e: rustls::Error) -> anyhow::Error {
+        anyhow::Error::new(io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    #[test]
+    fn refusals_fall_into_a_few_kinds() {
+        let subject = rustls::OtherError(Arc::new(crate::identity::IdentityError::NoCommonName));
+        for (e, want) in [
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::Expired)),
+                HandshakeRefusal::CertificateExpired,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::UnknownIssuer)),
+                HandshakeRefusal::UnknownCa,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::BadSignature)),
+                HandshakeRefusal::UnknownCa,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::Revoked)),
+                HandshakeRefusal::Revoked,
+            ),
+            (
+                wrapped(rustls::Error::NoCertificatesPresented),
+                HandshakeRefusal::NoCertificate,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::Other(subject))),
+                HandshakeRefusal::BadSubject,
+            ),
+            (
+                anyhow::Error::new(crate::identity::IdentityError::NoCommonName),
+                HandshakeRefusal::BadSubject,
+            ),
+            (
+                anyhow::anyhow!(NO_CLIENT_CERTIFICATE),
+                HandshakeRefusal::NoCertificate,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::NotValidYet)),
+                HandshakeRefusal::Other,
+            ),
+            (
+                anyhow::Error::new(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                HandshakeRefusal::Other,
+            ),
+        ] {
+            assert_eq!(refusal_kind(&e), want, "{e:#}");
+        }
+    }
+}
