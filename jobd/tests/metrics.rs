@@ -211,21 +211,22 @@ async fn metrics_count_the_load_and_pass_promtool() {
     assert_eq!(value(&before, "jobworker_jobs_running"), 0.0);
     promtool_check(&before);
 
-    // The load: jobs that write OUTPUT bytes each, then wait a moment, so that they run
-    // while they are scraped; one that fails, and one that is stopped.
+    // The load: jobs that write OUTPUT bytes each, one that fails, and one that writes
+    // OUTPUT bytes and then runs, with a follow of its log open, until it is stopped after
+    // the scrape during the load.
     let mut client = jobc::client::connect(&s.target("alice")).await.unwrap();
-    let script = format!("head -c {OUTPUT} /dev/zero | tr '\\0' x; sleep 2");
+    let write = format!("head -c {OUTPUT} /dev/zero | tr '\\0' x");
     let mut ok_jobs = Vec::new();
     for _ in 0..OK_JOBS {
-        ok_jobs.push(start(&mut client, &script).await);
+        ok_jobs.push(start(&mut client, &write).await);
     }
     let failing = start(&mut client, "exit 3").await;
-    let stopped = start(&mut client, "sleep 60").await;
+    let stopped = start(&mut client, &format!("{write}; exec sleep 60")).await;
+    let output_jobs = OK_JOBS + 1;
 
-    // One follow, left open mid-way while jobd is scraped.
     let mut follow = client
         .logs(pb::LogsRequest {
-            job_id: ok_jobs[0].clone(),
+            job_id: stopped.clone(),
             follow: true,
             ..Default::default()
         })
@@ -269,14 +270,21 @@ async fn metrics_count_the_load_and_pass_promtool() {
         };
         refused_handshake(s.jobd.addrs[0], &target).await;
     }
+    for id in ok_jobs.iter().chain([&failing]) {
+        client
+            .wait(pb::WaitRequest { job_id: id.clone() })
+            .await
+            .unwrap();
+    }
 
     // During the load.
-    let during = scrape_until(metrics, "both refusals counted", |t| {
-        sample(
-            t,
-            r#"jobworker_tls_handshakes_refused_total{reason="unknown_ca"}"#,
-        )
-        .is_some()
+    let during = scrape_until(metrics, "both refusals and every end counted", |t| {
+        sample(t, "jobworker_jobs_running") == Some(1.0)
+            && sample(
+                t,
+                r#"jobworker_tls_handshakes_refused_total{reason="unknown_ca"}"#,
+            )
+            .is_some()
             && sample(
                 t,
                 r#"jobworker_tls_handshakes_refused_total{reason="certificate_expired"}"#,
@@ -293,10 +301,12 @@ async fn metrics_count_the_load_and_pass_promtool() {
         value(&during, "jobworker_start_duration_seconds_count"),
         started as f64
     );
-    let running = value(&during, "jobworker_jobs_running");
-    assert!(
-        running >= 2.0 && running <= started as f64,
-        "the sleeping jobs run: {running}\n{during}"
+    assert_eq!(
+        value(
+            &during,
+            r#"jobworker_jobs_ended_total{outcome="finished_ok"}"#
+        ),
+        OK_JOBS as f64
     );
     assert_eq!(
         value(&during, "jobworker_log_streams_open"),
@@ -328,26 +338,17 @@ async fn metrics_count_the_load_and_pass_promtool() {
     assert!(value(&during, "jobworker_output_served_bytes_total") >= read as f64);
     promtool_check(&during);
 
-    // The rest of the load: the follow to its end, every other log, the stop.
-    read += read_logs(&mut follow, None).await;
-    drop(follow);
-    let mut stop = client.clone();
-    let stopped_id = stopped.clone();
-    let stopping = tokio::spawn(async move {
-        stop.stop(pb::StopRequest {
-            job_id: stopped_id,
+    // The rest of the load: the stop, the follow to its end, the other logs.
+    client
+        .stop(pb::StopRequest {
+            job_id: stopped.clone(),
             grace_period: None,
         })
         .await
-    });
-    for id in ok_jobs.iter().chain([&failing]) {
-        client
-            .wait(pb::WaitRequest { job_id: id.clone() })
-            .await
-            .unwrap();
-    }
-    stopping.await.unwrap().unwrap();
-    for id in &ok_jobs[1..] {
+        .unwrap();
+    read += read_logs(&mut follow, None).await;
+    drop(follow);
+    for id in &ok_jobs {
         let mut logs = client
             .logs(pb::LogsRequest {
                 job_id: id.clone(),
@@ -359,7 +360,7 @@ async fn metrics_count_the_load_and_pass_promtool() {
             .into_inner();
         read += read_logs(&mut logs, None).await;
     }
-    assert_eq!(read, OK_JOBS * OUTPUT);
+    assert_eq!(read, output_jobs * OUTPUT);
 
     let after = scrape_until(metrics, "every job ended and every stream closed", |t| {
         sample(t, "jobworker_jobs_running") == Some(0.0)
@@ -384,9 +385,13 @@ async fn metrics_count_the_load_and_pass_promtool() {
     );
     assert_eq!(
         value(&after, "jobworker_output_stored_bytes_total"),
-        (OK_JOBS * OUTPUT) as f64
+        (output_jobs * OUTPUT) as f64
     );
-    assert!(value(&after, "jobworker_output_served_bytes_total") >= read as f64);
+    // Every stream was read to its end: what was sent is what was read.
+    assert_eq!(
+        value(&after, "jobworker_output_served_bytes_total"),
+        read as f64
+    );
     assert_eq!(
         value(
             &after,
@@ -399,7 +404,7 @@ async fn metrics_count_the_load_and_pass_promtool() {
             &after,
             r#"jobworker_requests_total{method="Logs",code="OK"}"#
         ),
-        OK_JOBS as f64
+        (OK_JOBS + 1) as f64
     );
     assert_eq!(
         value(
