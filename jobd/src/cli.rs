@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// `--listen 127.0.0.1:0`.
     #[arg(long, value_name = "FILE")]
     pub address_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464) [default: no
+    /// metrics endpoint]. Plain HTTP with no authentication: bind it to loopback or a
+    /// monitoring network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Writes `addrs`, one a line, to `path` through a temporary file in the same folder and a
@@ -217,6 +222,7 @@ struct FileConfig {
     job_env: Option<Vec<String>>,
     default_timeout: Option<String>,
     max_timeout: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Merges flags, file and defaults; creates the development PKI when no TLS files are set.
@@ -265,6 +271,7 @@ pub fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     let audit_log = args.audit_log.or(file.audit_log);
     let mut config = ServerConfig::new(listen, state_dir, tls);
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if audit_log.is_some() {
         config.audit_log = audit_log;
     }
@@ -793,5 +800,19 @@ mod tests {
             let e = format!("{:#}", with_file(bad).unwrap_err());
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_asked_for_and_the_flag_wins() {
+        assert_eq!(with_file("").unwrap().metrics_listen, None);
+        let c = with_file("metrics_listen = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = serve_args(dir.path(), Some("metrics_listen = \"127.0.0.1:9464\""));
+        args.metrics_listen = Some("[::1]:9100".parse().unwrap());
+        let flag = server_config(args).unwrap();
+        assert_eq!(flag.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+        let err = format!("{:#}", with_file("metrics_listen = \"9464\"").unwrap_err());
+        assert!(err.contains("metrics_listen"), "{err}");
     }
 }

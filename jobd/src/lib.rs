@@ -9,6 +9,7 @@ pub mod cli;
 mod convert;
 pub mod credentials;
 pub mod identity;
+pub mod metrics;
 pub mod notify;
 mod oversized;
 pub mod paging;

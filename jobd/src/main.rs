@@ -40,8 +40,11 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let address_file = args.address_file.clone();
     let config = cli::server_config(args)?;
     let listen = config.listen.clone();
-    let server = jobd::server::Server::open(config)?;
+    let mut server = jobd::server::Server::open(config)?;
     let listeners = jobd::server::bind(&listen).await?;
+    if let Some(addr) = server.bind_metrics().await? {
+        tracing::info!("metrics on {addr}");
+    }
     let addrs = listeners
         .iter()
         .map(|l| l.local_addr())

@@ -18,6 +18,7 @@ use worker::Worker;
 
 use crate::audit::AuditLog;
 use crate::credentials::Credentials;
+use crate::metrics::{self, Metrics};
 use crate::oversized;
 use crate::pki;
 use crate::service::{Service, ServiceLimits};
@@ -119,6 +120,8 @@ pub struct ServerConfig {
     pub max_streams_per_connection: u32,
     /// The audit log (see `audit.rs`); `None`: none is kept.
     pub audit_log: Option<PathBuf>,
+    /// Where to serve Prometheus metrics over plain HTTP (see `metrics.rs`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub use crate::credentials::TlsFiles;
@@ -146,6 +149,7 @@ impl ServerConfig {
             service: ServiceLimits::default(),
             max_streams_per_connection: 256,
             audit_log,
+            metrics_listen: None,
         }
     }
 }
@@ -172,7 +176,9 @@ pub async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    Server::open(config)?.serve(listeners, shutdown).await
+    let mut server = Server::open(config)?;
+    server.bind_metrics().await?;
+    server.serve(listeners, shutdown).await
 }
 
 /// A server whose state is loaded and whose TLS is set up, ready to serve.
@@ -181,6 +187,9 @@ pub struct Server {
     tls: Credentials,
     audit: Option<Arc<AuditLog>>,
     worker: Worker,
+    metrics: Metrics,
+    /// Bound by [`Server::bind_metrics`], served from [`Server::serve`] on.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// What SIGHUP does to a running server: new TLS material for new handshakes, and the
@@ -228,7 +237,28 @@ impl Server {
             tls,
             audit,
             worker,
+            metrics: Metrics::new(),
+            metrics_listener: None,
         })
+    }
+
+    /// Binds the metrics endpoint's address, if the config names one, and returns the
+    /// address bound (its port, for port 0). Called before [`Server::serve`], so that an
+    /// address that cannot be had stops jobd before it says it is ready; `serve` binds it
+    /// itself otherwise.
+    pub async fn bind_metrics(&mut self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(addr) = self.config.metrics_listen else {
+            return Ok(None);
+        };
+        let listener = match self.metrics_listener.take() {
+            Some(listener) => listener,
+            None => metrics::bind(addr).await?,
+        };
+        let bound = listener
+            .local_addr()
+            .with_context(|| format!("cannot read the address of the metrics listener {addr}"))?;
+        self.metrics_listener = Some(listener);
+        Ok(Some(bound))
     }
 
     /// The handle that reloads this server's TLS material and audit log.
@@ -243,21 +273,29 @@ impl Server {
     /// in-flight calls finish, and stops every job still running. Every listener feeds the
     /// one accept loop, so the connection limits count connections over all of them.
     pub async fn serve(
-        self,
+        mut self,
         listeners: Vec<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        self.bind_metrics().await?;
         let Server {
             config,
             tls,
             audit,
             worker,
+            metrics,
+            metrics_listener,
         } = self;
         if let Some(retention) = config.worker.retention {
             tokio::spawn(prune_periodically(worker.clone(), retention));
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut service = Service::new(worker.clone(), config.service.clone(), shutdown_rx);
+        let mut service = Service::new(
+            worker.clone(),
+            config.service.clone(),
+            shutdown_rx,
+            metrics.clone(),
+        );
         if let Some(audit) = audit {
             service = service.with_audit(audit);
         }
@@ -284,7 +322,11 @@ impl Server {
             tls.subscribe(),
             config.transport.clone(),
             conn_tx,
+            metrics.clone(),
         ));
+        // Scrapes go on while jobd shuts down, until its calls have ended.
+        let scrapes =
+            metrics_listener.map(|listener| tokio::spawn(metrics::serve(listener, metrics)));
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; ending log streams");
@@ -312,6 +354,9 @@ impl Server {
             .await
             .context("server failed")?;
 
+        if let Some(scrapes) = scrapes {
+            scrapes.abort();
+        }
         tracing::info!("stopping running jobs");
         worker.shutdown().await;
         tracing::info!("stopped");

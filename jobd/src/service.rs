@@ -16,6 +16,7 @@ use crate::audit::{self, AuditLog};
 use crate::authz::{self, Action, Denied};
 use crate::convert::{self, RequestLimits};
 use crate::identity::{Identity, Role};
+use crate::metrics::Metrics;
 use crate::paging::{ListLimits, PageRequest};
 use crate::tls::ConnInfo;
 
@@ -48,6 +49,7 @@ pub struct Service {
     log_streams: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     audit: Option<Arc<AuditLog>>,
+    metrics: Metrics,
 }
 
 /// A request's failure, and whether policy refused it: the caller is told only the
@@ -69,13 +71,19 @@ impl From<Status> for Refusal {
 type Outcome<T> = Result<T, Refusal>;
 
 impl Service {
-    pub fn new(worker: Worker, limits: ServiceLimits, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        worker: Worker,
+        limits: ServiceLimits,
+        shutdown: watch::Receiver<bool>,
+        metrics: Metrics,
+    ) -> Self {
         Service {
             log_streams: Arc::new(Semaphore::new(limits.max_log_streams)),
             worker,
             limits,
             shutdown,
             audit: None,
+            metrics,
         }
     }
 
@@ -98,11 +106,12 @@ impl Service {
         result: Outcome<T>,
     ) -> (Result<T, Status>, Duration) {
         let elapsed = log(&conn.identity, method, job, started, &result);
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(r) => r.status.code(),
+        };
+        self.metrics.request(method, code_name(code));
         if let Some(audit) = &self.audit {
-            let code = match &result {
-                Ok(_) => tonic::Code::Ok,
-                Err(r) => r.status.code(),
-            };
             // The caller's text until it named a job: kept short, as in the log.
             let job = common::inert::Brief(job).to_string();
             let entry = audit::Entry {
@@ -314,13 +323,16 @@ impl JobService for Service {
                     t => Some(t),
                 },
             };
-            let job = self.worker.start(spec).await.map_err(convert::error)?;
-            Ok(job.id().to_string())
+            Ok(self.worker.start(spec).await.map_err(convert::error)?)
         }
         .await;
-        let job = result.as_ref().map(String::clone).unwrap_or_default();
-        let (result, took) = self.finish(&conn, "Start", &job, started, result);
-        let mut response = Response::new(pb::StartResponse { job_id: result? });
+        let id = result
+            .as_ref()
+            .map(|job| job.id().to_string())
+            .unwrap_or_default();
+        let (result, took) = self.finish(&conn, "Start", &id, started, result);
+        self.metrics.job_started(result?, took);
+        let mut response = Response::new(pb::StartResponse { job_id: id });
         response
             .metadata_mut()
             .insert(START_TIMING, server_timing(took));
@@ -455,7 +467,12 @@ impl JobService for Service {
                 .logs_from(req.follow, start)
                 .await
                 .map_err(convert::error)?;
-            Ok(log_stream(reader, self.shutdown.clone(), permit))
+            Ok(log_stream(
+                reader,
+                self.shutdown.clone(),
+                permit,
+                self.metrics.clone(),
+            ))
         }
         .await;
         let (result, _) = self.finish(&conn, "Logs", &req.job_id, started, result);
@@ -513,16 +530,21 @@ fn log_stream(
     reader: worker::LogReader,
     shutdown: watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Metrics,
 ) -> LogStream {
     struct State {
         reader: Option<worker::LogReader>,
         shutdown: watch::Receiver<bool>,
         _permit: tokio::sync::OwnedSemaphorePermit,
+        _open: crate::metrics::Open,
+        metrics: Metrics,
     }
     let state = State {
         reader: Some(reader),
         shutdown,
         _permit: permit,
+        _open: metrics.log_stream_open(),
+        metrics,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         let reader = st.reader.as_mut()?;
@@ -531,7 +553,11 @@ fn log_stream(
             _ = st.shutdown.wait_for(|down| *down) => None,
         };
         match next {
-            Some(Ok(Some(batch))) => Some((Ok(convert::records(batch, reader.position())), st)),
+            Some(Ok(Some(batch))) => {
+                let bytes: usize = batch.iter().map(|r| r.data.len()).sum();
+                st.metrics.output_served(bytes as u64);
+                Some((Ok(convert::records(batch, reader.position())), st))
+            }
             Some(Ok(None)) => None,
             Some(Err(e)) => {
                 st.reader = None;

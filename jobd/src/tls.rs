@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Handshakes;
 use crate::identity::Identity;
+use crate::metrics::{self, HandshakeRefusal, Metrics};
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
@@ -112,6 +113,8 @@ pub struct TlsConn {
     info: ConnInfo,
     /// Held for the connection's life: counts it against the server's connection limit.
     _permit: OwnedSemaphorePermit,
+    /// Held for the connection's life: counts it in the connections-open gauge.
+    _open: metrics::Open,
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -183,6 +186,7 @@ pub async fn accept_loop(
     tls: watch::Receiver<Arc<ServerConfig>>,
     limits: TransportLimits,
     incoming: mpsc::Sender<Result<TlsConn, io::Error>>,
+    metrics: Metrics,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Handshakes::new(limits.max_handshakes_per_address);
@@ -214,6 +218,7 @@ pub async fn accept_loop(
         let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow()));
         let incoming = incoming.clone();
         let timeout = limits.handshake_timeout;
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let handshaken = tokio::time::timeout(timeout, handshake(&acceptor, tcp)).await;
             drop(handshake_slot);
@@ -226,13 +231,18 @@ pub async fn accept_loop(
                             remote,
                         },
                         _permit: permit,
+                        _open: metrics.connection_open(),
                     };
                     let _ = incoming.send(Ok(conn)).await;
                 }
                 Ok(Err(e)) => {
+                    metrics.handshake_refused(refusal_kind(&e));
                     tracing::info!(%remote, error = %refusal_reason(&e), "TLS handshake refused")
                 }
-                Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                Err(_) => {
+                    metrics.handshake_refused(HandshakeRefusal::Timeout);
+                    tracing::info!(%remote, "TLS handshake timed out")
+                }
             }
         });
     }
@@ -263,24 +273,59 @@ async fn accept_any(
     .await
 }
 
-/// Why a handshake failed, as the log should say it: an identity the subject check refused
-/// (see [`crate::identity::SubjectVerifier`]) reads as its own sentence, not as rustls'
-/// debug form of a wrapped error.
-fn refusal_reason(e: &anyhow::Error) -> String {
-    let identity = e
-        .chain()
+/// The rustls errors in `e`'s chain, whether wrapped in an I/O error (as tokio-rustls
+/// returns them) or not.
+fn tls_errors(e: &anyhow::Error) -> impl Iterator<Item = &rustls::Error> {
+    e.chain()
         .filter_map(|cause| match cause.downcast_ref::<std::io::Error>() {
             Some(io) => io
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
             None => cause.downcast_ref::<rustls::Error>(),
         })
-        .find_map(|tls| match tls {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
-                other.0.downcast_ref::<crate::identity::IdentityError>()
+}
+
+/// Why a handshake failed, as a metric's label says it: one of a few kinds, so that the
+/// label's values stay bounded whatever a client sends.
+fn refusal_kind(e: &anyhow::Error) -> HandshakeRefusal {
+    use rustls::CertificateError as C;
+    let Some(tls) = tls_errors(e).next() else {
+        return match e.downcast_ref::<crate::identity::IdentityError>() {
+            Some(_) => HandshakeRefusal::BadSubject,
+            None if e.to_string() == NO_CLIENT_CERTIFICATE => HandshakeRefusal::NoCertificate,
+            None => HandshakeRefusal::Other,
+        };
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => HandshakeRefusal::NoCertificate,
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::Expired | C::ExpiredContext { .. } => HandshakeRefusal::CertificateExpired,
+            C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => {
+                HandshakeRefusal::UnknownCa
             }
-            _ => None,
-        });
+            C::Revoked => HandshakeRefusal::Revoked,
+            C::Other(other) if other.0.is::<crate::identity::IdentityError>() => {
+                HandshakeRefusal::BadSubject
+            }
+            _ => HandshakeRefusal::Other,
+        },
+        _ => HandshakeRefusal::Other,
+    }
+}
+
+/// What [`handshake`] says of a connection that finished TLS without a certificate.
+const NO_CLIENT_CERTIFICATE: &str = "no client certificate";
+
+/// Why a handshake failed, as the log should say it: an identity the subject check refused
+/// (see [`crate::identity::SubjectVerifier`]) reads as its own sentence, not as rustls'
+/// debug form of a wrapped error.
+fn refusal_reason(e: &anyhow::Error) -> String {
+    let identity = tls_errors(e).find_map(|tls| match tls {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            other.0.downcast_ref::<crate::identity::IdentityError>()
+        }
+        _ => None,
+    });
     match identity {
         Some(reason) => reason.to_string(),
         None => e.to_string(),
@@ -297,7 +342,67 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
+        .ok_or_else(|| anyhow::anyhow!(NO_CLIENT_CERTIFICATE))?;
     let identity = Identity::from_certificate(leaf)?;
     Ok((stream, identity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertificateError as C;
+
+    /// As tokio-rustls returns a handshake's failure.
+    fn wrapped(e: rustls::Error) -> anyhow::Error {
+        anyhow::Error::new(io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    #[test]
+    fn refusals_fall_into_a_few_kinds() {
+        let subject = rustls::OtherError(Arc::new(crate::identity::IdentityError::NoCommonName));
+        for (e, want) in [
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::Expired)),
+                HandshakeRefusal::CertificateExpired,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::UnknownIssuer)),
+                HandshakeRefusal::UnknownCa,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::BadSignature)),
+                HandshakeRefusal::UnknownCa,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::Revoked)),
+                HandshakeRefusal::Revoked,
+            ),
+            (
+                wrapped(rustls::Error::NoCertificatesPresented),
+                HandshakeRefusal::NoCertificate,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::Other(subject))),
+                HandshakeRefusal::BadSubject,
+            ),
+            (
+                anyhow::Error::new(crate::identity::IdentityError::NoCommonName),
+                HandshakeRefusal::BadSubject,
+            ),
+            (
+                anyhow::anyhow!(NO_CLIENT_CERTIFICATE),
+                HandshakeRefusal::NoCertificate,
+            ),
+            (
+                wrapped(rustls::Error::InvalidCertificate(C::NotValidYet)),
+                HandshakeRefusal::Other,
+            ),
+            (
+                anyhow::Error::new(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                HandshakeRefusal::Other,
+            ),
+        ] {
+            assert_eq!(refusal_kind(&e), want, "{e:#}");
+        }
+    }
 }

@@ -35,6 +35,7 @@ mod table;
 pub use error::Error;
 pub use id::{BadPrefix, IdPrefix, JobId, MalformedJobId};
 pub use job::Job;
+pub use output::capture::stored_bytes as output_bytes_stored;
 pub use output::logfile::{Record, Stream};
 pub use output::reader::LogReader;
 pub use output::seek::{LogPosition, LogStart};

@@ -17,11 +17,23 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::job::Job;
 use crate::output::logfile::{self, Stream, FILE_HEADER_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN};
 use crate::process::spawn::{self, Child};
+
+/// Output bytes (payload, without record headers) that capture threads of this process
+/// have written to logs: one process-wide sum, so a server can report how fast output fills
+/// the state dir without asking every job. One relaxed add per record.
+static STORED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The output bytes this process has stored in job logs since it started: a count that
+/// only grows, for metrics. Process-wide, since a process runs one worker (tests aside).
+pub fn stored_bytes() -> u64 {
+    STORED_BYTES.load(Ordering::Relaxed)
+}
 
 /// Payload room a job's buffer starts with, before its output shows it needs more.
 const FIRST_RECORD_DATA: usize = 16 * 1024;
@@ -199,6 +211,7 @@ impl Sink {
         )
         .and_then(|written| {
             self.committed += written;
+            STORED_BYTES.fetch_add(keep as u64, Ordering::Relaxed);
             if keep < n {
                 self.cap_reached(job)?;
             }
