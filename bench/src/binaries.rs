@@ -60,6 +60,25 @@ pub fn ensure_built() -> Result<Binaries> {
     Ok(bins)
 }
 
+impl Binaries {
+    /// The `jobd` and `jobc` of another build, e.g. its `target/release`.
+    pub fn in_dir(dir: &Path) -> Result<Binaries> {
+        let bins = Binaries {
+            jobd: dir.join("jobd"),
+            jobc: dir.join("jobc"),
+        };
+        for bin in [&bins.jobd, &bins.jobc] {
+            anyhow::ensure!(
+                bin.is_file(),
+                "--compare {}: there is no {} (give a build's target/release folder)",
+                dir.display(),
+                bin.display()
+            );
+        }
+        Ok(bins)
+    }
+}
+
 /// Whether both `pueue` and `pueued` are on PATH.
 pub fn pueue_available() -> bool {
     ["pueue", "pueued"].iter().all(|name| on_path(name))

@@ -1,13 +1,15 @@
 //! `jobworker-bench`: measures the real `jobd` and `jobc` (release builds) against bare
 //! baselines and, when it is installed, against pueue, and prints a table of figures,
 //! baselines, ratios and targets. Run it as
-//! `cargo run --release -p bench -- [--quick] [--install-pueue] [--only 1,5]`.
+//! `cargo run --release -p bench -- [--quick] [--install-pueue] [--only 1,5]`, or with
+//! `--compare OTHER_BUILD_DIR` to measure this build against another one (`compare.rs`).
 //!
 //! Everything it starts (jobd, pueued, jobs) runs on 127.0.0.1 with state in scratch
 //! folders; daemons are stopped by pid and the folders deleted at the end, also after a
 //! failure or Ctrl-C.
 
 mod binaries;
+mod compare;
 mod jobd;
 mod procfs;
 mod pueue;
@@ -25,15 +27,22 @@ use crate::report::Row;
 use crate::scenarios::Ctx;
 
 const USAGE: &str = "usage: jobworker-bench [--quick] [--install-pueue] [--only N,N,...]
+                       [--compare OTHER_BUILD_DIR [--rounds N]]
 
   --quick          smaller runs (under a minute in all)
   --install-pueue  cargo install pueue --locked first, if pueue is missing
-  --only N,...     run only these scenarios (1-7; 8, gzip on log streams, only so)";
+  --only N,...     run only these scenarios (1-7; 8, gzip on log streams, only so)
+  --compare DIR    run them against this build and against the jobd and jobc in DIR
+                   (another build's target/release), interleaved, and print both with
+                   their ratio
+  --rounds N       rounds of --compare, each build once a round in ABBA order [default: 4]";
 
 struct Options {
     quick: bool,
     install_pueue: bool,
     only: Vec<u8>,
+    compare: Option<std::path::PathBuf>,
+    rounds: usize,
 }
 
 fn parse_args() -> Result<Options> {
@@ -41,6 +50,8 @@ fn parse_args() -> Result<Options> {
         quick: false,
         install_pueue: false,
         only: scenarios::ALL.to_vec(),
+        compare: None,
+        rounds: 4,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,6 +69,17 @@ fn parse_args() -> Result<Options> {
                 if let Some(bad) = opts.only.iter().find(|n| !known(n)) {
                     bail!("there is no scenario {bad}");
                 }
+            }
+            "--compare" => {
+                let dir = args.next().context("--compare needs a build's folder")?;
+                opts.compare = Some(dir.into());
+            }
+            "--rounds" => {
+                opts.rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .context("--rounds takes a number of rounds, at least 1")?;
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -96,6 +118,15 @@ async fn run(opts: Options) -> Result<()> {
         binaries::install_pueue()?;
     }
     let bins = binaries::ensure_built()?;
+    if let Some(dir) = &opts.compare {
+        let other = binaries::Binaries::in_dir(dir)?;
+        let compared = tokio::select! {
+            done = compare::run(&bins, &other, &opts.only, opts.rounds, opts.quick) => done,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; cleaning up"),
+        };
+        report_load("after");
+        return compared;
+    }
     let ctx = Ctx {
         jobd: jobd::Jobd::start(&bins)?,
         pueue: start_pueue()?,
@@ -148,7 +179,7 @@ fn report_load(when: &str) {
     }
 }
 
-async fn run_scenarios(ctx: &Ctx, only: &[u8]) -> Vec<Row> {
+pub(crate) async fn run_scenarios(ctx: &Ctx, only: &[u8]) -> Vec<Row> {
     let mut rows = Vec::new();
     for &n in only {
         println!(
