@@ -82,7 +82,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         .map_err(usage)?
         .unwrap_or_default();
     let target = cli.conn.target_in(&context).map_err(usage)?;
-    match connected(cli, &target).await {
+    match connected(cli, target.clone()).await {
         Err(failure) if failure.unexplained => match client::diagnose(&target).await {
             Some(reason) => Err(Failure::new(failure.exit_code, reason.to_string())),
             None => Err(failure),
@@ -96,27 +96,15 @@ fn context(contexts: &Contexts, command: &ContextCommand) -> Result<(), Failure>
     match command {
         ContextCommand::Ls => {
             let all = contexts.all().map_err(|e| Failure::new(EXIT_USAGE, e))?;
-            let width = all
+            let rows: Vec<(bool, &str, &str)> = all
                 .iter()
-                .map(|(n, _)| n.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(4);
-            let mut out = format!("CURRENT  {:<width$}  SERVER\n", "NAME");
-            for (name, context) in &all {
-                let mark = if contexts.current() == Some(name.as_str()) {
-                    "*"
-                } else {
-                    ""
-                };
-                let server = context.server.as_deref().unwrap_or("localhost:50051");
-                out.push_str(&format!(
-                    "{mark:<7}  {:<width$}  {}\n",
-                    common::inert::Inert(name).to_string(),
-                    common::inert::Inert(server)
-                ));
-            }
-            print(&out)
+                .map(|(name, context)| {
+                    let current = contexts.current() == Some(name.as_str());
+                    let server = context.server.as_deref().unwrap_or("localhost:50051");
+                    (current, name.as_str(), server)
+                })
+                .collect();
+            print(&output::contexts_table(&rows))
         }
         ContextCommand::Use { name } => contexts
             .set_current(name)
@@ -125,8 +113,7 @@ fn context(contexts: &Contexts, command: &ContextCommand) -> Result<(), Failure>
 }
 
 /// The commands that talk to one server.
-async fn connected(cli: Cli, target: &client::Target) -> Result<i32, Failure> {
-    let target = target.clone();
+async fn connected(cli: Cli, target: client::Target) -> Result<i32, Failure> {
     // A start's own mistakes (an env file that cannot be read) show before connecting.
     let start = match &cli.command {
         Command::Start(args) => Some(start_request(args)?),

@@ -317,7 +317,24 @@ fn row(j: &pb::JobStatus) -> [String; 5] {
     ]
 }
 
-/// Columns padded to their widest cell, but the last (the command), which runs on.
+/// `jobc context ls`: each context's name and server, `*` marking the current one.
+pub fn contexts_table(rows: &[(bool, &str, &str)]) -> String {
+    let header = ["CURRENT", "NAME", "SERVER"].map(String::from);
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(current, name, server)| {
+            let mark = if *current { "*" } else { "" };
+            vec![
+                mark.into(),
+                Inert(name).to_string(),
+                Inert(server).to_string(),
+            ]
+        })
+        .collect();
+    render_table(&header, &rows)
+}
+
+/// Columns padded to their widest cell, but the last, which runs on.
 fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {

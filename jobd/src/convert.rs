@@ -83,13 +83,6 @@ fn timestamp(t: SystemTime) -> proto::Timestamp {
     t.into()
 }
 
-fn timestamp_of_nanos(unix_nanos: i64) -> proto::Timestamp {
-    proto::Timestamp {
-        seconds: unix_nanos.div_euclid(1_000_000_000),
-        nanos: unix_nanos.rem_euclid(1_000_000_000) as i32,
-    }
-}
-
 /// A `Duration` of the API: never negative (there is none in jobworker).
 fn duration(d: Duration) -> proto::Duration {
     proto::Duration::try_from(d).unwrap_or(proto::Duration {
@@ -204,7 +197,7 @@ pub fn records(batch: Vec<Record>, next: worker::LogPosition) -> pb::LogsRespons
                     Stream::Stderr => pb::Stream::Stderr,
                     Stream::System => pb::Stream::System,
                 } as i32,
-                time: Some(timestamp_of_nanos(r.time_unix_nanos)),
+                time: Some(timestamp(r.time())),
                 data: r.data,
             })
             .collect(),

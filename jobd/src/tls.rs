@@ -292,7 +292,7 @@ fn refusal_kind(e: &anyhow::Error) -> HandshakeRefusal {
     let Some(tls) = tls_errors(e).next() else {
         return match e.downcast_ref::<crate::identity::IdentityError>() {
             Some(_) => HandshakeRefusal::BadSubject,
-            None if e.to_string() == NO_CLIENT_CERTIFICATE => HandshakeRefusal::NoCertificate,
+            None if e.is::<NoClientCertificate>() => HandshakeRefusal::NoCertificate,
             None => HandshakeRefusal::Other,
         };
     };
@@ -313,8 +313,10 @@ fn refusal_kind(e: &anyhow::Error) -> HandshakeRefusal {
     }
 }
 
-/// What [`handshake`] says of a connection that finished TLS without a certificate.
-const NO_CLIENT_CERTIFICATE: &str = "no client certificate";
+/// A connection that finished TLS without a client certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("no client certificate")]
+struct NoClientCertificate;
 
 /// Why a handshake failed, as the log should say it: an identity the subject check refused
 /// (see [`crate::identity::SubjectVerifier`]) reads as its own sentence, not as rustls'
@@ -342,7 +344,7 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or_else(|| anyhow::anyhow!(NO_CLIENT_CERTIFICATE))?;
+        .ok_or(NoClientCertificate)?;
     let identity = Identity::from_certificate(leaf)?;
     Ok((stream, identity))
 }
@@ -390,7 +392,7 @@ mod tests {
                 HandshakeRefusal::BadSubject,
             ),
             (
-                anyhow::anyhow!(NO_CLIENT_CERTIFICATE),
+                anyhow::Error::new(NoClientCertificate),
                 HandshakeRefusal::NoCertificate,
             ),
             (

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::error::Error;
-use crate::output::logfile;
 use crate::output::reader::{LogReader, Progress};
 use crate::output::seek::{self, LogStart};
 use crate::process::cgroup::Usage;
@@ -431,11 +430,13 @@ impl Job {
     /// output still to come until the job has ended and every byte was delivered.
     pub fn logs(&self, follow: bool) -> Result<LogReader, Error> {
         let (file, progress, committed) = self.open_log()?;
-        let start = seek::Start {
-            pos: logfile::FILE_HEADER_LEN,
-            continued: None,
-        };
-        Ok(LogReader::new(file, progress, follow, committed, start))
+        Ok(LogReader::new(
+            file,
+            progress,
+            follow,
+            committed,
+            seek::Start::BEGINNING,
+        ))
     }
 
     /// Like [`Job::logs`], from `start`. Finding a time or a tail walks the log once,

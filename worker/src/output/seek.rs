@@ -55,6 +55,9 @@ pub(crate) struct Start {
 }
 
 impl Start {
+    /// The first record of a log.
+    pub const BEGINNING: Start = Start::at(FILE_HEADER_LEN);
+
     const fn at(pos: u64) -> Start {
         Start {
             pos,
@@ -95,7 +98,7 @@ pub enum SeekError {
 /// Finds where `start` begins in the log `file`, of which `committed` bytes are whole.
 pub(crate) fn find(file: &File, start: LogStart, committed: u64) -> Result<Start, SeekError> {
     match start {
-        LogStart::Beginning => Ok(Start::at(FILE_HEADER_LEN)),
+        LogStart::Beginning => Ok(Start::BEGINNING),
         LogStart::Position(p) => at_position(file, p, committed),
         LogStart::Since(nanos) => Ok(since(file, nanos, committed)?),
         LogStart::TailLines(lines) => Ok(tail(file, lines, committed)?),
@@ -193,7 +196,7 @@ fn tail(file: &File, lines: u64, committed: u64) -> io::Result<Start> {
     // Lines in the log: one per newline, and an unfinished last one.
     let in_log = total + u64::from(!ends_with_newline);
     if in_log <= lines {
-        return Ok(Start::at(FILE_HEADER_LEN));
+        return Ok(Start::BEGINNING);
     }
     // The tail starts after the newline that ends line `in_log - lines` (from 1).
     let sought = in_log - lines - 1;
