@@ -10,6 +10,7 @@
 
 mod binaries;
 mod compare;
+mod floor;
 mod jobd;
 mod procfs;
 mod pueue;
@@ -92,6 +93,16 @@ fn parse_args() -> Result<Options> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(floor::unary::CLIENT_FLAG) {
+        return match floor::unary::client_main(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jobworker-bench {}: {e:#}", floor::unary::CLIENT_FLAG);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {

@@ -3,9 +3,10 @@
 //! client writes what it gets to /dev/null as `jobc logs --raw > /dev/null` does. What a
 //! log read costs with no gRPC, no HTTP/2 and no second process.
 //!
-//! Two sources: [`Source::Memory`] sends one hot 64 KiB buffer over and over (one copy and
-//! the cipher on each side: the target's baseline); [`Source::File`] reads a file in
-//! 1 MiB blocks as jobd reads a log, so each byte also comes from the page cache.
+//! Two sources: [`Source::File`] reads a file in 1 MiB blocks as jobd reads a log, so each
+//! byte comes from the page cache (the target's baseline: the same work as a replay);
+//! [`Source::Memory`] sends one hot 64 KiB buffer over and over (one copy and the cipher
+//! on each side, less than a replay must do).
 
 use std::fs::File;
 use std::io::Write;

@@ -52,6 +52,17 @@ pub async fn least_isolation(c: &mut Client) -> Result<(&'static str, Option<pb:
     }
 }
 
+/// Starts `true` with `isolation` and waits for its end; returns its id and the
+/// namespaces it got, which are what a floor must match.
+pub async fn probe(
+    c: &mut Client,
+    isolation: Option<pb::Isolation>,
+) -> Result<(String, pb::Isolation)> {
+    let id = start(c, argv(&["true"]), isolation).await?;
+    let got = wait_ended(c, &id, Duration::from_secs(10)).await?;
+    Ok((id, got.isolation.unwrap_or_default()))
+}
+
 pub fn argv(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }

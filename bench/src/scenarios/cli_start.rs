@@ -1,50 +1,87 @@
 //! Scenario 1: what a user waits for when typing `jobc start true` — a new process, a TLS
-//! handshake with client certificates, one RPC — against `pueue add -- true` over pueue's
-//! unix socket. `pueue add` only queues the task, while `jobc start` returns once the
-//! program has been exec'd, so the comparison favours pueue.
+//! handshake with client certificates, one RPC, and jobd's start of the program in its
+//! namespaces — against the floor of the same work (see [`crate::floor`]): a new process
+//! making the same mutual TLS 1.3 connection and one unary gRPC call to a server that
+//! answers at once, plus the floor of a start of `true` in the namespaces and as the
+//! kind of user jobd's job gets. jobc's and the floor's series take turns in blocks.
+//!
+//! `pueue add -- true` stays as an unlike-work row: it returns once the task is queued,
+//! over a Unix socket with no TLS.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
-use super::{blocking, time_each, Ctx};
+use super::{blocking, time_each, Ctx, StartFloor};
+use crate::floor::unary;
 use crate::report::{Goal, Row};
 use crate::stats::{median, ms, p90};
 
+/// Each series is taken in this many blocks, taking turns.
+const BLOCKS: usize = 4;
+
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
-    let runs = ctx.pick(100, 30);
-    let mut jobc = blocking(|| time_each(3, runs, || jobc_start(ctx)))?;
-    let jobc_median = median(&mut jobc);
+    let runs = ctx.pick(100, 32);
+    let mut c = ctx.client().await?;
+    let spawn = StartFloor::new(ctx, &mut c, None, false).await?;
+    let server = unary::Server::start(&ctx.jobd.pki()).await?;
+    let bench = std::env::current_exe().context("cannot find this bench's binary")?;
+    let client_args = unary::client_args(server.addr, &ctx.jobd.pki());
+    let (mut jobc, mut client, mut spawned) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..BLOCKS {
+        let block = runs / BLOCKS;
+        jobc.extend(blocking(|| time_each(2, block, || jobc_start(ctx)))?);
+        client.extend(blocking(|| {
+            time_each(2, block, || floor_client(&bench, &client_args))
+        })?);
+        spawned.extend(blocking(|| spawn.floor.latencies(2, block))?);
+    }
+    let jobc_median = ms(median(&mut jobc));
+    let client_median = ms(median(&mut client));
+    let spawn_median = ms(median(&mut spawned));
+    let floor = client_median + spawn_median;
     println!(
-        "  jobc start true: median {:.2} ms, p90 {:.2} ms over {runs} runs",
-        ms(jobc_median),
+        "  jobc start true: median {jobc_median:.2} ms, p90 {:.2} ms over {runs} runs",
         ms(p90(&mut jobc))
     );
-    let pueue_median = match &ctx.pueue {
-        Some(p) => {
-            let mut samples = blocking(|| time_each(3, runs, || pueue_add(p)))?;
-            let m = median(&mut samples);
-            println!(
-                "  pueue add -- true: median {:.2} ms, p90 {:.2} ms over {runs} runs",
-                ms(m),
-                ms(p90(&mut samples))
-            );
-            blocking(|| p.clean());
-            Some(ms(m))
-        }
-        None => None,
-    };
-    let row = Row::new(
-        "1 `jobc start true`, new process (vs `pueue add -- true`)",
-        ms(jobc_median),
+    println!(
+        "  the floor: a client process with one mutual-TLS unary call {client_median:.2} ms \
+         (p90 {:.2}) + a start in jobd's namespaces ({}) {spawn_median:.3} ms = {floor:.2} ms",
+        ms(p90(&mut client)),
+        spawn.setup.describe()
+    );
+    let mut rows = vec![Row::new(
+        "1 `jobc start true`, new process (vs the floor: client + start)",
+        jobc_median,
         "ms",
-        Goal::RatioAtMost(1.0),
+        Goal::RatioAtMost(1.15),
     )
-    .baseline(pueue_median);
-    Ok(vec![row.note(match pueue_median {
-        None => "pueue not installed",
-        Some(_) => "pueue add only queues; jobc waits for exec",
-    })])
+    .baseline(Some(floor))
+    .note(format!(
+        "floor: client {client_median:.2} + start {spawn_median:.3} ms"
+    ))];
+    if let Some(p) = &ctx.pueue {
+        let mut samples = blocking(|| time_each(3, runs, || pueue_add(p)))?;
+        let m = ms(median(&mut samples));
+        println!(
+            "  pueue add -- true: median {m:.2} ms, p90 {:.2} ms over {runs} runs",
+            ms(p90(&mut samples))
+        );
+        blocking(|| p.clean());
+        rows.push(
+            Row::new(
+                "1 the same vs `pueue add -- true`",
+                jobc_median,
+                "ms",
+                Goal::None,
+            )
+            .baseline(Some(m))
+            .note("unlike work: pueue add only queues, over a Unix socket, no TLS"),
+        );
+    }
+    super::wait_all_ended(&mut c, Duration::from_secs(30)).await?;
+    Ok(rows)
 }
 
 fn jobc_start(ctx: &Ctx) -> Result<()> {
@@ -57,6 +94,20 @@ fn jobc_start(ctx: &Ctx) -> Result<()> {
     ensure!(
         out.status.success() && out.stdout.len() == 37,
         "jobc start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn floor_client(bench: &std::path::Path, args: &[String]) -> Result<()> {
+    let out = Command::new(bench)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    ensure!(
+        out.status.success() && out.stdout.len() == 37,
+        "the floor's client failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

@@ -13,9 +13,10 @@ pub mod write_path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use proto::v1 as pb;
 
+use crate::floor::{self, Floor, Setup};
 use crate::jobd::Jobd;
 use crate::pueue::Pueued;
 use crate::report::Row;
@@ -42,6 +43,46 @@ impl Ctx {
 
     pub async fn client(&self) -> Result<Client> {
         rpc::connect(&self.jobd.target()).await
+    }
+}
+
+/// The floor of a start of `true` that jobd runs with `isolation`: the namespaces its
+/// job gets and, with `record`, job folders on the disk of jobd's state dir and records
+/// as long as jobd's.
+pub struct StartFloor {
+    pub floor: Floor,
+    pub setup: Setup,
+    _folders: Option<tempfile::TempDir>,
+}
+
+impl StartFloor {
+    pub async fn new(
+        ctx: &Ctx,
+        c: &mut Client,
+        isolation: Option<pb::Isolation>,
+        record: bool,
+    ) -> Result<StartFloor> {
+        let (id, got) = rpc::probe(c, isolation).await?;
+        let setup = floor::setup_for(&got);
+        let folders = if record {
+            let record = ctx.jobd.job_dir(&id).join("job.json");
+            let len = std::fs::metadata(&record)
+                .with_context(|| format!("cannot stat {}", record.display()))?
+                .len() as usize;
+            let dir = tempfile::Builder::new()
+                .prefix("floor.")
+                .tempdir_in(ctx.jobd.scratch())?;
+            Some((dir, len))
+        } else {
+            None
+        };
+        let floor = Floor::new(setup, folders.as_ref().map(|(dir, len)| (dir.path(), *len)))
+            .context("cannot set up the floor")?;
+        Ok(StartFloor {
+            floor,
+            setup,
+            _folders: folders.map(|(dir, _)| dir),
+        })
     }
 }
 

@@ -1,13 +1,17 @@
 //! Scenario 2: the server's share of a start. Start RPCs for `true`, one after another
-//! over one established connection, against the cheapest way to start the same program
-//! (`std::process::Command::spawn`, timed up to its return, reaped outside the timing).
-//! Each series starts once the machine has settled after the one before.
-//! The target figure is jobd's own: the `server-timing` its reply to each Start carries,
-//! from the handler's entry to the program's exec; the RPC round trip is reported beside it.
-//! Measured with the server's default isolation (new PID, mount and network namespaces)
-//! and with none (only a PID namespace where jobd has no cgroups: nothing else would hold
-//! a job's processes), since creating namespaces is part of the cost. A Status RPC on the same
-//! connection is timed too: the round trip that every call pays, for reference.
+//! over one established connection, against the floor of the same work (see
+//! [`crate::floor`]): a clone into the same namespaces as the same kind of user, with the
+//! same made-ahead pools, exec'ing `true`, with and without a job folder and record
+//! written as jobd writes them. The target figure is jobd's own: the `server-timing` its
+//! reply to each Start carries, from the handler's entry to the program's exec, which is
+//! also how far the floor is timed; the RPC round trip is reported beside it.
+//!
+//! jobd's and the floor's series take turns in blocks, so drift on the machine falls on
+//! both alike. Measured with the server's default isolation (new PID, mount and network
+//! namespaces) and with the least it allows (only a PID namespace where jobd has no
+//! cgroups: nothing else would hold a job's processes). `Command::spawn()` with no
+//! namespaces and no user switch stays as an unlike-work row, and a Status round trip on
+//! the same connection is there for reference.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,76 +19,103 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use proto::v1 as pb;
 
-use super::{blocking, wait_all_ended, Ctx};
+use super::{blocking, wait_all_ended, Ctx, StartFloor};
 use crate::procfs;
 use crate::report::{Goal, Row};
 use crate::rpc::{self, Client};
 use crate::stats::{median, p90, us};
 
+/// Each series is taken in this many blocks, taking turns.
+const BLOCKS: usize = 4;
+
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
-    let n = ctx.pick(200, 50);
+    let n = ctx.pick(200, 48);
     let mut spawn = blocking(|| spawn_latencies(n))?;
-    let spawn_median = median(&mut spawn);
+    let spawn_median = us(median(&mut spawn));
     println!(
-        "  Command::new(\"true\").spawn(): median {:.0} µs, p90 {:.0} µs",
-        us(spawn_median),
+        "  Command::new(\"true\").spawn(): median {spawn_median:.0} µs, p90 {:.0} µs",
         us(p90(&mut spawn))
     );
     let mut c = ctx.client().await?;
     let mut rows = vec![status_round_trip(&mut c, n).await?];
     let least = rpc::least_isolation(&mut c).await?;
     for (label, isolation) in [("default isolation", None), least] {
+        let bare = StartFloor::new(ctx, &mut c, isolation, false).await?;
+        let recorded = StartFloor::new(ctx, &mut c, isolation, true).await?;
+        println!("  {label}: the floor does {}", bare.setup.describe());
+        let mut series = Series::default();
         blocking(|| procfs::settle(Duration::from_secs(10)));
-        describe_isolation(&mut c, isolation).await?;
-        let (mut samples, mut server) = start_latencies(&mut c, n, isolation).await?;
-        let m = median(&mut samples);
-        let server_median = us(median(&mut server));
+        for _ in 0..BLOCKS {
+            let block = n / BLOCKS;
+            series
+                .floor_recorded
+                .extend(blocking(|| recorded.floor.latencies(2, block))?);
+            series
+                .floor_bare
+                .extend(blocking(|| bare.floor.latencies(2, block))?);
+            let (rpc, server) = start_latencies(&mut c, block, isolation).await?;
+            series.rpc.extend(rpc);
+            series.server.extend(server);
+            wait_all_ended(&mut c, Duration::from_secs(30)).await?;
+        }
+        let server = us(median(&mut series.server));
+        let floor_recorded = us(median(&mut series.floor_recorded));
+        let floor_bare = us(median(&mut series.floor_bare));
         println!(
-            "  Start ({label}): in jobd median {server_median:.0} µs; as an RPC median {:.0} µs, \
-             p90 {:.0} µs over {n}",
-            us(m),
-            us(p90(&mut samples))
+            "  Start ({label}): in jobd median {server:.0} µs; as an RPC median {:.0} µs, \
+             p90 {:.0} µs; the floor {floor_recorded:.0} µs with its record, \
+             {floor_bare:.0} µs without, over {n} each",
+            us(median(&mut series.rpc)),
+            us(p90(&mut series.rpc)),
         );
         rows.push(
             Row::new(
-                format!("2 Start of `true` inside jobd, {label} (vs spawn())"),
-                server_median,
+                format!("2 Start of `true` inside jobd, {label} (vs the floor with a record)"),
+                server,
                 "µs",
-                Goal::RatioAtMost(2.0),
+                Goal::RatioAtMost(1.5),
             )
-            .baseline(Some(us(spawn_median)))
-            .note("jobd's server-timing: handler entry to exec"),
+            .baseline(Some(floor_recorded))
+            .note("jobd's server-timing and the floor: to the exec"),
+        );
+        rows.push(
+            Row::new(
+                format!("2 the same vs the floor without a record, {label}"),
+                server,
+                "µs",
+                Goal::None,
+            )
+            .baseline(Some(floor_bare)),
+        );
+        rows.push(
+            Row::new(
+                format!("2 the same vs `Command::spawn()`, {label}"),
+                server,
+                "µs",
+                Goal::None,
+            )
+            .baseline(Some(spawn_median))
+            .note("unlike work: no namespaces, no user, no record"),
         );
         rows.push(
             Row::new(
                 format!("2 Start RPC `true`, one connection, {label}"),
-                us(m),
+                us(median(&mut series.rpc)),
                 "µs",
                 Goal::None,
             )
-            .baseline(Some(us(spawn_median))),
+            .note("timed by the client: adds the round trip"),
         );
-        wait_all_ended(&mut c, Duration::from_secs(30)).await?;
     }
     Ok(rows)
 }
 
-/// Prints which namespaces a job started this way actually gets.
-async fn describe_isolation(c: &mut Client, isolation: Option<pb::Isolation>) -> Result<()> {
-    let id = rpc::start(c, rpc::argv(&["true"]), isolation).await?;
-    let got = rpc::status(c, &id).await?.isolation.unwrap_or_default();
-    println!(
-        "  jobs asking for {} get namespaces: pid={} mount={} net={}",
-        if isolation.is_some() {
-            "the least"
-        } else {
-            "the default"
-        },
-        got.pid,
-        got.mount,
-        got.net
-    );
-    Ok(())
+#[derive(Default)]
+struct Series {
+    server: Vec<Duration>,
+    rpc: Vec<Duration>,
+    floor_recorded: Vec<Duration>,
+    floor_bare: Vec<Duration>,
 }
 
 /// The median Status round trip: gRPC, HTTP/2 and TLS with no work behind it.
@@ -133,10 +164,10 @@ async fn start_latencies(
     isolation: Option<pb::Isolation>,
 ) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let (mut rpc, mut server) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n + 10 {
+    for i in 0..n + 2 {
         let t = Instant::now();
         let (_, took) = rpc::start_timed(c, rpc::argv(&["true"]), isolation).await?;
-        if i >= 10 {
+        if i >= 2 {
             rpc.push(t.elapsed());
             server.push(took);
         }
