@@ -133,3 +133,29 @@ pub fn in_scenario_order(mut rows: Vec<Row>) -> Vec<Row> {
     rows.sort_by_key(number);
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_targets_compare_the_figure_with_its_baseline() {
+        let at_most = |v, b| Row::new("1 x", v, "ms", Goal::RatioAtMost(1.15)).baseline(b);
+        assert_eq!(at_most(1.1, Some(1.0)).verdict(), "met");
+        assert_eq!(at_most(1.2, Some(1.0)).verdict(), "MISSED");
+        assert_eq!(at_most(1.0, None).verdict(), "n/a");
+        let at_least = |v, b| Row::new("4 x", v, "/s", Goal::RatioAtLeast(0.9)).baseline(b);
+        assert_eq!(at_least(95.0, Some(100.0)).verdict(), "met");
+        assert_eq!(at_least(85.0, Some(100.0)).verdict(), "MISSED");
+        assert_eq!(
+            Row::new("3 x", 11.0, "ms", Goal::AtMost(10.0)).verdict(),
+            "MISSED"
+        );
+        assert_eq!(Row::failed("2 x", "boom").verdict(), "FAILED");
+        let table = table(&[at_most(2.2, Some(2.0))]);
+        assert!(
+            table.contains("| 2.20 ms | 2.00 ms | 1.10 | ratio <= 1.15 | met |"),
+            "{table}"
+        );
+    }
+}

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::ahead::Ahead;
+#[cfg(test)]
+use super::ahead::CAPACITY;
 
 /// The log file's header in jobd's format is this long.
 const LOG_HEADER: usize = 8;
@@ -109,4 +111,40 @@ fn make_spare(dir: &Path) -> io::Result<Spare> {
         first,
         _log: log,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_claims_a_folder_and_an_end_writes_the_final_record_in_its_reserve() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let folders = Folders::new(root.path(), 700).expect("folders");
+        folders.fill();
+        let job = folders.start().expect("start");
+        let dir = job.dir.clone();
+        let names = |dir: &Path| {
+            let mut n: Vec<String> = fs::read_dir(dir)
+                .expect("read dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&dir), ["job.json", "job.json.reserve", "output.log"]);
+        assert_eq!(fs::metadata(dir.join("job.json")).expect("stat").len(), 700);
+        assert_eq!(fs::metadata(dir.join("output.log")).expect("stat").len(), 8);
+        folders.end(job).expect("end");
+        assert_eq!(names(&dir), ["job.json", "output.log"]);
+        assert_eq!(fs::metadata(dir.join("job.json")).expect("stat").len(), 700);
+        // The pool refills.
+        folders.fill();
+        assert_eq!(
+            fs::read_dir(root.path().join("spare"))
+                .expect("read")
+                .count(),
+            CAPACITY
+        );
+    }
 }

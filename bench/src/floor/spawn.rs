@@ -8,6 +8,8 @@
 //! worker's spawn shows against it rather than moving both sides.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+#[cfg(test)]
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -88,13 +90,14 @@ pub struct Stdio<'a> {
 
 /// The program and its argument vectors, made once.
 pub struct Program {
-    path: CString,
-    argv: [*const c_char; 2],
+    _args: Vec<CString>,
+    path: *const c_char,
+    argv: Vec<*const c_char>,
     envp: [*const c_char; 1],
 }
 
-// SAFETY: the pointers point into `path` (owned, never moved: CString's heap buffer) and
-// into static nothing; they are only read, by children.
+// SAFETY: the pointers point into `_args`' heap buffers, which never move or change while
+// the `Program` lives; they are only read, by children.
 unsafe impl Send for Program {}
 // SAFETY: as above: shared read-only.
 unsafe impl Sync for Program {}
@@ -106,9 +109,27 @@ impl Program {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .ok_or_else(|| io::Error::other("no true in /usr/bin or /bin"))?;
-        let path = CString::new(path).expect("a literal path holds no NUL");
-        let argv = [path.as_ptr(), std::ptr::null()];
+        Program::new(&[path])
+    }
+
+    /// `argv[0]` is the program's path, run with an empty environment.
+    pub fn new(argv: &[&str]) -> io::Result<Program> {
+        let args = argv
+            .iter()
+            .map(|a| CString::new(*a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| io::Error::other("an argument holds a NUL"))?;
+        let path = args
+            .first()
+            .ok_or_else(|| io::Error::other("no program"))?
+            .as_ptr();
+        let argv = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
         Ok(Program {
+            _args: args,
             path,
             argv,
             envp: [std::ptr::null()],
@@ -282,7 +303,7 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             return fail(6);
         }
         libc::execve(
-            args.program.path.as_ptr(),
+            args.program.path,
             args.program.argv.as_ptr(),
             args.program.envp.as_ptr(),
         );
@@ -336,4 +357,99 @@ pub fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    fn pipe() -> (File, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills `fds` with two new descriptors, which we then own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both are new and ours alone.
+        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// Runs `argv` with `setup` and returns what it wrote to stdout.
+    fn output(setup: Setup, netns: Option<&OwnedFd>, argv: &[&str]) -> io::Result<String> {
+        let devnull = File::open("/dev/null")?;
+        let (mut out, out_w) = pipe();
+        let stdio = Stdio {
+            stdin: devnull.as_fd(),
+            stdout: out_w.as_fd(),
+            stderr: devnull.as_fd(),
+            netns: netns.map(|fd| fd.as_fd()),
+        };
+        let child = start(setup, &Program::new(argv)?, &stdio, &mut Stack::new())?;
+        drop(out_w);
+        let mut got = String::new();
+        out.read_to_string(&mut got)?;
+        child.reap()?;
+        Ok(got)
+    }
+
+    const NONE: Setup = Setup {
+        pid: false,
+        mount: false,
+        net: false,
+        user: None,
+    };
+
+    #[test]
+    fn the_child_gets_its_pid_namespace_proc_and_user() {
+        let setup = Setup {
+            pid: true,
+            mount: true,
+            user: Some((65534, 65534)),
+            ..NONE
+        };
+        // PID 1 of a new namespace, as nobody with no other group.
+        let got =
+            output(setup, None, &["/bin/sh", "-c", "echo $$ $(id -u) $(id -G)"]).expect("run sh");
+        assert_eq!(got.trim(), "1 65534 65534");
+        // Its /proc is the namespace's own: PID 1 there is the child itself.
+        let got = output(setup, None, &["/bin/cat", "/proc/1/comm"]).expect("run cat");
+        assert_eq!(got.trim(), "cat");
+    }
+
+    #[test]
+    fn the_child_enters_the_network_namespace_made_ahead_with_its_sys() {
+        let pool = super::super::ahead::network_namespaces().expect("make a netns");
+        let netns = pool.take().expect("a netns");
+        let setup = Setup {
+            mount: true,
+            net: true,
+            ..NONE
+        };
+        let got = output(setup, Some(&netns), &["/bin/ls", "/sys/class/net"]).expect("run ls");
+        assert_eq!(got.trim(), "lo");
+        let operstate = output(
+            setup,
+            Some(&netns),
+            &["/bin/cat", "/sys/class/net/lo/flags"],
+        )
+        .expect("run cat");
+        let flags =
+            u32::from_str_radix(operstate.trim().trim_start_matches("0x"), 16).expect("hex flags");
+        assert_ne!(flags & libc::IFF_UP as u32, 0, "lo is up");
+    }
+
+    #[test]
+    fn a_failed_step_is_named_and_the_child_reaped() {
+        let e = output(NONE, None, &["/nonexistent/program"]).expect_err("no such program");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("cannot exec"), "{e}");
+        let e = output(Setup { net: true, ..NONE }, None, &["/bin/true"])
+            .expect_err("no netns made ahead");
+        assert!(e.to_string().contains("made ahead"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_program_is_an_error_at_its_reap() {
+        let e = output(NONE, None, &["/bin/false"]).expect_err("false fails");
+        assert!(e.to_string().contains("wait status"), "{e}");
+    }
 }

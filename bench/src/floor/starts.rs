@@ -180,3 +180,36 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: both descriptors are new and ours alone.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_and_bursts_start_every_job_and_record_each() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let setup = Setup {
+            pid: true,
+            mount: true,
+            net: true,
+            user: Some((65534, 65534)),
+        };
+        let floor = Floor::new(setup, Some((root.path(), 500))).expect("floor");
+        assert_eq!(floor.latencies(1, 4).expect("series").len(), 4);
+        let rate = floor.rate(40, 8).expect("burst");
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        let jobs: Vec<_> = std::fs::read_dir(root.path().join("jobs"))
+            .expect("jobs")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(jobs.len(), 5 + 40);
+        for job in jobs {
+            let record = std::fs::metadata(job.join("job.json")).expect("a record");
+            assert_eq!(record.len(), 500);
+            assert!(
+                !job.join("job.json.reserve").exists(),
+                "final record in its reserve"
+            );
+        }
+    }
+}

@@ -201,3 +201,45 @@ async fn call(addr: SocketAddr, pki: &Path) -> Result<String> {
     conn.abort();
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_client_makes_one_call_that_the_server_answers() {
+        let pki = tempfile::tempdir().expect("tempdir");
+        jobd::pki::init(&jobd::pki::PkiOptions::new(pki.path())).expect("pki init");
+        let server = Server::start(pki.path()).await.expect("server");
+        let id = call(server.addr, pki.path()).await.expect("call");
+        assert_eq!(id, JOB_ID);
+        // A second connection works too: the server goes on accepting.
+        assert_eq!(call(server.addr, pki.path()).await.expect("call"), JOB_ID);
+    }
+
+    #[tokio::test]
+    async fn a_client_without_the_servers_ca_is_refused() {
+        let (ours, theirs) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        for dir in [&ours, &theirs] {
+            jobd::pki::init(&jobd::pki::PkiOptions::new(dir.path())).expect("pki init");
+        }
+        let server = Server::start(ours.path()).await.expect("server");
+        assert!(call(server.addr, theirs.path()).await.is_err());
+    }
+
+    #[test]
+    fn framing_round_trips_and_bad_bodies_are_refused() {
+        let m = pb::StartResponse {
+            job_id: JOB_ID.into(),
+        };
+        let wire = framed(&m);
+        let back = pb::StartResponse::decode(message(&wire).expect("message")).expect("decode");
+        assert_eq!(back, m);
+        assert!(message(&wire[..4]).is_err());
+        assert!(message(&[1, 0, 0, 0, 0]).is_err(), "compressed flag");
+        assert!(message(&[0, 0, 0, 0, 9, 1]).is_err(), "short");
+    }
+}
