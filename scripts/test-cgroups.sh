@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the resource-control tests under a real cgroup v2 hierarchy with the cpu, io,
 # memory and pids controllers: directly when this host has one and we are root, otherwise
-# inside the small VM of scripts/cgroup-vm/. Two test binaries, one at a time (the worker's
-# tests move their own process between cgroups):
+# inside the small VM of scripts/cgroup-vm/. Three test binaries, one at a time (the
+# worker's tests move their own process between cgroups):
 #   worker/tests/cgroups.rs       the worker library on its own;
+#   bench (jobworker-bench)       the benchmark's floor of a start into a cgroup (its only
+#                                 ignored test);
 #   jobc/tests/cgroups_stack.rs   the real jobd (--cgroups required) and jobc binaries.
 #
 # The run is bounded in time: every wait in the tests has a deadline, and should a test
@@ -32,6 +34,7 @@ host_has_cgroup_v2() {
 cargo test -p worker --test cgroups --no-run --locked
 cargo build -p jobd -p jobc --locked
 cargo test -p jobc --test cgroups_stack --no-run --locked
+cargo test -p bench --bin jobworker-bench --no-run --locked
 
 if host_has_cgroup_v2 && [ -z "${JOBWORKER_FORCE_VM:-}" ]; then
   echo "test-cgroups: this host has cgroup v2 with cpu, io, memory and pids; running directly" >&2
@@ -42,6 +45,8 @@ if host_has_cgroup_v2 && [ -z "${JOBWORKER_FORCE_VM:-}" ]; then
   # test runs in a session of its own and may be left; its cgroup is jobworker-test-*).
   timeout --kill-after=10 "$CGVM_TIMEOUT" \
     cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
+  timeout --kill-after=10 "$CGVM_TIMEOUT" \
+    cargo test -p bench --bin jobworker-bench --locked -- --ignored --test-threads=1
   exec timeout --kill-after=10 "$CGVM_TIMEOUT" \
     cargo test -p jobc --test cgroups_stack --locked -- --include-ignored --test-threads=1
 fi
@@ -50,4 +55,5 @@ echo "test-cgroups: no usable cgroup v2 here; running the tests in the VM" >&2
 export CGVM_RW="$here"
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$here/scripts/cgroup-vm/run-in-vm.sh"
 cargo test -p worker --test cgroups --locked -- --include-ignored --test-threads=1
+cargo test -p bench --bin jobworker-bench --locked -- --ignored --test-threads=1
 exec cargo test -p jobc --test cgroups_stack --locked -- --include-ignored --test-threads=1

@@ -55,9 +55,7 @@ pub async fn run(
 ) -> Result<()> {
     let mut figures = [Figures::default(), Figures::default()];
     for round in 0..rounds {
-        // ABBA: the build that goes second in one round goes first in the next.
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for which in order {
+        for which in abba(round) {
             let bins = [this, other][which];
             println!(
                 "\n=== round {} of {rounds}: {} build ({})",
@@ -76,6 +74,16 @@ pub async fn run(
     }
     println!("\n{}", table(&figures, rounds, other));
     Ok(())
+}
+
+/// Which build goes first in `round` (0: this, 1: the other): the one that went second
+/// in a round goes first in the next, so a drift over the run falls on both alike.
+fn abba(round: usize) -> [usize; 2] {
+    if round.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
 }
 
 fn table(figures: &[Figures; 2], rounds: usize, other: &Binaries) -> String {
@@ -114,4 +122,52 @@ fn table(figures: &[Figures; 2], rounds: usize, other: &Binaries) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Goal;
+
+    fn row(name: &str, value: f64) -> Row {
+        Row::new(name, value, "µs", Goal::None)
+    }
+
+    #[test]
+    fn builds_take_turns_in_abba_order() {
+        let order: Vec<usize> = (0..4).flat_map(abba).collect();
+        assert_eq!(order, [0, 1, 1, 0, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn the_table_holds_each_rows_medians_and_their_ratio() {
+        let mut this = Figures::default();
+        let mut other = Figures::default();
+        for (a, b) in [(100.0, 200.0), (300.0, 100.0), (110.0, 210.0)] {
+            this.add(vec![row("2 start", a), row("10 later", 1.0)]);
+            other.add(vec![row("2 start", b)]);
+        }
+        other.add(vec![Row::failed("4 starts/s", "timed out after 60s")]);
+        let bins = Binaries {
+            jobd: "/old/jobd".into(),
+            jobc: "/old/jobc".into(),
+        };
+        let out = table(&[this, other], 3, &bins);
+        assert!(
+            out.starts_with("this build against /old/jobd (3 rounds"),
+            "{out}"
+        );
+        // Medians 110 and 200: 0.55. A row one build lacks has no ratio.
+        assert!(
+            out.contains("| 2 start | 110 µs | 200 µs | 0.550 |"),
+            "{out}"
+        );
+        assert!(out.contains("| 10 later | 1.00 µs | - | - |"), "{out}");
+        // Rows by scenario number, not as text: 2 before 10.
+        assert!(out.find("| 2 start").unwrap() < out.find("| 10 later").unwrap());
+        assert!(
+            out.contains("other build: 4 starts/s: timed out after 60s"),
+            "{out}"
+        );
+    }
 }

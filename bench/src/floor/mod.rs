@@ -2,14 +2,17 @@
 //! allows and nothing else, measured in the same run so that each figure reads as a
 //! ratio to the best the same work can do here, and a regression shows at once.
 //!
-//! - `spawn`: a child cloned into a job's namespaces, as its user, exec'ing `true`;
+//! - `spawn`: a child cloned into a job's namespaces and cgroup, as its user, exec'ing
+//!   `true`;
 //! - `ahead`: the made-ahead pools jobd keeps (network namespaces, job folders);
+//! - `cgroup`: a cgroup per start, where jobd has cgroups;
 //! - `record`: a job's folder and records, written as jobd writes them;
 //! - `starts`: those together, one start after another or 64 at a time;
 //! - `unary`: a process making one mutual TLS connection and one unary gRPC call to a
 //!   server that answers at once.
 
 pub mod ahead;
+pub mod cgroup;
 pub mod record;
 pub mod spawn;
 pub mod starts;

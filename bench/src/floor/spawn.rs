@@ -1,8 +1,9 @@
-//! The cheapest way to start `true` in a job's namespaces and as its user: glibc's
-//! `clone` with `CLONE_VM | CLONE_VFORK`, the way `posix_spawn` starts a process, plus
-//! `CLONE_PIDFD` and the namespace flags. The child borrows the caller's memory until it
-//! execs and the caller sleeps meanwhile, so there is no page-table copy and no exec
-//! report pipe: a failure is written into shared memory before the child exits.
+//! The cheapest way to start `true` in a job's namespaces, cgroup and user: `clone3` with
+//! `CLONE_VM | CLONE_VFORK`, the way `posix_spawn` starts a process, plus `CLONE_PIDFD`,
+//! the namespace flags and, where jobd has cgroups, `CLONE_INTO_CGROUP`. The child
+//! borrows the caller's memory until it execs and the caller sleeps meanwhile, so there
+//! is no page-table copy and no exec report pipe: a failure is written into shared memory
+//! before the child exits.
 //!
 //! Written for the bench alone, with none of the worker's code, so that a change in the
 //! worker's spawn shows against it rather than moving both sides.
@@ -86,6 +87,8 @@ pub struct Stdio<'a> {
     pub stderr: BorrowedFd<'a>,
     /// A network namespace made ahead, entered with `setns`, when `Setup::net`.
     pub netns: Option<BorrowedFd<'a>>,
+    /// The job's cgroup folder, which the child is cloned into, where jobd has cgroups.
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// The program and its argument vectors, made once.
@@ -145,8 +148,12 @@ impl Stack {
         Stack(vec![0; 64 * 1024 / 16])
     }
 
-    fn top(&mut self) -> *mut c_void {
-        self.0.as_mut_ptr_range().end.cast()
+    /// Its lowest address and its size, as `clone3` takes them (16-byte aligned: `u128`s).
+    fn range(&mut self) -> (u64, u64) {
+        (
+            self.0.as_mut_ptr() as u64,
+            std::mem::size_of_val(self.0.as_slice()) as u64,
+        )
     }
 }
 
@@ -173,19 +180,20 @@ struct ChildArgs<'a> {
     failed_errno: AtomicI32,
 }
 
-/// Starts `program` in `setup`'s namespaces; returns once it has exec'd.
+/// Starts `program` in `setup`'s namespaces (and `stdio.cgroup`); returns once it has
+/// exec'd.
 pub fn start(
     setup: Setup,
     program: &Program,
     stdio: &Stdio<'_>,
     stack: &mut Stack,
 ) -> io::Result<Child> {
-    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    let mut flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
     if setup.pid {
-        flags |= libc::CLONE_NEWPID;
+        flags |= CLONE_NEWPID;
     }
     if setup.mount {
-        flags |= libc::CLONE_NEWNS;
+        flags |= CLONE_NEWNS;
     }
     let netns = match (setup.net, stdio.netns) {
         (false, _) => -1,
@@ -207,6 +215,19 @@ pub fn start(
         failed_errno: AtomicI32::new(0),
     };
     let mut pidfd: c_int = -1;
+    let (stack_base, stack_size) = stack.range();
+    let mut clone_args = CloneArgs {
+        flags,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack_base,
+        stack_size,
+        ..CloneArgs::default()
+    };
+    if let Some(cgroup) = stdio.cgroup {
+        clone_args.flags |= CLONE_INTO_CGROUP;
+        clone_args.cgroup = cgroup.as_raw_fd() as u64;
+    }
     // SAFETY: blocks every signal in this thread so that no handler of this process runs
     // in the child while it shares our memory; the child restores the mask before exec
     // and we restore it after the clone. Both sets are valid for the calls.
@@ -214,22 +235,15 @@ pub fn start(
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.old_mask);
-        // SAFETY: `child` runs on `stack`, which outlives it (CLONE_VFORK: this call
-        // returns once the child has exec'd or exited), and reads `args`, which lives
-        // on our stack for as long. With CLONE_PIDFD the pidfd is written to `pidfd`.
-        let pid = libc::clone(
-            child,
-            stack.top(),
-            flags,
-            (&mut args as *mut ChildArgs<'_>).cast(),
-            &mut pidfd as *mut c_int,
-        );
+        // SAFETY: the child runs on `stack` and reads `args`, both of which outlive it:
+        // with CLONE_VFORK this call returns only once the child has exec'd or exited.
+        let pid = clone_vfork(&mut clone_args, &args);
         let e = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &args.old_mask, std::ptr::null_mut());
         if pid < 0 {
-            return Err(io::Error::new(e.kind(), format!("clone failed: {e}")));
+            return Err(io::Error::new(e.kind(), format!("clone3 failed: {e}")));
         }
-        pid
+        pid as libc::pid_t
     };
     // SAFETY: CLONE_PIDFD gave us this descriptor, which nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -248,7 +262,101 @@ pub fn start(
     Ok(child)
 }
 
-/// The child, from `clone` to `execve`: raw system calls only. It shares the caller's
+const CLONE_VM: u64 = libc::CLONE_VM as u64;
+const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
+const CLONE_PIDFD: u64 = libc::CLONE_PIDFD as u64;
+const CLONE_NEWPID: u64 = libc::CLONE_NEWPID as u64;
+const CLONE_NEWNS: u64 = libc::CLONE_NEWNS as u64;
+/// Not in the libc crate's Linux constants: from `linux/sched.h` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` up to its `cgroup` field (`CLONE_ARGS_SIZE_VER2`, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3` for a child that shares our memory and runs [`child`] on the stack that
+/// `args` names. glibc has no `clone3` wrapper, and a child on a new stack cannot return
+/// into a Rust frame, so the system call is made here and the child calls [`child`] with
+/// `child_args` straight from the instruction after it. Returns the child's pid, or -1
+/// with errno set.
+///
+/// # Safety
+/// `args` must hold `CLONE_VM | CLONE_VFORK` and a stack that nothing else uses, and the
+/// stack and `child_args` must stay valid until the call returns (the child has exec'd
+/// or exited by then). Signals must be blocked, as the child runs in our memory.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone_vfork(args: &mut CloneArgs, child_args: &ChildArgs<'_>) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the caller's contract above. In the parent the asm is the system call
+    // alone (which clobbers rcx and r11); the child never comes back out of it: `child`
+    // ends in execve or _exit, and `ud2` stops it should it ever return.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") child_args as *const ChildArgs<'_>,
+            in("r13") child as extern "C" fn(*mut c_void) -> c_int,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        // SAFETY: this thread's errno, valid for writes; the raw call returned -errno.
+        unsafe { *libc::__errno_location() = -ret as c_int };
+        return -1;
+    }
+    ret
+}
+
+/// Elsewhere the floor has no way into a cgroup at the clone: glibc's `clone`, without it.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone_vfork(args: &mut CloneArgs, child_args: &ChildArgs<'_>) -> libc::c_long {
+    if args.flags & CLONE_INTO_CGROUP != 0 {
+        // SAFETY: this thread's errno, valid for writes.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    }
+    let top = (args.stack + args.stack_size) as *mut c_void;
+    // SAFETY: the caller's contract; glibc's clone runs `child` on `top`, and with
+    // CLONE_PIDFD writes the pidfd where `args.pidfd` points.
+    unsafe {
+        libc::clone(
+            child,
+            top,
+            args.flags as c_int | args.exit_signal as c_int,
+            (child_args as *const ChildArgs<'_>).cast_mut().cast(),
+            args.pidfd as *mut c_int,
+        ) as libc::c_long
+    }
+}
+
+/// The child, from `clone3` to `execve`: raw system calls only. It shares the caller's
 /// memory, so glibc's credential wrappers (which signal every thread of the caller's
 /// process) are out, and it allocates nothing.
 extern "C" fn child(arg: *mut c_void) -> c_int {
@@ -375,6 +483,16 @@ mod tests {
 
     /// Runs `argv` with `setup` and returns what it wrote to stdout.
     fn output(setup: Setup, netns: Option<&OwnedFd>, argv: &[&str]) -> io::Result<String> {
+        output_in(setup, netns, None, argv)
+    }
+
+    /// As [`output`], in the cgroup whose folder is `cgroup`.
+    fn output_in(
+        setup: Setup,
+        netns: Option<&OwnedFd>,
+        cgroup: Option<&OwnedFd>,
+        argv: &[&str],
+    ) -> io::Result<String> {
         let devnull = File::open("/dev/null")?;
         let (mut out, out_w) = pipe();
         let stdio = Stdio {
@@ -382,6 +500,7 @@ mod tests {
             stdout: out_w.as_fd(),
             stderr: devnull.as_fd(),
             netns: netns.map(|fd| fd.as_fd()),
+            cgroup: cgroup.map(|fd| fd.as_fd()),
         };
         let child = start(setup, &Program::new(argv)?, &stdio, &mut Stack::new())?;
         drop(out_w);
@@ -451,5 +570,73 @@ mod tests {
     fn a_failing_program_is_an_error_at_its_reap() {
         let e = output(NONE, None, &["/bin/false"]).expect_err("false fails");
         assert!(e.to_string().contains("wait status"), "{e}");
+    }
+
+    /// Needs cgroup v2 with jobd's controllers: runs in the VM (`scripts/test-cgroups.sh`).
+    #[test]
+    #[ignore = "needs cgroup v2 with the cpu, io, memory and pids controllers (the VM has them)"]
+    fn the_child_starts_in_its_cgroup_which_the_end_removes() {
+        use super::super::cgroup::Cgroups;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let mount = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (m, fs) = l.split_once(" - ")?;
+                fs.starts_with("cgroup2 ")
+                    .then(|| m.split_whitespace().nth(4))?
+            })
+            .map(std::path::PathBuf::from)
+            .expect("a cgroup2 mount");
+        std::fs::write(
+            mount.join("cgroup.subtree_control"),
+            "+cpu +io +memory +pids",
+        )
+        .expect("enable the controllers at the root");
+        // Stands in for jobd's `<base>/jobd`, whose controllers jobd enables.
+        let top = mount.join(format!("jobworker-test-floor.{}", std::process::id()));
+        std::fs::create_dir(&top).expect("a cgroup for the test");
+        std::fs::write(top.join("cgroup.subtree_control"), "+cpu +io +memory +pids")
+            .expect("enable the controllers below it");
+        let cgroups = Cgroups::new(&top).expect("the floor's cgroups");
+        let setup = Setup {
+            pid: true,
+            mount: true,
+            user: Some((65534, 65534)),
+            ..NONE
+        };
+        for _ in 0..3 {
+            let cgroup = cgroups.make().expect("a job cgroup");
+            let got = output_in(
+                setup,
+                None,
+                Some(cgroup.fd()),
+                &["/bin/cat", "/proc/self/cgroup"],
+            )
+            .expect("run cat");
+            let want = format!("/jobworker-test-floor.{}/bench-floor.", std::process::id());
+            assert!(
+                got.trim().starts_with("0::") && got.contains(&want),
+                "{got}"
+            );
+            // Its cgroup has the job's controllers, as jobd's job cgroups do.
+            let controllers = std::fs::read_to_string(
+                top.join(format!("bench-floor.{}", std::process::id()))
+                    .join("cgroup.subtree_control"),
+            )
+            .expect("controllers");
+            assert_eq!(controllers.trim(), "cpu io memory pids");
+            cgroups
+                .end(cgroup)
+                .expect("end: usage read, cgroup removed");
+        }
+        drop(cgroups);
+        let left: Vec<_> = std::fs::read_dir(&top)
+            .expect("read the test cgroup")
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
+        std::fs::remove_dir(&top).expect("remove the test cgroup");
     }
 }

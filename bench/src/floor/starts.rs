@@ -1,7 +1,8 @@
 //! The floor of a server-side start, put together: take a network namespace made ahead,
 //! make the job's output pipes, optionally claim a folder and write the first record,
-//! clone into the namespaces as the job's user and exec `true`; then reap it and, with
-//! a record, write the final one durably. Timed one after another up to the exec, as
+//! make the job's cgroup where jobd has cgroups, clone into the namespaces (and the
+//! cgroup) as the job's user and exec `true`; then reap it, read its usage and remove its
+//! cgroup, and, with a record, write the final one durably. Timed one after another up to the exec, as
 //! jobd's server-timing is, or 64 at a time on every core, as starts per second.
 
 use std::fs::File;
@@ -13,6 +14,7 @@ use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::ahead::{self, Ahead};
+use super::cgroup::{Cgroups, JobCgroup};
 use super::record::{Folders, Recorded};
 use super::spawn::{self, Program, Setup, Stack};
 
@@ -22,6 +24,7 @@ pub struct Floor {
     devnull: File,
     netns: Option<Ahead<OwnedFd>>,
     folders: Option<Folders>,
+    cgroups: Option<Cgroups>,
 }
 
 /// A floor start that has exec'd.
@@ -29,12 +32,18 @@ struct Started {
     child: spawn::Child,
     _output: [OwnedFd; 2],
     record: Option<Recorded>,
+    cgroup: Option<JobCgroup>,
 }
 
 impl Floor {
     /// `record`: the scratch folder for job folders (on the disk of jobd's state dir) and
-    /// the length of jobd's records; `None` for starts without one.
-    pub fn new(setup: Setup, record: Option<(&Path, usize)>) -> io::Result<Floor> {
+    /// the length of jobd's records; `None` for starts without one. `cgroup`: jobd's
+    /// cgroup subtree, where jobd has cgroups ([`super::cgroup::of_jobd`]).
+    pub fn new(
+        setup: Setup,
+        record: Option<(&Path, usize)>,
+        cgroup: Option<&Path>,
+    ) -> io::Result<Floor> {
         Ok(Floor {
             setup,
             program: Program::true_()?,
@@ -43,6 +52,7 @@ impl Floor {
             folders: record
                 .map(|(root, len)| Folders::new(root, len))
                 .transpose()?,
+            cgroups: cgroup.map(Cgroups::new).transpose()?,
         })
     }
 
@@ -61,22 +71,33 @@ impl Floor {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let record = self.folders.as_ref().map(Folders::start).transpose()?;
+        let cgroup = self.cgroups.as_ref().map(Cgroups::make).transpose()?;
         let stdio = spawn::Stdio {
             stdin: self.devnull.as_fd(),
             stdout: out_w.as_fd(),
             stderr: err_w.as_fd(),
             netns: netns.as_ref().map(AsFd::as_fd),
+            cgroup: cgroup.as_ref().map(|c| c.fd().as_fd()),
         };
         let child = spawn::start(self.setup, &self.program, &stdio, stack)?;
         Ok(Started {
             child,
             _output: [out_r, err_r],
             record,
+            cgroup,
         })
+    }
+
+    /// Whether starts go into cgroups of their own, for the bench's output.
+    pub fn has_cgroups(&self) -> bool {
+        self.cgroups.is_some()
     }
 
     fn end(&self, started: Started) -> io::Result<()> {
         started.child.reap()?;
+        if let (Some(cgroups), Some(cgroup)) = (&self.cgroups, started.cgroup) {
+            cgroups.end(cgroup)?;
+        }
         match (&self.folders, started.record) {
             (Some(folders), Some(record)) => folders.end(record),
             _ => Ok(()),
@@ -194,7 +215,7 @@ mod tests {
             net: true,
             user: Some((65534, 65534)),
         };
-        let floor = Floor::new(setup, Some((root.path(), 500))).expect("floor");
+        let floor = Floor::new(setup, Some((root.path(), 500)), None).expect("floor");
         assert_eq!(floor.latencies(1, 4).expect("series").len(), 4);
         let rate = floor.rate(40, 8).expect("burst");
         assert!(rate.is_finite() && rate > 0.0, "{rate}");

@@ -49,7 +49,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         "  the floor: a client process with one mutual-TLS unary call {client_median:.2} ms \
          (p90 {:.2}) + a start in jobd's namespaces ({}) {spawn_median:.3} ms = {floor:.2} ms",
         ms(p90(&mut client)),
-        spawn.setup.describe()
+        spawn.describe()
     );
     let mut rows = vec![Row::new(
         "1 `jobc start true`, new process (vs the floor: client + start)",

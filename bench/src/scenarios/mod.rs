@@ -47,11 +47,11 @@ impl Ctx {
 }
 
 /// The floor of a start of `true` that jobd runs with `isolation`: the namespaces its
-/// job gets and, with `record`, job folders on the disk of jobd's state dir and records
-/// as long as jobd's.
+/// job gets, a cgroup of its own where jobd has cgroups and, with `record`, job folders on
+/// the disk of jobd's state dir and records as long as jobd's.
 pub struct StartFloor {
     pub floor: Floor,
-    pub setup: Setup,
+    setup: Setup,
     _folders: Option<tempfile::TempDir>,
 }
 
@@ -76,13 +76,28 @@ impl StartFloor {
         } else {
             None
         };
-        let floor = Floor::new(setup, folders.as_ref().map(|(dir, len)| (dir.path(), *len)))
-            .context("cannot set up the floor")?;
+        let cgroup = floor::cgroup::of_jobd(ctx.jobd.pid())
+            .context("cannot tell whether jobd has cgroups")?;
+        let floor = Floor::new(
+            setup,
+            folders.as_ref().map(|(dir, len)| (dir.path(), *len)),
+            cgroup.as_deref(),
+        )
+        .context("cannot set up the floor")?;
         Ok(StartFloor {
             floor,
             setup,
             _folders: folders.map(|(dir, _)| dir),
         })
+    }
+
+    /// What the floor's starts do, in words, for the bench's output.
+    pub fn describe(&self) -> String {
+        let mut what = self.setup.describe();
+        if self.floor.has_cgroups() {
+            what.push_str(", a cgroup each");
+        }
+        what
     }
 }
 

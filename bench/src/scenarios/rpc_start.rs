@@ -42,7 +42,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     for (label, isolation) in [("default isolation", None), least] {
         let bare = StartFloor::new(ctx, &mut c, isolation, false).await?;
         let recorded = StartFloor::new(ctx, &mut c, isolation, true).await?;
-        println!("  {label}: the floor does {}", bare.setup.describe());
+        println!("  {label}: the floor does {}", bare.describe());
         let mut series = Series::default();
         blocking(|| procfs::settle(Duration::from_secs(10)));
         for _ in 0..BLOCKS {

@@ -40,7 +40,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         let floor_rate = blocking(|| floor.floor.rate(total, CONCURRENCY))?;
         println!(
             "  {label}: the floor ({}, a record) {floor_rate:.0}/s",
-            floor.setup.describe()
+            floor.describe()
         );
         blocking(|| procfs::settle(Duration::from_secs(10)));
         let burst = burst(&c, total, isolation).await;
