@@ -157,17 +157,42 @@ impl Stack {
     }
 }
 
-/// Where in the child a step failed, for the error message.
-const STEPS: [&str; 8] = [
+/// The child's steps, each of which can fail, in their order.
+#[derive(Clone, Copy)]
+enum Step {
+    Session = 1,
+    JoinNetns,
+    MountPrivate,
+    MountProc,
+    MountSys,
+    MountTmp,
+    Stdio,
+    SignalDefaults,
+    Credentials,
+    NoNewPrivs,
+    SignalMask,
+    Exec,
+}
+
+/// What each [`Step`] does, for the error message.
+const STEPS: [&str; 12] = [
+    "start a session",
     "enter the network namespace",
     "make / private",
     "mount /proc",
     "mount /sys",
+    "mount a private /tmp",
     "redirect stdio",
+    "reset the signal dispositions",
     "switch user",
+    "set no_new_privs",
     "restore the signal mask",
     "exec",
 ];
+
+/// The job's private `/tmp` and `/var/tmp`, as jobd mounts them for a job without a
+/// memory limit.
+const TMP_OPTIONS: &CStr = c"mode=1777,size=67108864";
 
 struct ChildArgs<'a> {
     setup: Setup,
@@ -175,7 +200,7 @@ struct ChildArgs<'a> {
     stdio: [RawFd; 3],
     netns: RawFd,
     old_mask: libc::sigset_t,
-    /// The failed step (index into `STEPS`, plus one) and its errno; 0 while all is well.
+    /// The failed [`Step`] and its errno; 0 while all is well.
     failed_step: AtomicI32,
     failed_errno: AtomicI32,
 }
@@ -358,38 +383,66 @@ unsafe fn clone_vfork(args: &mut CloneArgs, child_args: &ChildArgs<'_>) -> libc:
 
 /// The child, from `clone3` to `execve`: raw system calls only. It shares the caller's
 /// memory, so glibc's credential wrappers (which signal every thread of the caller's
-/// process) are out, and it allocates nothing.
+/// process) are out, and it allocates nothing. It gives `true` what a job of jobd's sees:
+/// a session of its own, the namespaces with their `/proc`, `/sys` and private `/tmp`
+/// and `/var/tmp`, default signal handling, the job's user and `no_new_privs`.
 extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `ChildArgs` that `start` keeps alive until we exec or exit.
     let args = unsafe { &*(arg as *const ChildArgs<'_>) };
-    let fail = |step: usize| -> c_int {
+    let fail = |step: Step| -> c_int {
         args.failed_errno.store(errno(), Ordering::Release);
-        args.failed_step.store(step as i32 + 1, Ordering::Release);
+        args.failed_step.store(step as i32, Ordering::Release);
         // SAFETY: leaves the child at once, running no exit handlers in shared memory.
         unsafe { libc::_exit(127) }
     };
     let s = args.setup;
     // SAFETY: plain system calls on descriptors and C strings that outlive them.
     unsafe {
+        if libc::setsid() < 0 {
+            return fail(Step::Session);
+        }
         if args.netns >= 0 && libc::setns(args.netns, libc::CLONE_NEWNET) < 0 {
-            return fail(0);
+            return fail(Step::JoinNetns);
         }
         if s.mount {
-            if mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE) < 0 {
-                return fail(1);
+            if mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) < 0 {
+                return fail(Step::MountPrivate);
             }
             let fresh = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            if s.pid && mount(Some(c"proc"), c"/proc", Some(c"proc"), fresh) < 0 {
-                return fail(2);
+            if s.pid && mount(Some(c"proc"), c"/proc", Some(c"proc"), fresh, None) < 0 {
+                return fail(Step::MountProc);
             }
             let ro = fresh | libc::MS_RDONLY;
-            if s.net && mount(Some(c"sysfs"), c"/sys", Some(c"sysfs"), ro) < 0 {
-                return fail(3);
+            if s.net && mount(Some(c"sysfs"), c"/sys", Some(c"sysfs"), ro, None) < 0 {
+                return fail(Step::MountSys);
+            }
+            let tmp = libc::MS_NOSUID | libc::MS_NODEV;
+            for dir in [c"/tmp", c"/var/tmp"] {
+                if mount(Some(c"tmpfs"), dir, Some(c"tmpfs"), tmp, Some(TMP_OPTIONS)) < 0
+                    && !(dir == c"/var/tmp" && errno() == libc::ENOENT)
+                {
+                    return fail(Step::MountTmp);
+                }
             }
         }
         for (target, fd) in args.stdio.iter().enumerate() {
             if libc::dup2(*fd, target as c_int) < 0 {
-                return fail(4);
+                return fail(Step::Stdio);
+            }
+        }
+        // Default dispositions for every signal, as jobd gives its jobs: Rust ignores
+        // SIGPIPE, and whoever started the bench may have left others ignored.
+        let default = KernelSigaction::default();
+        for sig in (1..=64).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP) {
+            if libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            ) < 0
+            {
+                return fail(Step::SignalDefaults);
             }
         }
         if let Some((uid, gid)) = s.user {
@@ -397,8 +450,11 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
                 || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
             {
-                return fail(5);
+                return fail(Step::Credentials);
             }
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return fail(Step::NoNewPrivs);
         }
         if libc::syscall(
             libc::SYS_rt_sigprocmask,
@@ -408,7 +464,7 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             8usize,
         ) < 0
         {
-            return fail(6);
+            return fail(Step::SignalMask);
         }
         libc::execve(
             args.program.path,
@@ -416,7 +472,18 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             args.program.envp.as_ptr(),
         );
     }
-    fail(7)
+    fail(Step::Exec)
+}
+
+/// The kernel's `struct sigaction` for the raw `rt_sigaction` call (glibc's differs):
+/// all zeros is `SIG_DFL` with no flags and an empty mask.
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
 }
 
 fn errno() -> i32 {
@@ -429,6 +496,7 @@ fn mount(
     target: &CStr,
     fstype: Option<&CStr>,
     flags: libc::c_ulong,
+    data: Option<&CStr>,
 ) -> c_int {
     let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
     // SAFETY: valid C strings or null, as mount(2) accepts.
@@ -438,7 +506,7 @@ fn mount(
             target.as_ptr(),
             ptr(fstype),
             flags,
-            std::ptr::null(),
+            ptr(data).cast(),
         )
     }
 }
@@ -532,6 +600,41 @@ mod tests {
         // Its /proc is the namespace's own: PID 1 there is the child itself.
         let got = output(setup, None, &["/bin/cat", "/proc/1/comm"]).expect("run cat");
         assert_eq!(got.trim(), "cat");
+    }
+
+    #[test]
+    fn the_child_sees_what_a_job_of_jobd_sees() {
+        let setup = Setup {
+            pid: true,
+            mount: true,
+            user: Some((65534, 65534)),
+            ..NONE
+        };
+        // Its own session (the session id is its pid), no_new_privs, no signal ignored
+        // (Rust ignores SIGPIPE; a test runner may ignore more) or blocked, and an empty,
+        // private tmpfs on /tmp and /var/tmp.
+        let script = "echo $(cut -d' ' -f6 /proc/self/stat) $$; \
+                      grep -E '^(NoNewPrivs|SigIgn|SigBlk):' /proc/self/status; \
+                      stat -f -c %T /tmp /var/tmp; ls -A /tmp /var/tmp | wc -w";
+        let got = output(setup, None, &["/bin/sh", "-c", script]).expect("run sh");
+        let lines: Vec<&str> = got.lines().collect();
+        let ids: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(ids, ["1", "1"], "{got}");
+        let status = |key: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        assert_eq!(status("NoNewPrivs"), Some("1"), "{got}");
+        assert_eq!(status("SigIgn"), Some("0000000000000000"), "{got}");
+        assert_eq!(status("SigBlk"), Some("0000000000000000"), "{got}");
+        assert_eq!(&lines[4..6], ["tmpfs", "tmpfs"], "{got}");
+        assert_eq!(
+            lines[6].trim(),
+            "2",
+            "only the two folders' own entries: {got}"
+        );
     }
 
     #[test]
