@@ -1,9 +1,9 @@
 //! The in-process gRPC client and the few calls scenarios make with it: start, status,
 //! wait for the end, and read or follow a job's output.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use jobc::client::Target;
 use proto::v1 as pb;
 use proto::v1::job_service_client::JobServiceClient;
@@ -113,19 +113,16 @@ pub fn has_ended(s: &pb::JobStatus) -> bool {
     s.state != pb::JobState::Running as i32
 }
 
-/// Polls every 10 ms until the job has ended.
+/// Waits for the job's end with the Wait call, which answers once the job has ended.
 pub async fn wait_ended(c: &mut Client, id: &str, timeout: Duration) -> Result<pb::JobStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = status(c, id).await?;
-        if has_ended(&s) {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!("job {id} still runs after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let waited = tokio::time::timeout(timeout, c.wait(pb::WaitRequest { job_id: id.into() }))
+        .await
+        .map_err(|_| anyhow::anyhow!("job {id} still runs after {timeout:?}"))?;
+    waited
+        .context("Wait failed")?
+        .into_inner()
+        .status
+        .context("Wait reply without a status")
 }
 
 /// Reads a job's output to its end (following it when `follow`); returns the byte count.

@@ -1,5 +1,5 @@
 //! Scenario 2: the server's share of a start. Start RPCs for `true`, one after another
-//! over one established connection, against the floor of the same work (see
+//! over one established connection, each once the job before has ended, against the floor of the same work (see
 //! [`crate::floor`]): a clone into the same namespaces as the same kind of user, with the
 //! same made-ahead pools, exec'ing `true`, with and without a job folder and record
 //! written as jobd writes them. The target figure is jobd's own: the `server-timing` its
@@ -157,7 +157,10 @@ fn spawn_latencies(n: usize) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
-/// Round trips and the server's own times (its `server-timing`) of `n` Starts.
+/// Round trips and the server's own times (its `server-timing`) of `n` Starts. Each job
+/// has ended before the next Start, as each of the floor's is reaped and recorded before
+/// its next: a Start that came while the last `true` still ran would share the two cores
+/// with its start-up, which the floor's never do.
 async fn start_latencies(
     c: &mut Client,
     n: usize,
@@ -166,11 +169,12 @@ async fn start_latencies(
     let (mut rpc, mut server) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 2 {
         let t = Instant::now();
-        let (_, took) = rpc::start_timed(c, rpc::argv(&["true"]), isolation).await?;
+        let (id, took) = rpc::start_timed(c, rpc::argv(&["true"]), isolation).await?;
         if i >= 2 {
             rpc.push(t.elapsed());
             server.push(took);
         }
+        rpc::wait_ended(c, &id, Duration::from_secs(10)).await?;
     }
     Ok((rpc, server))
 }
