@@ -59,13 +59,20 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 /// A process's name and the user plus system CPU time it has used, in clock ticks, from
 /// `/proc/<pid>/stat`; `None` if it is gone.
 fn stat_jiffies(pid: u32) -> Option<(String, u64)> {
+    let (name, [utime, stime, _, _]) = stat_times(pid)?;
+    Some((name, utime + stime))
+}
+
+/// The name and the utime, stime, cutime and cstime fields of `/proc/<pid>/stat`, in
+/// jiffies; `None` if it is gone.
+fn stat_times(pid: u32) -> Option<(String, [u64; 4])> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The name is in parentheses and may hold spaces and parentheses itself.
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1.to_string();
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let jiffies = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some((name, jiffies))
+    let field = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some((name, [field(11)?, field(12)?, field(13)?, field(14)?]))
 }
 
 /// Clock ticks per second, the unit of `/proc/<pid>/stat` times.
@@ -123,6 +130,15 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     let (_, jiffies) =
         stat_jiffies(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     Ok(Duration::from_secs_f64(jiffies as f64 / ticks_per_second()))
+}
+
+/// CPU time of process `pid` and, apart, of its children it has reaped (and theirs): a
+/// server's own work and its jobs'.
+pub fn cpu_time_and_reaped(pid: u32) -> Result<(Duration, Duration)> {
+    let (_, [utime, stime, cutime, cstime]) =
+        stat_times(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    let secs = |jiffies: u64| Duration::from_secs_f64(jiffies as f64 / ticks_per_second());
+    Ok((secs(utime + stime), secs(cutime + cstime)))
 }
 
 /// User and system CPU time of this process (`RUSAGE_SELF`) or of its children that

@@ -5,6 +5,10 @@
 //! answers at once, plus the floor of a start of `true` in the namespaces and as the
 //! kind of user jobd's job gets. jobc's and the floor's series take turns in blocks.
 //!
+//! `jobc status ID` of an ended job, timed in the same blocks, is the same client work with
+//! no start behind it: against the floor's client alone it shows what the connection
+//! and the call cost beyond their floor, apart from the start.
+//!
 //! `pueue add -- true` stays as an unlike-work row: it returns once the task is queued,
 //! over a Unix socket with no TLS.
 
@@ -16,6 +20,7 @@ use anyhow::{ensure, Context, Result};
 use super::{blocking, time_each, Ctx, StartFloor};
 use crate::floor::unary;
 use crate::report::{Goal, Row};
+use crate::rpc;
 use crate::stats::{median, ms, p90};
 
 /// Each series is taken in this many blocks, taking turns.
@@ -28,7 +33,10 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let server = unary::Server::start(&ctx.jobd.pki()).await?;
     let bench = std::env::current_exe().context("cannot find this bench's binary")?;
     let client_args = unary::client_args(server.addr, &ctx.jobd.pki());
+    let ended = rpc::start(&mut c, rpc::argv(&["true"]), None).await?;
+    rpc::wait_ended(&mut c, &ended, Duration::from_secs(10)).await?;
     let (mut jobc, mut client, mut spawned) = (Vec::new(), Vec::new(), Vec::new());
+    let mut status = Vec::new();
     for _ in 0..BLOCKS {
         let block = runs / BLOCKS;
         jobc.extend(blocking(|| time_each(2, block, || jobc_start(ctx)))?);
@@ -36,14 +44,20 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             time_each(2, block, || floor_client(&bench, &client_args))
         })?);
         spawned.extend(blocking(|| spawn.floor.latencies(2, block))?);
+        status.extend(blocking(|| {
+            time_each(2, block, || jobc_status(ctx, &ended))
+        })?);
     }
     let jobc_median = ms(median(&mut jobc));
     let client_median = ms(median(&mut client));
     let spawn_median = ms(median(&mut spawned));
+    let status_median = ms(median(&mut status));
     let floor = client_median + spawn_median;
     println!(
-        "  jobc start true: median {jobc_median:.2} ms, p90 {:.2} ms over {runs} runs",
-        ms(p90(&mut jobc))
+        "  jobc start true: median {jobc_median:.2} ms, p90 {:.2} ms over {runs} runs; \
+         jobc status of an ended job: median {status_median:.2} ms, p90 {:.2} ms",
+        ms(p90(&mut jobc)),
+        ms(p90(&mut status))
     );
     println!(
         "  the floor: a client process with one mutual-TLS unary call {client_median:.2} ms \
@@ -61,6 +75,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     .note(format!(
         "floor: client {client_median:.2} + start {spawn_median:.3} ms"
     ))];
+    rows.push(
+        Row::new(
+            "1 `jobc status ID`, new process (vs the floor's client alone)",
+            status_median,
+            "ms",
+            Goal::None,
+        )
+        .baseline(Some(client_median))
+        .note("the same connection and call, with no start behind it"),
+    );
     if let Some(p) = &ctx.pueue {
         let mut samples = blocking(|| time_each(3, runs, || pueue_add(p)))?;
         let m = ms(median(&mut samples));
@@ -94,6 +118,22 @@ fn jobc_start(ctx: &Ctx) -> Result<()> {
     ensure!(
         out.status.success() && out.stdout.len() == 37,
         "jobc start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn jobc_status(ctx: &Ctx, id: &str) -> Result<()> {
+    let out = ctx
+        .jobd
+        .jobc()
+        .args(["status", id])
+        .stderr(Stdio::piped())
+        .output()?;
+    ensure!(
+        out.status.success() && out.stdout.starts_with(b"finished"),
+        "jobc status failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

@@ -5,6 +5,8 @@
 //! threads on both cores, each starting `true` in the same namespaces as the same kind
 //! of user with its folder and first record, reaping it and writing its final record
 //! durably, from the same made-ahead pools. jobd's bursts and the floor's alternate.
+//! Each also prints the CPU it spent per start, its own and its jobs' (`true`, and in
+//! jobd the job's init), since on two cores that bounds the rate.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,19 +39,28 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         let floor = StartFloor::new(ctx, &mut c, isolation, true).await?;
         // The kernel tears down the previous burst's namespaces for a while after it.
         blocking(|| procfs::settle(Duration::from_secs(10)));
+        let cpu_before = Cpu::of_this_process();
         let floor_rate = blocking(|| floor.floor.rate(total, CONCURRENCY))?;
+        let floor_cpu = Cpu::of_this_process().since(&cpu_before, total);
         println!(
-            "  {label}: the floor ({}, a record) {floor_rate:.0}/s",
-            floor.describe()
+            "  {label}: the floor ({}, a record) {floor_rate:.0}/s; CPU per start {}",
+            floor.describe(),
+            floor_cpu.describe("the floor's threads")
         );
         blocking(|| procfs::settle(Duration::from_secs(10)));
+        let jobd = ctx.jobd.pid();
+        let cpu_before = Cpu::of(jobd)?;
         let burst = burst(&c, total, isolation).await;
         let rate = burst.started as f64 / burst.took.as_secs_f64();
+        // Each job's CPU counts once jobd has reaped it.
+        wait_all_ended(&mut c, Duration::from_secs(60)).await?;
+        let jobd_cpu = Cpu::of(jobd)?.since(&cpu_before, burst.started.max(1));
         println!(
-            "  {label}: {} starts in {:.2} s = {rate:.0}/s ({} failed)",
+            "  {label}: {} starts in {:.2} s = {rate:.0}/s ({} failed); CPU per start {}",
             burst.started,
             burst.took.as_secs_f64(),
-            burst.failures.len()
+            burst.failures.len(),
+            jobd_cpu.describe("jobd's threads")
         );
         let mut row = Row::new(
             format!("4 starts/s, 64 concurrent on one connection, {label} (vs the floor)"),
@@ -66,9 +77,48 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             row = row.note(format!("{} starts failed: {first}", burst.failures.len()));
         }
         rows.push(row);
-        wait_all_ended(&mut c, Duration::from_secs(60)).await?;
     }
     Ok(rows)
+}
+
+/// CPU time of a starter (jobd, or this process for the floor) and of the jobs it has
+/// reaped, which on two cores bounds how many starts a second both can make.
+struct Cpu {
+    own: Duration,
+    jobs: Duration,
+}
+
+impl Cpu {
+    fn of(pid: u32) -> Result<Cpu> {
+        let (own, jobs) = procfs::cpu_time_and_reaped(pid)?;
+        Ok(Cpu { own, jobs })
+    }
+
+    fn of_this_process() -> Cpu {
+        Cpu {
+            own: procfs::rusage_cpu(libc::RUSAGE_SELF),
+            jobs: procfs::rusage_cpu(libc::RUSAGE_CHILDREN),
+        }
+    }
+
+    /// The CPU used since `before`, per start of `starts`.
+    fn since(&self, before: &Cpu, starts: usize) -> Cpu {
+        let per = |now: Duration, then: Duration| now.saturating_sub(then) / starts as u32;
+        Cpu {
+            own: per(self.own, before.own),
+            jobs: per(self.jobs, before.jobs),
+        }
+    }
+
+    fn describe(&self, own: &str) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "{:.2} ms ({own} {:.2} + the jobs {:.2})",
+            ms(self.own + self.jobs),
+            ms(self.own),
+            ms(self.jobs)
+        )
+    }
 }
 
 async fn burst(client: &Client, total: usize, isolation: Option<pb::Isolation>) -> Burst {
