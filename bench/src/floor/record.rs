@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::ahead::Ahead;
 #[cfg(test)]
 use super::ahead::CAPACITY;
+use super::ahead::{Ahead, Refill};
 
 /// The log file's header in jobd's format is this long.
 const LOG_HEADER: usize = 8;
@@ -67,8 +67,8 @@ impl Folders {
     }
 
     /// A start's share: claims a folder and writes the first record.
-    pub fn start(&self) -> io::Result<Recorded> {
-        let spare = self.spares.take()?;
+    pub fn start(&self, refill: Refill) -> io::Result<Recorded> {
+        let spare = self.spares.take(refill)?;
         let dir = self
             .jobs
             .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
@@ -122,7 +122,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let folders = Folders::new(root.path(), 700).expect("folders");
         folders.fill();
-        let job = folders.start().expect("start");
+        let job = folders.start(Refill::Now).expect("start");
         let dir = job.dir.clone();
         let names = |dir: &Path| {
             let mut n: Vec<String> = fs::read_dir(dir)

@@ -640,7 +640,9 @@ mod tests {
     #[test]
     fn the_child_enters_the_network_namespace_made_ahead_with_its_sys() {
         let pool = super::super::ahead::network_namespaces().expect("make a netns");
-        let netns = pool.take().expect("a netns");
+        let netns = pool
+            .take(super::super::ahead::Refill::Now)
+            .expect("a netns");
         let setup = Setup {
             mount: true,
             net: true,

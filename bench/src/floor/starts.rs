@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::ahead::{self, Ahead};
+use super::ahead::{self, Ahead, Refill};
 use super::cgroup::{Cgroups, JobCgroup};
 use super::record::{Folders, Recorded};
 use super::spawn::{self, Program, Setup, Stack};
@@ -56,7 +56,8 @@ impl Floor {
         })
     }
 
-    /// Waits for the pools to be full, as they are when a start comes after a pause.
+    /// Refills the pools and waits for them to be full, as they are when a start comes
+    /// after a pause.
     fn settle(&self) {
         if let Some(n) = &self.netns {
             n.fill();
@@ -66,11 +67,19 @@ impl Floor {
         }
     }
 
-    fn start(&self, stack: &mut Stack) -> io::Result<Started> {
-        let netns = self.netns.as_ref().map(Ahead::take).transpose()?;
+    fn start(&self, stack: &mut Stack, refill: Refill) -> io::Result<Started> {
+        let netns = self
+            .netns
+            .as_ref()
+            .map(|pool| pool.take(refill))
+            .transpose()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let record = self.folders.as_ref().map(Folders::start).transpose()?;
+        let record = self
+            .folders
+            .as_ref()
+            .map(|folders| folders.start(refill))
+            .transpose()?;
         let cgroup = self.cgroups.as_ref().map(Cgroups::make).transpose()?;
         let stdio = spawn::Stdio {
             stdin: self.devnull.as_fd(),
@@ -106,7 +115,8 @@ impl Floor {
 
     /// `n` starts one after another, each timed up to its exec, after `warmup` untimed.
     /// Each finds its pools full: the floor of a start is one that takes what was made
-    /// ahead (jobd's back-to-back starts are slow enough that its own pools keep up).
+    /// ahead (jobd's starts one at a time are slow enough that its own pools keep up),
+    /// and refills them once it has exec'd (see [`super::ahead`]).
     pub fn latencies(&self, warmup: usize, n: usize) -> io::Result<Vec<Duration>> {
         on_a_thread_of_its_own(|| {
             let mut stack = Stack::new();
@@ -114,7 +124,7 @@ impl Floor {
             for i in 0..warmup + n {
                 self.settle();
                 let t = Instant::now();
-                let started = self.start(&mut stack)?;
+                let started = self.start(&mut stack, Refill::Later)?;
                 let took = t.elapsed();
                 self.end(started)?;
                 if i >= warmup {
@@ -155,7 +165,7 @@ impl Floor {
                     scope.spawn(move || -> io::Result<()> {
                         let mut stack = Stack::new();
                         while next.fetch_add(1, Ordering::Relaxed) < total {
-                            let started = self.start(&mut stack)?;
+                            let started = self.start(&mut stack, Refill::Now)?;
                             tx.send(started)
                                 .map_err(|_| io::Error::other("every floor ender failed"))?;
                         }

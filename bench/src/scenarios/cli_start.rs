@@ -5,9 +5,10 @@
 //! answers at once, plus the floor of a start of `true` in the namespaces and as the
 //! kind of user jobd's job gets. jobc's and the floor's series take turns in blocks.
 //!
-//! `jobc status ID` of an ended job, timed in the same blocks, is the same client work with
-//! no start behind it: against the floor's client alone it shows what the connection
-//! and the call cost beyond their floor, apart from the start.
+//! Two more series, timed in the same blocks, split the gap between jobc and its floor:
+//! the floor's own client sending its Start to jobd (so the client is the floor's and
+//! the rest is jobd's), and `jobc status ID` of an ended job (the same client work with no
+//! start behind it).
 //!
 //! `pueue add -- true` stays as an unlike-work row: it returns once the task is queued,
 //! over a Unix socket with no TLS.
@@ -33,36 +34,45 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let server = unary::Server::start(&ctx.jobd.pki()).await?;
     let bench = std::env::current_exe().context("cannot find this bench's binary")?;
     let client_args = unary::client_args(server.addr, &ctx.jobd.pki());
+    let jobd_addr = ctx.jobd.server().parse().context("jobd's address")?;
+    let client_to_jobd = unary::client_args(jobd_addr, &ctx.jobd.pki());
     let ended = rpc::start(&mut c, rpc::argv(&["true"]), None).await?;
     rpc::wait_ended(&mut c, &ended, Duration::from_secs(10)).await?;
-    let (mut jobc, mut client, mut spawned) = (Vec::new(), Vec::new(), Vec::new());
-    let mut status = Vec::new();
+    let mut s = Series::default();
     for _ in 0..BLOCKS {
         let block = runs / BLOCKS;
-        jobc.extend(blocking(|| time_each(2, block, || jobc_start(ctx)))?);
-        client.extend(blocking(|| {
+        s.jobc
+            .extend(blocking(|| time_each(2, block, || jobc_start(ctx)))?);
+        s.client.extend(blocking(|| {
             time_each(2, block, || floor_client(&bench, &client_args))
         })?);
-        spawned.extend(blocking(|| spawn.floor.latencies(2, block))?);
-        status.extend(blocking(|| {
+        s.spawned
+            .extend(blocking(|| spawn.floor.latencies(2, block))?);
+        s.status.extend(blocking(|| {
             time_each(2, block, || jobc_status(ctx, &ended))
         })?);
+        s.client_to_jobd.extend(blocking(|| {
+            time_each(2, block, || floor_client(&bench, &client_to_jobd))
+        })?);
     }
-    let jobc_median = ms(median(&mut jobc));
-    let client_median = ms(median(&mut client));
-    let spawn_median = ms(median(&mut spawned));
-    let status_median = ms(median(&mut status));
+    let jobc_median = ms(median(&mut s.jobc));
+    let client_median = ms(median(&mut s.client));
+    let spawn_median = ms(median(&mut s.spawned));
+    let status_median = ms(median(&mut s.status));
+    let to_jobd_median = ms(median(&mut s.client_to_jobd));
     let floor = client_median + spawn_median;
     println!(
         "  jobc start true: median {jobc_median:.2} ms, p90 {:.2} ms over {runs} runs; \
-         jobc status of an ended job: median {status_median:.2} ms, p90 {:.2} ms",
-        ms(p90(&mut jobc)),
-        ms(p90(&mut status))
+         jobc status of an ended job: median {status_median:.2} ms, p90 {:.2} ms; \
+         the floor's client starting true in jobd: median {to_jobd_median:.2} ms, p90 {:.2} ms",
+        ms(p90(&mut s.jobc)),
+        ms(p90(&mut s.status)),
+        ms(p90(&mut s.client_to_jobd))
     );
     println!(
         "  the floor: a client process with one mutual-TLS unary call {client_median:.2} ms \
          (p90 {:.2}) + a start in jobd's namespaces ({}) {spawn_median:.3} ms = {floor:.2} ms",
-        ms(p90(&mut client)),
+        ms(p90(&mut s.client)),
         spawn.describe()
     );
     let mut rows = vec![Row::new(
@@ -75,6 +85,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     .note(format!(
         "floor: client {client_median:.2} + start {spawn_median:.3} ms"
     ))];
+    rows.push(
+        Row::new(
+            "1 the floor's client starting `true` in jobd (vs the floor: client + start)",
+            to_jobd_median,
+            "ms",
+            Goal::None,
+        )
+        .baseline(Some(floor))
+        .note("jobd's share of the gap: the client is the floor's"),
+    );
     rows.push(
         Row::new(
             "1 `jobc status ID`, new process (vs the floor's client alone)",
@@ -106,6 +126,21 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     }
     super::wait_all_ended(&mut c, Duration::from_secs(30)).await?;
     Ok(rows)
+}
+
+/// The series scenario 1 takes, in turns.
+#[derive(Default)]
+struct Series {
+    /// `jobc start true`.
+    jobc: Vec<Duration>,
+    /// The floor's client against the floor's server.
+    client: Vec<Duration>,
+    /// The floor of a start in jobd's namespaces.
+    spawned: Vec<Duration>,
+    /// `jobc status ID` of an ended job.
+    status: Vec<Duration>,
+    /// The floor's client against jobd: a real Start.
+    client_to_jobd: Vec<Duration>,
 }
 
 fn jobc_start(ctx: &Ctx) -> Result<()> {
