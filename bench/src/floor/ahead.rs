@@ -4,11 +4,10 @@
 //!
 //! A take may leave the refill for later ([`Refill::Later`]): on two cores, a filler
 //! that starts making a network namespace or a folder the moment a start takes one holds
-//! a core in the kernel while that start's child needs it (measured: the clone to exec
-//! of a start in every namespace took 0.9 ms with the refill running beside it, against
-//! 0.13 ms without). A series of single starts refills after each one has exec'd, which
-//! is the cheapest order for the same work; a burst refills at once, as there is no
-//! "after" in it.
+//! a core in the kernel while that start's child needs it, which made a floor start
+//! several times slower (BENCHMARKS.md, "The baselines"). A series of single starts
+//! refills after each one has exec'd, which is the cheapest order for the same work; a
+//! burst refills at once, as there is no "after" in it.
 
 use std::fs::File;
 use std::io;
