@@ -28,12 +28,8 @@ fn jobd_top(proc_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
     let top = own
         .strip_suffix("/jobd/server")
         .map(|base| format!("{base}/jobd"))?;
-    let mount = mountinfo.lines().find_map(|line| {
-        let (mount, fstype) = line.split_once(" - ")?;
-        (fstype.split_whitespace().next()? == "cgroup2").then_some(())?;
-        mount.split_whitespace().nth(4)
-    })?;
-    Some(Path::new(mount).join(top.trim_start_matches('/')))
+    let mount = worker::disk::cgroup2_mount(mountinfo)?;
+    Some(mount.join(top.trim_start_matches('/')))
 }
 
 /// The floor's parent cgroup, `<jobd top>/bench-floor.<our pid>`, removed on drop.

@@ -683,15 +683,7 @@ mod tests {
     fn the_child_starts_in_its_cgroup_which_the_end_removes() {
         use super::super::cgroup::Cgroups;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (m, fs) = l.split_once(" - ")?;
-                fs.starts_with("cgroup2 ")
-                    .then(|| m.split_whitespace().nth(4))?
-            })
-            .map(std::path::PathBuf::from)
-            .expect("a cgroup2 mount");
+        let mount = worker::disk::cgroup2_mount(&mountinfo).expect("a cgroup2 mount");
         std::fs::write(
             mount.join("cgroup.subtree_control"),
             "+cpu +io +memory +pids",
