@@ -144,45 +144,35 @@ struct Series {
 }
 
 fn jobc_start(ctx: &Ctx) -> Result<()> {
-    let out = ctx
-        .jobd
-        .jobc()
-        .args(["start", "true"])
-        .stderr(Stdio::piped())
-        .output()?;
-    ensure!(
-        out.status.success() && out.stdout.len() == 37,
-        "jobc start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    let mut cmd = ctx.jobd.jobc();
+    cmd.args(["start", "true"]);
+    run_checked(cmd, "jobc start", prints_a_job_id)
 }
 
 fn jobc_status(ctx: &Ctx, id: &str) -> Result<()> {
-    let out = ctx
-        .jobd
-        .jobc()
-        .args(["status", id])
-        .stderr(Stdio::piped())
-        .output()?;
-    ensure!(
-        out.status.success() && out.stdout.starts_with(b"finished"),
-        "jobc status failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    let mut cmd = ctx.jobd.jobc();
+    cmd.args(["status", id]);
+    run_checked(cmd, "jobc status", |out| out.starts_with(b"finished"))
 }
 
 fn floor_client(bench: &std::path::Path, args: &[String]) -> Result<()> {
-    let out = Command::new(bench)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
+    let mut cmd = Command::new(bench);
+    cmd.args(args).stdin(Stdio::null());
+    run_checked(cmd, "the floor's client", prints_a_job_id)
+}
+
+/// A job id and its newline, as `jobc start` and the floor's client print it.
+fn prints_a_job_id(out: &[u8]) -> bool {
+    out.len() == 37
+}
+
+/// Runs one timed command; an error unless it succeeded and printed what `ok` expects.
+fn run_checked(mut cmd: Command, what: &str, ok: impl Fn(&[u8]) -> bool) -> Result<()> {
+    let out = cmd.stderr(Stdio::piped()).output()?;
     ensure!(
-        out.status.success() && out.stdout.len() == 37,
-        "the floor's client failed: {}",
+        out.status.success() && ok(&out.stdout),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
